@@ -1,0 +1,133 @@
+//! `baetyl`: one static binary for every role, so images stay small and containers share one layer.
+//!
+//! Each role lives in its own library crate; this file only parses the command line and dispatches.
+//! Roles that need no async runtime (init, check, version) never start one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "baetyl", version = version_line(), about = "baetyl: an edge computing system (master, hub, functions, OS)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the master: start the application's services, supervise them, serve the API.
+    Master(baetyl_master::cli::MasterArgs),
+    /// Validate a config file (conf.yml, application.yml, a service config) without starting anything.
+    Check(CheckArgs),
+    /// Ask a running master for its state (same JSON as GET /v1/system/inspect).
+    Inspect(baetyl_master::cli::InspectArgs),
+    /// Print version, git revision and build target.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The file to check. Its kind is found from its name, or given with --kind.
+    file: PathBuf,
+    /// What the file is: master (conf.yml), application, or a service role's config.
+    #[arg(long)]
+    kind: Option<String>,
+}
+
+const fn version_line() -> &'static str {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (git ",
+        env!("BAETYL_GIT_REVISION"),
+        ", ",
+        env!("BAETYL_BUILD_TARGET"),
+        ")"
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => {
+            println!("baetyl {}", env!("CARGO_PKG_VERSION"));
+            println!("git revision: {}", env!("BAETYL_GIT_REVISION"));
+            println!("build target: {}", env!("BAETYL_BUILD_TARGET"));
+            Ok(())
+        }
+        Command::Check(args) => check(&args),
+        Command::Master(args) => baetyl_master::cli::run_master(args, software_info(), roles()),
+        Command::Inspect(args) => baetyl_master::cli::run_inspect(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("baetyl: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn software_info() -> baetyl_master::BuildInfo {
+    baetyl_master::BuildInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        git_revision: env!("BAETYL_GIT_REVISION"),
+        target: env!("BAETYL_BUILD_TARGET"),
+    }
+}
+
+/// Each config kind this binary knows: its name, how to recognise its file, and its validator.
+type Checker = fn(&std::path::Path) -> anyhow::Result<String>;
+
+fn checkers() -> Vec<(&'static str, &'static [&'static str], Checker)> {
+    vec![
+        ("master", &["conf.yml", "conf.yaml"], |p| {
+            baetyl_master::config::MasterConfig::load(p)?;
+            Ok("master config".into())
+        }),
+        (
+            "application",
+            &["application.yml", "application.yaml", "application.yml.old"],
+            |p| {
+                let app = baetyl_master::config::Application::load(p)?;
+                Ok(format!(
+                    "application {} with {} service(s)",
+                    app.app_version,
+                    app.services.len()
+                ))
+            },
+        ),
+    ]
+}
+
+fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    let checkers = checkers();
+    let name = args
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let chosen = match &args.kind {
+        Some(kind) => checkers.iter().find(|(k, _, _)| k == kind).ok_or_else(|| {
+            let kinds: Vec<_> = checkers.iter().map(|(k, _, _)| *k).collect();
+            anyhow::anyhow!("unknown kind `{kind}`; use one of: {}", kinds.join(", "))
+        })?,
+        None => checkers.iter().find(|(_, names, _)| names.contains(&name)).ok_or_else(|| {
+            let kinds: Vec<_> = checkers.iter().map(|(k, _, _)| *k).collect();
+            anyhow::anyhow!(
+                "cannot tell what kind of config `{}` is from its name; pass --kind with one of: {}",
+                args.file.display(),
+                kinds.join(", ")
+            )
+        })?,
+    };
+    let what = (chosen.2)(&args.file)?;
+    println!("{}: ok ({what})", args.file.display());
+    Ok(())
+}
+
+/// Roles of this binary that an application can name as a service image (`image: baetyl-<role>`).
+fn roles() -> Vec<baetyl_master::engine::native::Role> {
+    Vec::new()
+}

@@ -1,0 +1,700 @@
+//! End-to-end tests of `baetyl master` in native mode: real master processes on temp work dirs running
+//! small real programs (shell scripts written by each test).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn sigkill(pid: u32) {
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_order_follows_depends_on() {
+    let w = Work::new();
+    // Alphabetical order is the reverse of the dependency order.
+    w.app(
+        "services:\n  a: {image: svc, depends_on: [b]}\n  b: {image: svc, depends_on: [c]}\n  c: {image: svc}\n  d: {image: svc, depends_on: [a, c]}\n",
+    );
+    let m = w.start_master();
+    let mut times = Vec::new();
+    for s in ["c", "b", "a", "d"] {
+        let v = m
+            .wait_instance(s, s, "running", LONG, |v| v["status"] == "running")
+            .await;
+        times.push((s, v["start_time"].as_str().expect("start_time").to_string()));
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(sorted, times, "instances must start in dependency order");
+    let log = m.log_text();
+    let pos = |s: &str| {
+        log.find(&format!("service started service={s} "))
+            .expect("start line")
+    };
+    assert!(
+        pos("c") < pos("b") && pos("b") < pos("a") && pos("a") < pos("d"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_service_restarts_after_backoff_unless_policy_no() {
+    let w = Work::new();
+    w.app(
+        r#"
+services:
+  keeper:
+    image: svc
+    restart: {policy: always, backoff: {min: 1s, max: 10s}}
+  oneshot:
+    image: svc
+    restart: {policy: "no"}
+"#,
+    );
+    let m = w.start_master();
+    let keeper = m.pid_of("keeper", "keeper").await.expect("keeper pid");
+    let oneshot = m.pid_of("oneshot", "oneshot").await.expect("oneshot pid");
+    let keeper_child = read_pid(&w.instance_dir("keeper", "keeper").join("child.pid"));
+    sigkill(keeper);
+    sigkill(oneshot);
+    let killed_at = std::time::Instant::now();
+    let v = m
+        .wait_instance("keeper", "keeper", "a restart", LONG, |v| {
+            v["restarts"] == 1 && v["status"] == "running"
+        })
+        .await;
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(900),
+        "restarted before its 1 s backoff"
+    );
+    let new_pid = v["process"]["pid"].as_u64().expect("pid") as u32;
+    assert_ne!(new_pid, keeper);
+    assert!(alive(new_pid));
+    assert!(
+        v["last_exit"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("signal 9"),
+        "{v}"
+    );
+    // The killed instance's child went with it: nothing of the old instance is left.
+    if let Some(c) = keeper_child {
+        wait_until("the old child to be gone", LONG, || !alive(c));
+    }
+    assert!(group_members(keeper).is_empty());
+    assert!(
+        m.log_text().contains("restarting in 1s"),
+        "the restart reason is logged"
+    );
+
+    let v = m
+        .wait_instance("oneshot", "oneshot", "failed", LONG, |v| {
+            v["status"] == "failed"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let v2 = m
+        .instance("oneshot", "oneshot")
+        .await
+        .expect("still listed");
+    assert_eq!(v2["restarts"], 0, "{v} {v2}");
+    assert_eq!(w.starts().iter().filter(|(n, _)| n == "oneshot").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_max_stops_restarting() {
+    let w = Work::new();
+    w.app(
+        r#"
+services:
+  crasher:
+    image: svc
+    environment: {EXIT_CODE: 3}
+    restart: {policy: on-failure, retry: {max: 2}, backoff: {min: 100ms, max: 200ms}}
+  clean:
+    image: svc
+    environment: {EXIT_CODE: 0}
+    restart: {policy: on-failure}
+"#,
+    );
+    let m = w.start_master();
+    let v = m
+        .wait_instance("crasher", "crasher", "to be given up", LONG, |v| {
+            v["status"] == "failed"
+        })
+        .await;
+    assert_eq!(v["restarts"], 2, "{v}");
+    assert_eq!(v["last_exit"], "exited with code 3");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        w.starts().iter().filter(|(n, _)| n == "crasher").count(),
+        3,
+        "1 start + 2 restarts"
+    );
+    assert!(m.log_text().contains("giving up after 2 restarts"));
+    // on-failure does not restart a clean exit.
+    let v = m
+        .wait_instance("clean", "clean", "exited", LONG, |v| {
+            v["status"] == "exited"
+        })
+        .await;
+    assert_eq!(v["restarts"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_leaves_no_process_behind() {
+    let w = Work::new();
+    w.app("services:\n  stubborn: {image: stubborn}\n  plain: {image: svc, replica: 2}\n");
+    let mut m = w.start_master();
+    let main = m.pid_of("stubborn", "stubborn").await.expect("pid");
+    let dir = w.instance_dir("stubborn", "stubborn");
+    wait_until("the helpers to start", LONG, || {
+        dir.join("ignorer.pid").exists() && dir.join("escaper.pid").exists()
+    });
+    let ignorer = read_pid(&dir.join("ignorer.pid")).expect("ignorer");
+    let escaper = read_pid(&dir.join("escaper.pid")).expect("escaper");
+    let p1 = m.pid_of("plain", "plain").await.expect("plain");
+    let p2 = m.pid_of("plain", "plain.i1").await.expect("plain.i1");
+    assert!(alive(main) && alive(ignorer) && alive(escaper) && alive(p1) && alive(p2));
+    assert!(!group_members(main).is_empty());
+    assert_eq!(
+        m.terminate(),
+        Some(0),
+        "master exits 0 on SIGTERM\n{}",
+        m.log_text()
+    );
+    for (what, pid) in [
+        ("main", main),
+        ("ignorer", ignorer),
+        ("plain", p1),
+        ("plain.i1", p2),
+    ] {
+        assert!(!alive(pid), "{what} ({pid}) survived the stop");
+    }
+    assert!(
+        group_members(main).is_empty()
+            && group_members(p1).is_empty()
+            && group_members(p2).is_empty()
+    );
+    let cgroups = m.log_text().contains("instances get cgroup v2 groups");
+    if cgroups {
+        assert!(
+            !alive(escaper),
+            "a process that left the process group survived although the master has cgroups"
+        );
+    } else {
+        eprintln!("no cgroup v2 here: a process that calls setsid can escape; killing it by hand");
+        let _ = kill(Pid::from_raw(escaper as i32), Signal::SIGKILL);
+    }
+    let log = m.log_text();
+    assert!(
+        log.contains("did not stop within"),
+        "SIGKILL after grace is logged\n{log}"
+    );
+    let stop_order: Vec<usize> = ["service=stubborn", "service=plain"]
+        .iter()
+        .map(|s| {
+            log.find(&format!("service stopped {s}"))
+                .expect("stopped line")
+        })
+        .collect();
+    assert_eq!(stop_order.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requires_the_service_token() {
+    let w = Work::new();
+    w.app("services:\n  caller: {image: svc}\n");
+    let m = w.start_master();
+    m.wait_instance("caller", "caller", "running", LONG, |v| {
+        v["status"] == "running"
+    })
+    .await;
+    wait_until("the env file", LONG, || {
+        w.env_of("caller", "caller")
+            .contains_key("BAETYL_SERVICE_TOKEN")
+    });
+    let env = w.env_of("caller", "caller");
+    let token = env["BAETYL_SERVICE_TOKEN"].clone();
+    assert_eq!(token.len(), 32);
+    assert_eq!(env["BAETYL_SERVICE_NAME"], "caller");
+    assert_eq!(env["BAETYL_SERVICE_INSTANCE_NAME"], "caller");
+    assert_eq!(env["BAETYL_MASTER_API_VERSION"], "v1");
+    assert_eq!(env["BAETYL_SERVICE_MODE"], "native");
+    assert_eq!(env["BAETYL_HOST_OS"], "linux");
+    assert!(env["BAETYL_MASTER_API_ADDRESS"].starts_with("unix:///"));
+
+    let (status, body) = m
+        .anonymous()
+        .call("GET", "/v1/system/inspect", None)
+        .await
+        .expect("call");
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).trim()),
+        (401, "account unauthorized")
+    );
+    let wrong = m
+        .anonymous()
+        .with_credentials("caller", "0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        wrong
+            .call("GET", "/v1/system/inspect", None)
+            .await
+            .expect("call")
+            .0,
+        401
+    );
+    let other = m.anonymous().with_credentials("nobody", &token);
+    assert_eq!(
+        other
+            .call("GET", "/v1/system/inspect", None)
+            .await
+            .expect("call")
+            .0,
+        401
+    );
+
+    // The address handed to the service, with its token: inspect answers 200 with real figures.
+    let addr =
+        baetyl_sdk::client::Address::parse(&env["BAETYL_MASTER_API_ADDRESS"]).expect("address");
+    let svc = baetyl_sdk::client::MasterClient::new(addr).with_credentials("caller", &token);
+    let v = svc.inspect().await.expect("inspect with the service token");
+    assert!(v["hardware"]["mem_stats"]["total"].as_u64().unwrap_or(0) > 0);
+    assert!(v["hardware"]["cpu_stats"]["cores"].as_u64().unwrap_or(0) >= 1);
+    let inst = &v["services"][0]["instances"][0];
+    assert!(inst["mem_stats"]["rss"].as_u64().unwrap_or(0) > 0, "{inst}");
+    assert!(inst["process"]["pid"].as_u64().is_some());
+    // The v1 header names and the x-baetyl-* ones both work.
+    let (status, _) = {
+        let c = baetyl_sdk::client::MasterClient::new(baetyl_sdk::client::Address::Unix(
+            w.path().join("var/run/baetyl.sock"),
+        ));
+        c.with_credentials("caller", &token)
+            .call("GET", "/v1/ports/available", None)
+            .await
+            .expect("call")
+    };
+    assert_eq!(status, 200);
+    let port = svc.available_port().await.expect("port");
+    assert!(port > 0);
+    // A service reports its own stats and they show in inspect; reporting for another service is refused.
+    svc.report("caller", "caller", &serde_json::json!({"messages": 42}))
+        .await
+        .expect("report");
+    let i = m.instance("caller", "caller").await.expect("instance");
+    assert_eq!(i["messages"], 42);
+    let (status, _) = svc
+        .call(
+            "PUT",
+            "/v1/services/other/instances/other/report",
+            Some(b"{}".to_vec()),
+        )
+        .await
+        .expect("call");
+    assert_eq!(status, 403);
+    // The socket is not world-accessible.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(w.path().join("var/run/baetyl.sock"))
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_instances_start_stop_and_get_no_token() {
+    let w = Work::new();
+    w.app("services:\n  manager: {image: svc}\n  runtime: {image: svc, replica: 0}\n");
+    let m = w.start_master();
+    m.wait_instance("manager", "manager", "running", LONG, |v| {
+        v["status"] == "running"
+    })
+    .await;
+    wait_until("env", LONG, || {
+        w.env_of("manager", "manager")
+            .contains_key("BAETYL_SERVICE_TOKEN")
+    });
+    let token = w.env_of("manager", "manager")["BAETYL_SERVICE_TOKEN"].clone();
+    let c = m.anonymous().with_credentials("manager", &token);
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert(
+        "BAETYL_SERVICE_INSTANCE_ADDRESS".to_string(),
+        "127.0.0.1:50999".to_string(),
+    );
+    extra.insert("BAETYL_SERVICE_TOKEN".to_string(), "smuggled".to_string());
+    c.start_instance("runtime", "runtime-1", &extra)
+        .await
+        .expect("dynamic start");
+    let v = m
+        .wait_instance("runtime", "runtime-1", "running", LONG, |v| {
+            v["status"] == "running"
+        })
+        .await;
+    assert_eq!(v["dynamic"], true);
+    let pid = v["process"]["pid"].as_u64().expect("pid") as u32;
+    wait_until("dynamic env", LONG, || {
+        w.env_of("runtime", "runtime-1")
+            .contains_key("BAETYL_SERVICE_NAME")
+    });
+    let env = w.env_of("runtime", "runtime-1");
+    assert!(
+        !env.contains_key("BAETYL_SERVICE_TOKEN"),
+        "a dynamic instance must not get a token: {env:?}"
+    );
+    assert_eq!(env["BAETYL_SERVICE_INSTANCE_ADDRESS"], "127.0.0.1:50999");
+    assert_eq!(env["BAETYL_SERVICE_INSTANCE_NAME"], "runtime-1");
+    // Starting it twice is refused with a reason.
+    let err = c
+        .start_instance("runtime", "runtime-1", &Default::default())
+        .await
+        .expect_err("second start");
+    assert!(err.to_string().contains("already running"), "{err}");
+    // An unknown service is a 400 that names it.
+    let err = c
+        .start_instance("ghost", "g1", &Default::default())
+        .await
+        .expect_err("unknown service");
+    assert!(
+        err.to_string().contains("400") && err.to_string().contains("ghost"),
+        "{err}"
+    );
+    c.stop_instance("runtime", "runtime-1")
+        .await
+        .expect("dynamic stop");
+    assert!(!alive(pid));
+    assert!(m.instance("runtime", "runtime-1").await.is_none());
+    let err = c
+        .stop_instance("runtime", "runtime-1")
+        .await
+        .expect_err("stop again");
+    assert!(err.to_string().contains("no such instance"), "{err}");
+}
+
+const THREE: &str = r#"
+app_version: v1
+services:
+  a: {image: svc}
+  b: {image: svc, environment: {VERSION: "1"}, volumes: ["data:/data"]}
+  c: {image: svc, depends_on: [a]}
+volumes:
+  data: {path: var/db/baetyl/data}
+"#;
+
+fn ota_steps(w: &Work, trace: &str) -> Vec<String> {
+    std::fs::read_to_string(w.path().join("var/db/baetyl/ota.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["trace"] == trace)
+        .map(|v| v["step"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_restarts_only_the_changed_service() {
+    let w = Work::new();
+    w.app(THREE);
+    let m = w.start_master();
+    let mut before = Vec::new();
+    for s in ["a", "b", "c"] {
+        before.push(m.pid_of(s, s).await.expect("pid"));
+    }
+    w.write(
+        "new/application.yml",
+        &THREE
+            .replace("app_version: v1", "app_version: v2")
+            .replace("VERSION: \"1\"", "VERSION: \"2\""),
+    );
+    let c = m.client();
+    c.update_app("new/application.yml", "t-keep")
+        .await
+        .expect("update accepted");
+    // A second update while the first runs is refused with a clear answer.
+    let err = c
+        .update_app("new", "t-second")
+        .await
+        .expect_err("second update");
+    assert!(
+        err.to_string().contains("409") && err.to_string().contains("already in progress"),
+        "{err}"
+    );
+    common::wait_until("the update to finish", LONG, || {
+        ota_steps(&w, "t-keep").last().map(String::as_str) == Some("RESTARTED")
+    });
+    assert_eq!(
+        ota_steps(&w, "t-keep"),
+        ["RECEIVED", "UPDATING", "UPDATED", "RESTARTING", "RESTARTED"]
+    );
+    assert_eq!(
+        m.pid_of("a", "a").await,
+        Some(before[0]),
+        "a is unchanged and keeps running"
+    );
+    assert_eq!(
+        m.pid_of("c", "c").await,
+        Some(before[2]),
+        "c is unchanged and keeps running"
+    );
+    let b = m.pid_of("b", "b").await.expect("b");
+    assert_ne!(b, before[1]);
+    assert!(!alive(before[1]));
+    assert_eq!(w.env_of("b", "b")["BAETYL_SERVICE_NAME"], "b");
+    let v = m.inspect().await;
+    assert_eq!(v["software"]["conf_version"], "v2");
+    assert_eq!(v["error"], "");
+    let old = std::fs::read_to_string(w.path().join("var/db/baetyl/application.yml.old"))
+        .expect(".old kept");
+    assert!(old.contains("app_version: v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_update_rolls_back_to_the_previous_application() {
+    let w = Work::new();
+    w.app(THREE);
+    let m = w.start_master();
+    let a = m.pid_of("a", "a").await.expect("a");
+    let b = m.pid_of("b", "b").await.expect("b");
+    let original =
+        std::fs::read_to_string(w.path().join("var/db/baetyl/application.yml")).expect("app");
+    // b's new version exits at once; new services d (exits at once) and d2 (fine) come with it.
+    let broken = r#"
+app_version: v2
+services:
+  a: {image: svc}
+  b: {image: svc, environment: {VERSION: "2", EXIT_CODE: 1}, volumes: ["data:/data"]}
+  c: {image: svc, depends_on: [a]}
+  d: {image: svc, environment: {EXIT_CODE: 1}}
+  d2: {image: svc}
+volumes:
+  data: {path: var/db/baetyl/data}
+"#;
+    w.write("bad/application.yml", broken);
+    m.client()
+        .update_app("bad", "t-bad")
+        .await
+        .expect("accepted");
+    wait_until("the rollback", LONG, || {
+        ota_steps(&w, "t-bad").last().map(String::as_str) == Some("FAILURE")
+    });
+    assert_eq!(
+        ota_steps(&w, "t-bad"),
+        [
+            "RECEIVED",
+            "UPDATING",
+            "UPDATED",
+            "RESTARTING",
+            "ROLLINGBACK",
+            "ROLLEDBACK",
+            "FAILURE"
+        ]
+    );
+    let v = m.inspect().await;
+    let err = v["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        err.contains("t-bad") && err.contains("rolled back") && err.contains("did not stay up"),
+        "{err}"
+    );
+    assert_eq!(v["software"]["conf_version"], "v1");
+    assert_eq!(
+        std::fs::read_to_string(w.path().join("var/db/baetyl/application.yml")).expect("app"),
+        original
+    );
+    assert_eq!(m.pid_of("a", "a").await, Some(a), "a was never touched");
+    let b2 = m
+        .wait_instance("b", "b", "running again", LONG, |v| {
+            v["status"] == "running"
+        })
+        .await;
+    assert_ne!(b2["process"]["pid"].as_u64(), Some(u64::from(b)));
+    wait_until("b's old env", LONG, || !w.env_of("b", "b").is_empty());
+    let names: Vec<String> = v["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"], "d and d2 were removed again");
+
+    // An invalid file is refused before anything changes, naming file and key.
+    w.write(
+        "worse/application.yml",
+        "services:\n  a: {image: svc, replicas: 2}\n",
+    );
+    m.client()
+        .update_app("worse", "t-worse")
+        .await
+        .expect("accepted");
+    wait_until("the refusal", LONG, || {
+        ota_steps(&w, "t-worse").last().map(String::as_str) == Some("FAILURE")
+    });
+    assert_eq!(
+        ota_steps(&w, "t-worse"),
+        ["RECEIVED", "UPDATING", "FAILURE"]
+    );
+    let e = m.inspect().await["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        e.contains("worse/application.yml") && e.contains("services.a") && e.contains("replicas"),
+        "{e}"
+    );
+    assert_eq!(m.pid_of("a", "a").await, Some(a));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_master_after_kill9_leaves_one_copy_of_each_instance() {
+    let w = Work::new();
+    w.app("services:\n  a: {image: svc, replica: 2}\n  b: {image: svc}\n");
+    let mut first = w.start_master();
+    let old: Vec<u32> = [("a", "a"), ("a", "a.i1"), ("b", "b")]
+        .iter()
+        .map(|(s, i)| futures_pid(&first, s, i))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|f| f.expect("pid"))
+        .collect();
+    // Only one master per work dir.
+    let out = std::process::Command::new(BIN)
+        .args(["master", "-w"])
+        .arg(w.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another master is already running"));
+
+    first.kill9();
+    for p in &old {
+        assert!(
+            alive(*p),
+            "services outlive a master killed with -9 (that is what the next master must clean)"
+        );
+    }
+    let second = w.start_master();
+    assert!(
+        second.log_text().contains("left by a previous master"),
+        "{}",
+        second.log_text()
+    );
+    for p in &old {
+        assert!(!alive(*p), "leftover {p} still runs");
+    }
+    let mut live_by_instance = std::collections::BTreeMap::new();
+    // Let the new instances record their start, then count live processes per instance.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (inst, pid) in w.starts() {
+        if alive(pid) {
+            *live_by_instance.entry(inst).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(live_by_instance.get("a"), Some(&1));
+    assert_eq!(live_by_instance.get("a.i1"), Some(&1));
+    assert_eq!(live_by_instance.get("b"), Some(&1));
+}
+
+fn futures_pid(m: &Master, s: &str, i: &str) -> Option<u32> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| rt.block_on(m.pid_of(s, i)))
+}
+
+#[test]
+fn config_errors_name_file_and_key() {
+    let w = Work::new();
+    let bad = w.write(
+        "bad/application.yml",
+        "services:\n  hub:\n    image: x\n    restart: {policy: sometimes}\n",
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .expect("check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad/application.yml")
+            && err.contains("services.hub.restart.policy")
+            && err.contains("on-failure"),
+        "{err}"
+    );
+
+    let cyc = w.write(
+        "cyc/application.yml",
+        "services:\n  x: {image: a, depends_on: [y]}\n  y: {image: a, depends_on: [x]}\n",
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .arg(&cyc)
+        .output()
+        .expect("check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("cycle")
+            && err.contains("`x`")
+            && err.contains("`y`"),
+        "{err}"
+    );
+
+    let good = w.write("good/application.yml", THREE);
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .arg(&good)
+        .output()
+        .expect("check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (application v1 with 3 service(s))"));
+
+    // The master refuses a bad conf.yml at start, naming the key.
+    w.write("etc/baetyl/conf.yml", "grace: 2s\nlogger: {levle: debug}\n");
+    let out = std::process::Command::new(BIN)
+        .args(["master", "-w"])
+        .arg(w.path())
+        .output()
+        .expect("master");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("conf.yml") && err.contains("logger") && err.contains("levle"),
+        "{err}"
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--kind", "master"])
+        .arg(w.path().join("etc/baetyl/conf.yml"))
+        .output()
+        .expect("check");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn version_and_help_list_working_subcommands() {
+    let out = std::process::Command::new(BIN)
+        .arg("version")
+        .output()
+        .expect("version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("git revision:") && text.contains("build target: x86_64")
+            || text.contains("build target: aarch64"),
+        "{text}"
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in ["master", "check", "inspect", "version"] {
+        assert!(text.contains(sub), "{text}");
+    }
+}

@@ -1,0 +1,240 @@
+//! The master's REST API (Baetyl v1 routes), served over a unix socket and optionally TCP on loopback.
+//! Every route needs a running service's credentials (or the operator token the master writes for local
+//! tools); dynamically started instances have none.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::ota::Updater;
+use crate::stats::HostSampler;
+use crate::supervisor::{Supervisor, now_rfc3339};
+use baetyl_sdk::env;
+
+/// Static facts for inspect's `software` section.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub git_revision: &'static str,
+    pub target: &'static str,
+}
+
+pub struct ApiState {
+    pub sup: Arc<Supervisor>,
+    pub updater: Arc<Updater>,
+    pub build: BuildInfo,
+    pub operator: (String, String),
+    pub sampler: HostSampler,
+    pub timeout: Duration,
+}
+
+/// The user name of the operator token written to `var/run/baetyl/operator.token`.
+pub const OPERATOR: &str = "baetyl-operator";
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/system/inspect", get(inspect))
+        .route("/v1/system/update", put(update))
+        .route("/v1/ports/available", get(available_port))
+        .route(
+            "/v1/services/{svc}/instances/{inst}/start",
+            put(start_instance),
+        )
+        .route(
+            "/v1/services/{svc}/instances/{inst}/stop",
+            put(stop_instance),
+        )
+        .route("/v1/services/{svc}/instances/{inst}/report", put(report))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}
+
+fn header<'a>(h: &'a HeaderMap, a: &str, b: &str) -> Option<&'a str> {
+    h.get(a).or_else(|| h.get(b)).and_then(|v| v.to_str().ok())
+}
+
+/// Who is calling: a service name, or the operator.
+#[derive(Clone)]
+struct Caller(String);
+
+async fn auth(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let user = header(h, env::HEADER_USERNAME, env::HEADER_USERNAME_ALT);
+    let pass = header(h, env::HEADER_PASSWORD, env::HEADER_PASSWORD_ALT);
+    let ok = match (user, pass) {
+        (Some(u), Some(p)) => {
+            use subtle::ConstantTimeEq;
+            let operator =
+                u == st.operator.0 && bool::from(p.as_bytes().ct_eq(st.operator.1.as_bytes()));
+            operator || st.sup.check_token(u, p)
+        }
+        _ => false,
+    };
+    if !ok {
+        return (StatusCode::UNAUTHORIZED, "account unauthorized\n").into_response();
+    }
+    let caller = Caller(user.unwrap_or_default().to_string());
+    req.extensions_mut().insert(caller);
+    match tokio::time::timeout(st.timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request timed out (server.timeout)\n",
+        )
+            .into_response(),
+    }
+}
+
+fn bad_request(msg: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
+
+async fn inspect(State(st): State<Arc<ApiState>>) -> Response {
+    let sup = &st.sup;
+    let app = sup.app();
+    let hardware = st.sampler.sample(sup.workdir());
+    let volumes: Vec<Value> = app
+        .volumes
+        .iter()
+        .map(|(name, v)| {
+            let path = v
+                .path
+                .clone()
+                .unwrap_or_else(|| format!("var/db/baetyl/volumes/{name}"));
+            json!({"name": name, "path": path, "read_only": v.read_only})
+        })
+        .collect();
+    let body = json!({
+        "time": now_rfc3339(),
+        "error": sup.error(),
+        "software": {
+            "os": std::env::consts::OS,
+            "arch": std::env::consts::ARCH,
+            "pwd": sup.workdir().display().to_string(),
+            "mode": sup.engine().mode(),
+            "bin_version": st.build.version,
+            "git_revision": st.build.git_revision,
+            "build_target": st.build.target,
+            "conf_version": app.app_version,
+        },
+        "hardware": hardware,
+        "services": sup.inspect_services(),
+        "volumes": volumes,
+    });
+    axum::Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+struct UpdateRequest {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    trace: String,
+}
+
+async fn update(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
+    let req: UpdateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad_request(format!(
+                "update body is not {{\"type\":\"APP\",\"path\":\"...\",\"trace\":\"...\"}}: {e}"
+            ));
+        }
+    };
+    match req.kind.to_ascii_uppercase().as_str() {
+        "APP" | "" => {}
+        "MST" => {
+            return bad_request(
+                "type MST (replace the master binary) is not supported by this master: install the new baetyl binary and restart the master (on the OS image, through an image update)",
+            );
+        }
+        other => return bad_request(format!("update type `{other}` is unknown; use APP")),
+    }
+    if req.path.is_empty() {
+        return bad_request(
+            "update needs `path`: the new application.yml, or a directory holding one",
+        );
+    }
+    match st.updater.submit(&req.path, &req.trace) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn available_port() -> Response {
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => axum::Json(json!({"port": addr.port().to_string()})).into_response(),
+        Err(e) => bad_request(format!("no free port: {e}")),
+    }
+}
+
+async fn start_instance(
+    State(st): State<Arc<ApiState>>,
+    Path((svc, inst)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let extra: BTreeMap<String, String> = if body.iter().all(u8::is_ascii_whitespace) {
+        BTreeMap::new()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(m) => m,
+            Err(e) => {
+                return bad_request(format!(
+                    "start body must be a JSON object of environment variables (strings): {e}"
+                ));
+            }
+        }
+    };
+    match st.sup.start_dynamic(&svc, &inst, extra).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn stop_instance(
+    State(st): State<Arc<ApiState>>,
+    Path((svc, inst)): Path<(String, String)>,
+) -> Response {
+    match st.sup.stop_dynamic(&svc, &inst).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn report(
+    State(st): State<Arc<ApiState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((svc, inst)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if caller.0 != svc && caller.0 != st.operator.0 {
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "service `{}` may only report for its own instances\n",
+                caller.0
+            ),
+        )
+            .into_response();
+    }
+    let stats: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => return bad_request(format!("report body must be a JSON object: {e}")),
+    };
+    match st.sup.report(&svc, &inst, stats) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => bad_request(e),
+    }
+}

@@ -1,0 +1,103 @@
+//! An instance's stdout/stderr file, rotated by size: `x.log` -> `x.log.1` -> ... -> `x.log.N`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub struct RotatingLog {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_size: u64,
+    backups: u32,
+}
+
+impl RotatingLog {
+    pub fn open(path: &Path, max_size: u64, backups: u32) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingLog {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_size,
+            backups,
+        })
+    }
+
+    pub fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.size > 0 && self.size + data.len() as u64 > self.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(data)?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        if self.backups == 0 {
+            self.file.set_len(0)?;
+            self.size = 0;
+            return Ok(());
+        }
+        for n in (1..self.backups).rev() {
+            let from = numbered(n);
+            if from.exists() {
+                std::fs::rename(&from, numbered(n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, numbered(1))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_and_keeps_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        let mut log = RotatingLog::open(&p, 10, 2).unwrap();
+        for chunk in ["aaaaaaaa\n", "bbbbbbbb\n", "cccccccc\n", "dddddddd\n"] {
+            log.write_all(chunk.as_bytes()).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "dddddddd\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.log.1")).unwrap(),
+            "cccccccc\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.log.2")).unwrap(),
+            "bbbbbbbb\n"
+        );
+        assert!(!dir.path().join("a.log.3").exists());
+    }
+
+    #[test]
+    fn reopening_appends_and_counts_existing_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.log");
+        RotatingLog::open(&p, 100, 1)
+            .unwrap()
+            .write_all(b"first\n")
+            .unwrap();
+        let mut log = RotatingLog::open(&p, 10, 1).unwrap();
+        log.write_all(b"second\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "second\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("b.log.1")).unwrap(),
+            "first\n"
+        );
+    }
+}

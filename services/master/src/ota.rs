@@ -1,0 +1,260 @@
+//! Application updates (`PUT /v1/system/update`, type APP).
+//!
+//! Steps, each written to the OTA log as a JSON line with v1's names:
+//! RECEIVED -> UPDATING (load, validate, prepare images) -> UPDATED (new application.yml installed, old kept
+//! as application.yml.old) -> RESTARTING (stop removed and changed services, start changed and new ones) ->
+//! RESTARTED (they stayed up for the health window). On any failure: ROLLINGBACK -> ROLLEDBACK -> FAILURE,
+//! and the previous application runs again exactly as it was. Services whose config and volumes did not
+//! change are never touched. One update at a time: a second one is refused while the first runs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::config::{AppDiff, Application, diff};
+use crate::error::{MasterError, Result};
+use crate::supervisor::{Status, Supervisor, now_rfc3339};
+
+pub struct Updater {
+    sup: Arc<Supervisor>,
+    app_file: PathBuf,
+    ota_log: PathBuf,
+    busy: Arc<AsyncMutex<()>>,
+}
+
+/// Where the application lives in a work dir.
+pub fn app_file(workdir: &Path) -> PathBuf {
+    workdir.join("var/db/baetyl/application.yml")
+}
+
+impl Updater {
+    pub fn new(sup: Arc<Supervisor>, app_file: PathBuf, ota_log: PathBuf) -> Self {
+        Updater {
+            sup,
+            app_file,
+            ota_log,
+            busy: Arc::new(AsyncMutex::new(())),
+        }
+    }
+
+    fn log(&self, trace: &str, step: &str, message: &str, error: Option<&str>) {
+        let mut line = json!({"time": now_rfc3339(), "trace": trace, "type": "APP", "step": step, "message": message});
+        if let (Some(e), Some(obj)) = (error, line.as_object_mut()) {
+            obj.insert("error".into(), e.into());
+        }
+        tracing::info!(trace, step, "update: {message}");
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.ota_log.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.ota_log)?;
+            writeln!(f, "{line}")
+        };
+        if let Err(e) = write() {
+            tracing::warn!(file = %self.ota_log.display(), "cannot write the OTA log: {e}");
+        }
+    }
+
+    /// Accepts an update and runs it in the background. Refused (Err) while another update runs.
+    pub fn submit(self: &Arc<Self>, path: &str, trace: &str) -> Result<()> {
+        let guard = self.busy.clone().try_lock_owned().map_err(|_| {
+            MasterError::Update("an update is already in progress; retry when it has finished (see inspect and the OTA log)".into())
+        })?;
+        let trace = if trace.is_empty() {
+            crate::supervisor::new_token()[..8].to_string()
+        } else {
+            trace.to_string()
+        };
+        let source = self.resolve_path(path);
+        self.log(
+            &trace,
+            "RECEIVED",
+            &format!("update from {}", source.display()),
+            None,
+        );
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            me.run(&source, &trace).await;
+        });
+        Ok(())
+    }
+
+    /// Runs an update to completion (used directly by tests and by `submit`).
+    pub async fn run(&self, source: &Path, trace: &str) {
+        self.log(trace, "UPDATING", "validating the new application", None);
+        let new = match self.load_and_prepare(source).await {
+            Ok(app) => app,
+            Err(e) => {
+                let msg =
+                    format!("update {trace} refused: {e}; the running application is unchanged");
+                self.log(trace, "FAILURE", &msg, Some(&e.to_string()));
+                self.sup.set_error(msg);
+                return;
+            }
+        };
+        let old = self.sup.app();
+        let old_text = std::fs::read(&self.app_file).ok();
+        if let Err(e) = self.install(source) {
+            let msg = format!("update {trace} failed: {e}; the running application is unchanged");
+            self.log(trace, "FAILURE", &msg, Some(&e.to_string()));
+            self.sup.set_error(msg);
+            return;
+        }
+        self.log(
+            trace,
+            "UPDATED",
+            &format!("application {} installed", new.app_version),
+            None,
+        );
+        let d = diff(&old, &new);
+        self.log(
+            trace,
+            "RESTARTING",
+            &format!(
+                "keeping {:?}, restarting {:?}, stopping {:?}, starting {:?}",
+                d.unchanged, d.changed, d.removed, d.added
+            ),
+            None,
+        );
+        match self.apply(&old, &new, &d).await {
+            Ok(()) => {
+                self.log(
+                    trace,
+                    "RESTARTED",
+                    &format!("application {} is running", new.app_version),
+                    None,
+                );
+                self.sup.set_error("");
+            }
+            Err(e) => {
+                self.log(
+                    trace,
+                    "ROLLINGBACK",
+                    &format!("rolling back: {e}"),
+                    Some(&e.to_string()),
+                );
+                self.rollback(&old, &new, &d, old_text).await;
+                let msg = format!(
+                    "update {trace} failed and was rolled back to application {}: {e}",
+                    old.app_version
+                );
+                self.log(
+                    trace,
+                    "ROLLEDBACK",
+                    &format!("application {} is running again", old.app_version),
+                    None,
+                );
+                self.log(trace, "FAILURE", &msg, Some(&e.to_string()));
+                self.sup.set_error(msg);
+            }
+        }
+    }
+
+    fn resolve_path(&self, path: &str) -> PathBuf {
+        let p = self.sup.workdir().join(path);
+        if p.is_dir() {
+            p.join("application.yml")
+        } else {
+            p
+        }
+    }
+
+    async fn load_and_prepare(&self, source: &Path) -> Result<Application> {
+        let app = Application::load(source)?;
+        for (name, spec) in &app.services {
+            self.sup.engine().prepare(name, spec).await?;
+        }
+        Ok(app)
+    }
+
+    /// Keeps the current file as `.old` and installs the new one atomically.
+    fn install(&self, source: &Path) -> Result<()> {
+        let dir = self.app_file.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| MasterError::io(dir, e))?;
+        let old = self.app_file.with_extension("yml.old");
+        if self.app_file.exists() {
+            std::fs::copy(&self.app_file, &old).map_err(|e| MasterError::io(&old, e))?;
+        }
+        let text = std::fs::read(source).map_err(|e| MasterError::io(source, e))?;
+        let tmp = self.app_file.with_extension("yml.new");
+        std::fs::write(&tmp, text).map_err(|e| MasterError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &self.app_file).map_err(|e| MasterError::io(&self.app_file, e))?;
+        Ok(())
+    }
+
+    async fn apply(&self, old: &Application, new: &Application, d: &AppDiff) -> Result<()> {
+        for name in old.start_order().unwrap_or_default().iter().rev() {
+            if d.removed.contains(name) || d.changed.contains(name) {
+                self.sup.stop_service(name).await;
+            }
+        }
+        self.sup.set_app(new.clone());
+        let started: Vec<String> = new
+            .start_order()
+            .map_err(MasterError::Update)?
+            .into_iter()
+            .filter(|n| d.changed.contains(n) || d.added.contains(n))
+            .collect();
+        for name in &started {
+            self.sup.start_service(new, name).await?;
+        }
+        tokio::time::sleep(self.sup.config().update.health.get()).await;
+        for (service, st) in self.sup.instance_states(&started) {
+            let healthy = st.restarts == 0
+                && st.starts == 1
+                && (st.status == Status::Running
+                    || (st.status == Status::Exited && st.last_exit_success));
+            if !healthy {
+                return Err(MasterError::Instance {
+                    service,
+                    instance: st.name,
+                    message: format!(
+                        "did not stay up for the health window of {} ({})",
+                        self.sup.config().update.health,
+                        st.last_exit
+                            .unwrap_or_else(|| format!("{:?}", st.status).to_lowercase())
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn rollback(
+        &self,
+        old: &Application,
+        new: &Application,
+        d: &AppDiff,
+        old_text: Option<Vec<u8>>,
+    ) {
+        for name in new.start_order().unwrap_or_default().iter().rev() {
+            if d.changed.contains(name) || d.added.contains(name) {
+                self.sup.stop_service(name).await;
+            }
+        }
+        match old_text {
+            Some(text) => {
+                if let Err(e) = std::fs::write(&self.app_file, text) {
+                    tracing::error!(file = %self.app_file.display(), "cannot restore the previous application file: {e}");
+                }
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.app_file);
+            }
+        }
+        self.sup.set_app(old.clone());
+        for name in old.start_order().unwrap_or_default() {
+            if (d.changed.contains(&name) || d.removed.contains(&name))
+                && let Err(e) = self.sup.start_service(old, &name).await {
+                    tracing::error!(service = %name, "rollback could not restart the previous version: {e}");
+                }
+        }
+    }
+}

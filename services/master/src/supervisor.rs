@@ -1,0 +1,599 @@
+//! The supervisor keeps the application's services running: it starts them in dependency order, restarts
+//! instances by their restart policy with backoff, starts and stops dynamic instances on request, and
+//! stops everything in reverse order. It holds what inspect shows about each instance.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backoff::Backoff;
+use crate::config::{Application, MasterConfig, Policy, ServiceSpec, valid_name};
+use crate::engine::{Engine, Exit, InstanceSpec, ResolvedMount, Running, RunningInfo};
+use crate::error::{MasterError, Result};
+use baetyl_sdk::env;
+
+/// Facts about the host and the master that every instance's environment carries.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    pub host_id: String,
+    pub host_sn: String,
+    /// The API address as services must dial it (absolute).
+    pub api_address: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Starting,
+    Running,
+    Restarting,
+    Stopping,
+    Stopped,
+    /// Ended and not restarted (policy `no`, or `on-failure` after a clean exit).
+    Exited,
+    /// Given up on: the retry maximum was reached.
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceState {
+    pub name: String,
+    pub status: Status,
+    pub start_time: Option<String>,
+    /// Times the supervisor restarted it after it ended.
+    pub restarts: u32,
+    /// Times it was started (1 + restarts, unless a start failed).
+    pub starts: u32,
+    pub last_exit: Option<String>,
+    pub dynamic: bool,
+    #[serde(skip)]
+    pub info: Option<RunningInfo>,
+    #[serde(skip)]
+    pub last_exit_success: bool,
+    #[serde(skip)]
+    pub reported: Map<String, Value>,
+}
+
+struct InstanceHandle {
+    state: watch::Receiver<InstanceState>,
+    running: Arc<Mutex<Option<Arc<dyn Running>>>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    reported: Arc<Mutex<Map<String, Value>>>,
+}
+
+struct ServiceRun {
+    spec: ServiceSpec,
+    instances: BTreeMap<String, InstanceHandle>,
+}
+
+pub struct Supervisor {
+    workdir: PathBuf,
+    config: MasterConfig,
+    engine: Arc<dyn Engine>,
+    host: HostFacts,
+    app: Mutex<Application>,
+    services: Mutex<BTreeMap<String, ServiceRun>>,
+    tokens: Mutex<BTreeMap<String, String>>,
+    error: Mutex<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// A fresh random token for a service's API credentials.
+pub fn new_token() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Supervisor {
+    pub fn new(
+        workdir: PathBuf,
+        config: MasterConfig,
+        engine: Arc<dyn Engine>,
+        host: HostFacts,
+    ) -> Self {
+        Supervisor {
+            workdir,
+            config,
+            engine,
+            host,
+            app: Mutex::new(Application::default()),
+            services: Mutex::new(BTreeMap::new()),
+            tokens: Mutex::new(BTreeMap::new()),
+            error: Mutex::new(String::new()),
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &MasterConfig {
+        &self.config
+    }
+
+    pub fn workdir(&self) -> &std::path::Path {
+        &self.workdir
+    }
+
+    pub fn app(&self) -> Application {
+        lock(&self.app).clone()
+    }
+
+    pub fn set_app(&self, app: Application) {
+        *lock(&self.app) = app;
+    }
+
+    pub fn error(&self) -> String {
+        lock(&self.error).clone()
+    }
+
+    pub fn set_error(&self, e: impl Into<String>) {
+        *lock(&self.error) = e.into();
+    }
+
+    /// Whether `username`/`password` are a running service's credentials.
+    pub fn check_token(&self, username: &str, password: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        lock(&self.tokens)
+            .get(username)
+            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(password.as_bytes())))
+    }
+
+    /// Starts every service of `app` in dependency order (services already running are skipped).
+    pub async fn start_app(&self, app: &Application) -> Result<()> {
+        let order = app.start_order().map_err(MasterError::Update)?;
+        for name in order {
+            if lock(&self.services).contains_key(&name) {
+                continue;
+            }
+            self.start_service(app, &name).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every service, in reverse dependency order of the current application.
+    pub async fn stop_all(&self) {
+        let app = self.app();
+        let mut order = app.start_order().unwrap_or_default();
+        // Services no longer in the app (should not happen) go first.
+        let running: Vec<String> = lock(&self.services).keys().cloned().collect();
+        for r in running {
+            if !order.contains(&r) {
+                order.insert(0, r);
+            }
+        }
+        for name in order.iter().rev() {
+            self.stop_service(name).await;
+        }
+    }
+
+    /// Starts one service's `replica` instances, waiting until each was started (or failed to start).
+    pub async fn start_service(&self, app: &Application, name: &str) -> Result<()> {
+        let spec = app
+            .services
+            .get(name)
+            .cloned()
+            .ok_or_else(|| MasterError::service(name, "is not defined in the application"))?;
+        self.engine.prepare(name, &spec).await?;
+        let token = new_token();
+        lock(&self.tokens).insert(name.to_string(), token.clone());
+        lock(&self.services).insert(
+            name.to_string(),
+            ServiceRun {
+                spec: spec.clone(),
+                instances: BTreeMap::new(),
+            },
+        );
+        let mut waits = Vec::new();
+        for i in 0..spec.replica {
+            let inst = if i == 0 {
+                name.to_string()
+            } else {
+                format!("{name}.i{i}")
+            };
+            let extra = vec![(env::SERVICE_TOKEN, token.clone())];
+            let ispec = self.instance_spec(app, name, &spec, &inst, &extra)?;
+            waits.push(self.launch(ispec, false));
+        }
+        for mut w in waits {
+            let _ = w.wait_for(|s| s.status != Status::Starting).await;
+        }
+        tracing::info!(service = name, replicas = spec.replica, "service started");
+        Ok(())
+    }
+
+    /// Stops every instance of a service (static and dynamic) and forgets it.
+    pub async fn stop_service(&self, name: &str) {
+        let run = lock(&self.services).remove(name);
+        lock(&self.tokens).remove(name);
+        if let Some(run) = run {
+            let stops: Vec<_> = run.instances.into_values().map(stop_handle).collect();
+            futures_join(stops).await;
+            tracing::info!(service = name, "service stopped");
+        }
+    }
+
+    /// Starts a dynamic instance (`PUT .../instances/{inst}/start`): no API token, extra env from the caller.
+    pub async fn start_dynamic(
+        &self,
+        service: &str,
+        instance: &str,
+        extra: BTreeMap<String, String>,
+    ) -> Result<()> {
+        if !valid_name(instance) {
+            return Err(MasterError::Instance {
+                service: service.into(),
+                instance: instance.into(),
+                message: "instance name must be letters, digits, `-`, `_` or `.`".into(),
+            });
+        }
+        let app = self.app();
+        let spec = {
+            let services = lock(&self.services);
+            let run = services.get(service).ok_or_else(|| {
+                MasterError::service(
+                    service,
+                    "is not running (it must be part of the running application)",
+                )
+            })?;
+            if let Some(h) = run.instances.get(instance) {
+                let status = h.state.borrow().status;
+                if !matches!(status, Status::Exited | Status::Failed | Status::Stopped) {
+                    return Err(MasterError::Instance {
+                        service: service.into(),
+                        instance: instance.into(),
+                        message: "already running; stop it first".into(),
+                    });
+                }
+            }
+            run.spec.clone()
+        };
+        let old = lock(&self.services)
+            .get_mut(service)
+            .and_then(|r| r.instances.remove(instance));
+        if let Some(old) = old {
+            stop_handle(old).await;
+        }
+        let extra: Vec<(&str, String)> = extra
+            .iter()
+            .filter(|(k, _)| k.as_str() != env::SERVICE_TOKEN)
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let ispec = self.instance_spec(&app, service, &spec, instance, &extra)?;
+        let mut w = self.launch(ispec, true);
+        let _ = w.wait_for(|s| s.status != Status::Starting).await;
+        let state = w.borrow().clone();
+        if state.starts == 0 {
+            return Err(MasterError::Instance {
+                service: service.into(),
+                instance: instance.into(),
+                message: state.last_exit.unwrap_or_else(|| "could not start".into()),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn stop_dynamic(&self, service: &str, instance: &str) -> Result<()> {
+        let handle = {
+            let mut services = lock(&self.services);
+            let run = services
+                .get_mut(service)
+                .ok_or_else(|| MasterError::service(service, "is not running"))?;
+            run.instances
+                .remove(instance)
+                .ok_or_else(|| MasterError::Instance {
+                    service: service.into(),
+                    instance: instance.into(),
+                    message: "no such instance".into(),
+                })?
+        };
+        stop_handle(handle).await;
+        Ok(())
+    }
+
+    /// Merges what an instance reported into its inspect entry.
+    pub fn report(&self, service: &str, instance: &str, stats: Map<String, Value>) -> Result<()> {
+        let services = lock(&self.services);
+        let h = services
+            .get(service)
+            .and_then(|r| r.instances.get(instance))
+            .ok_or_else(|| MasterError::Instance {
+                service: service.into(),
+                instance: instance.into(),
+                message: "no such instance".into(),
+            })?;
+        lock(&h.reported).extend(stats);
+        Ok(())
+    }
+
+    /// States of the instances of `services`, for the update's health check.
+    pub fn instance_states(&self, services: &[String]) -> Vec<(String, InstanceState)> {
+        let all = lock(&self.services);
+        services
+            .iter()
+            .filter_map(|s| all.get(s).map(|r| (s, r)))
+            .flat_map(|(s, r)| {
+                r.instances
+                    .values()
+                    .map(move |h| (s.clone(), h.state.borrow().clone()))
+            })
+            .collect()
+    }
+
+    /// The `services` part of inspect.
+    pub fn inspect_services(&self) -> Value {
+        let all = lock(&self.services);
+        let list: Vec<Value> = all
+            .iter()
+            .map(|(name, run)| {
+                let instances: Vec<Value> = run
+                    .instances
+                    .values()
+                    .map(|h| {
+                        let st = h.state.borrow().clone();
+                        let mut v = json!({
+                            "name": st.name,
+                            "status": st.status,
+                            "start_time": st.start_time,
+                            "restarts": st.restarts,
+                            "last_exit": st.last_exit,
+                            "dynamic": st.dynamic,
+                        });
+                        if let (Some(info), Some(obj)) = (&st.info, v.as_object_mut()) {
+                            obj.insert(
+                                info.kind.into(),
+                                json!({"id": info.id, "name": info.name, "pid": info.pid}),
+                            );
+                        }
+                        let running = lock(&h.running).clone();
+                        if let (Some(r), Some(obj)) = (running, v.as_object_mut()) {
+                            let s = r.stats();
+                            obj.insert("cpu_stats".into(), json!({"used_percent": s.cpu_percent, "seconds": s.cpu_seconds}));
+                            obj.insert("mem_stats".into(), json!({"rss": s.rss_bytes}));
+                            obj.insert("processes".into(), json!(s.processes));
+                        }
+                        if let Some(obj) = v.as_object_mut() {
+                            for (k, val) in lock(&h.reported).iter() {
+                                obj.entry(k.clone()).or_insert_with(|| val.clone());
+                            }
+                        }
+                        v
+                    })
+                    .collect();
+                json!({"name": name, "image": run.spec.image, "replica": run.spec.replica, "instances": instances})
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    fn instance_spec(
+        &self,
+        app: &Application,
+        service: &str,
+        spec: &ServiceSpec,
+        instance: &str,
+        extra: &[(&str, String)],
+    ) -> Result<InstanceSpec> {
+        let mut envs = spec
+            .environment
+            .to_map()
+            .map_err(|e| MasterError::service(service, e))?;
+        let contract = [
+            (env::HOST_ID, self.host.host_id.clone()),
+            (env::HOST_OS, std::env::consts::OS.to_string()),
+            (env::HOST_SN, self.host.host_sn.clone()),
+            (env::MASTER_API_ADDRESS, self.host.api_address.clone()),
+            (env::MASTER_API_VERSION, env::API_VERSION.to_string()),
+            (env::SERVICE_MODE, self.engine.mode().to_string()),
+            (env::SERVICE_NAME, service.to_string()),
+            (env::SERVICE_INSTANCE_NAME, instance.to_string()),
+        ];
+        for (k, v) in contract.into_iter().chain(extra.iter().cloned()) {
+            envs.insert(k.to_string(), v);
+        }
+        let mounts = spec
+            .volumes
+            .iter()
+            .map(|m| match app.volumes.get(&m.source) {
+                Some(vol) => ResolvedMount {
+                    host: self.workdir.join(
+                        vol.path
+                            .clone()
+                            .unwrap_or_else(|| format!("var/db/baetyl/volumes/{}", m.source)),
+                    ),
+                    target: m.target.clone(),
+                    read_only: m.read_only || vol.read_only,
+                },
+                None => ResolvedMount {
+                    host: self.workdir.join(m.source.trim_start_matches("./")),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                },
+            })
+            .collect();
+        Ok(InstanceSpec {
+            service: service.to_string(),
+            instance: instance.to_string(),
+            spec: spec.clone(),
+            env: envs,
+            mounts,
+        })
+    }
+
+    /// Spawns the task that runs and restarts one instance; answers a view of its state.
+    fn launch(&self, ispec: InstanceSpec, dynamic: bool) -> watch::Receiver<InstanceState> {
+        let initial = InstanceState {
+            name: ispec.instance.clone(),
+            status: Status::Starting,
+            start_time: None,
+            restarts: 0,
+            starts: 0,
+            last_exit: None,
+            dynamic,
+            info: None,
+            last_exit_success: false,
+            reported: Map::new(),
+        };
+        let (state_tx, state_rx) = watch::channel(initial);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let running = Arc::new(Mutex::new(None));
+        let service = ispec.service.clone();
+        let instance = ispec.instance.clone();
+        let task = tokio::spawn(run_instance(
+            self.engine.clone(),
+            ispec,
+            self.config.grace.get(),
+            state_tx,
+            running.clone(),
+            stop_rx,
+        ));
+        let handle = InstanceHandle {
+            state: state_rx.clone(),
+            running,
+            stop: stop_tx,
+            task,
+            reported: Arc::new(Mutex::new(Map::new())),
+        };
+        if let Some(run) = lock(&self.services).get_mut(&service) {
+            run.instances.insert(instance, handle);
+        }
+        state_rx
+    }
+}
+
+async fn stop_handle(h: InstanceHandle) {
+    let _ = h.stop.send(true);
+    let _ = h.task.await;
+}
+
+async fn futures_join(stops: Vec<impl std::future::Future<Output = ()> + Send + 'static>) {
+    let tasks: Vec<_> = stops.into_iter().map(tokio::spawn).collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Runs one instance until asked to stop: start, wait, and restart by policy with backoff.
+async fn run_instance(
+    engine: Arc<dyn Engine>,
+    ispec: InstanceSpec,
+    grace: Duration,
+    state: watch::Sender<InstanceState>,
+    running_slot: Arc<Mutex<Option<Arc<dyn Running>>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let policy = ispec.spec.restart.clone();
+    let mut backoff = Backoff::new(&policy.backoff);
+    let mut failures_in_row: u32 = 0;
+    let (svc, inst) = (ispec.service.clone(), ispec.instance.clone());
+    loop {
+        if *stop.borrow() {
+            state.send_modify(|s| s.status = Status::Stopped);
+            return;
+        }
+        let began = Instant::now();
+        let exit = match engine.start(ispec.clone()).await {
+            Ok(r) => {
+                let r: Arc<dyn Running> = Arc::from(r);
+                *lock(&running_slot) = Some(r.clone());
+                state.send_modify(|s| {
+                    s.status = Status::Running;
+                    s.start_time = Some(now_rfc3339());
+                    s.starts += 1;
+                    s.info = Some(r.info());
+                });
+                let exit = tokio::select! {
+                    e = r.wait() => e,
+                    _ = stop.changed() => {
+                        state.send_modify(|s| s.status = Status::Stopping);
+                        let e = r.stop(grace).await;
+                        tracing::info!(service = %svc, instance = %inst, "instance stopped ({e})");
+                        *lock(&running_slot) = None;
+                        state.send_modify(|s| {
+                            s.status = Status::Stopped;
+                            s.last_exit = Some(e.to_string());
+                            s.last_exit_success = e.success();
+                        });
+                        return;
+                    }
+                };
+                *lock(&running_slot) = None;
+                exit
+            }
+            Err(e) => {
+                tracing::error!(service = %svc, instance = %inst, "cannot start instance: {e}");
+                Exit::Error(e.to_string())
+            }
+        };
+        state.send_modify(|s| {
+            s.last_exit = Some(exit.to_string());
+            s.last_exit_success = exit.success();
+        });
+        if began.elapsed() >= backoff.healthy_after() {
+            backoff.reset();
+            failures_in_row = 0;
+        }
+        let restart = match policy.policy {
+            Policy::Always => true,
+            Policy::OnFailure => !exit.success(),
+            Policy::No => false,
+        };
+        if !restart {
+            tracing::info!(service = %svc, instance = %inst, "instance {exit}; not restarted (restart policy {:?})", policy.policy);
+            state.send_modify(|s| {
+                s.status = if exit.success() {
+                    Status::Exited
+                } else {
+                    Status::Failed
+                }
+            });
+            return;
+        }
+        failures_in_row += 1;
+        if policy.retry.max > 0 && failures_in_row > policy.retry.max {
+            tracing::error!(
+                service = %svc, instance = %inst,
+                "instance {exit}; giving up after {} restarts in a row (restart.retry.max)", policy.retry.max
+            );
+            state.send_modify(|s| s.status = Status::Failed);
+            return;
+        }
+        let delay = backoff.next_delay();
+        let limit = if policy.retry.max > 0 {
+            policy.retry.max.to_string()
+        } else {
+            "unlimited".into()
+        };
+        tracing::warn!(
+            service = %svc, instance = %inst,
+            "instance {exit}; restarting in {} (restart {failures_in_row} of {limit}, policy {:?})",
+            humantime::format_duration(delay), policy.policy
+        );
+        state.send_modify(|s| {
+            s.status = Status::Restarting;
+            s.restarts += 1;
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => {
+                state.send_modify(|s| s.status = Status::Stopped);
+                return;
+            }
+        }
+    }
+}

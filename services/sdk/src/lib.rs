@@ -1,0 +1,15 @@
+//! The contract every baetyl service shares with the master and with each other.
+//!
+//! - [`env`]: the environment variables the master hands to each service instance (Baetyl v1 names).
+//! - [`config`]: YAML loading with unknown-key rejection and errors that name the file, the key path and the fix;
+//!   plus the duration and size value types our config schemas use.
+//! - [`client`]: a small client for the master's REST API (unix socket or TCP), authenticated with the
+//!   service's token.
+//! - [`logging`]: tracing setup (human or JSON lines, level, optional file) with service/instance on every line.
+pub mod client;
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod logging;
+
+pub use error::{ClientError, ConfigError};

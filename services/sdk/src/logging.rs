@@ -1,0 +1,157 @@
+//! Tracing setup shared by every role of the `baetyl` binary: a human format for terminals, JSON lines for
+//! machines, and the service and instance names on every line.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Log line format: `human` for people, `json` for machines (one object per line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "human" | "text" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "log format `{other}` is unknown; use `human` or `json`"
+            )),
+        }
+    }
+}
+
+/// Where and how to log.
+#[derive(Debug, Clone)]
+pub struct LogSetup<'a> {
+    pub service: &'a str,
+    pub instance: &'a str,
+    /// A filter such as `info` or `baetyl_master=debug,info`; `RUST_LOG` wins when set.
+    pub level: &'a str,
+    pub format: LogFormat,
+    /// Append to this file instead of standard error.
+    pub file: Option<&'a Path>,
+}
+
+/// Installs the global subscriber. Call once, early in `main`.
+pub fn init(setup: &LogSetup<'_>) -> Result<(), String> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(setup.level))
+        .map_err(|e| format!("log level `{}` is not valid: {e}", setup.level))?;
+    let format = LineFormat {
+        service: setup.service.to_string(),
+        instance: setup.instance.to_string(),
+        json: setup.format == LogFormat::Json,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(format);
+    let result = match setup.file {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+            builder.with_writer(Mutex::new(file)).try_init()
+        }
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+    result.map_err(|e| format!("logging was already set up: {e}"))
+}
+
+struct LineFormat {
+    service: String,
+    instance: String,
+    json: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if self.json {
+            let mut obj = serde_json::Map::new();
+            obj.insert("time".into(), now.to_string().into());
+            obj.insert("level".into(), meta.level().as_str().to_lowercase().into());
+            obj.insert("service".into(), self.service.clone().into());
+            obj.insert("instance".into(), self.instance.clone().into());
+            obj.insert("target".into(), meta.target().into());
+            obj.insert("msg".into(), fields.message.into());
+            for (k, v) in fields.pairs {
+                obj.insert(k, v.into());
+            }
+            writeln!(w, "{}", serde_json::Value::Object(obj))
+        } else {
+            write!(
+                w,
+                "{now} {:>5} {}[{}] {}",
+                meta.level(),
+                self.service,
+                self.instance,
+                fields.message
+            )?;
+            for (k, v) in fields.pairs {
+                write!(w, " {k}={v}")?;
+            }
+            writeln!(w)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    pairs: Vec<(String, String)>,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let mut s = String::new();
+        let _ = write!(s, "{value:?}");
+        if field.name() == "message" {
+            self.message = s;
+        } else {
+            self.pairs.push((field.name().to_string(), s));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.pairs
+                .push((field.name().to_string(), value.to_string()));
+        }
+    }
+}
