@@ -22,7 +22,33 @@ async fn start_order_follows_depends_on() {
     w.app(
         "services:\n  a: {image: svc, depends_on: [b]}\n  b: {image: svc, depends_on: [c]}\n  c: {image: svc}\n  d: {image: svc, depends_on: [a, c]}\n",
     );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    w.write(
+        "etc/baetyl/conf.yml",
+        &format!("grace: 2s\nlogger: {{format: json}}\nserver: {{tcp: \"127.0.0.1:{port}\"}}\n"),
+    );
     let m = w.start_master();
+    // Every log line is a JSON object naming the service and instance.
+    for line in m.log_text().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(
+            (v["service"].as_str(), v["instance"].as_str()),
+            (Some("master"), Some("master")),
+            "{line}"
+        );
+    }
+    // The optional TCP listener serves the same API.
+    let token =
+        std::fs::read_to_string(w.path().join("var/run/baetyl/operator.token")).expect("token");
+    let tcp = baetyl_sdk::client::MasterClient::new(baetyl_sdk::client::Address::Tcp(format!(
+        "127.0.0.1:{port}"
+    )))
+    .with_credentials("baetyl-operator", token.trim());
+    assert!(tcp.inspect().await.expect("inspect over TCP")["services"].is_array());
     let mut times = Vec::new();
     for s in ["c", "b", "a", "d"] {
         let v = m
@@ -33,15 +59,19 @@ async fn start_order_follows_depends_on() {
     let mut sorted = times.clone();
     sorted.sort_by(|x, y| x.1.cmp(&y.1));
     assert_eq!(sorted, times, "instances must start in dependency order");
-    let log = m.log_text();
-    let pos = |s: &str| {
-        log.find(&format!("service started service={s} "))
-            .expect("start line")
-    };
-    assert!(
-        pos("c") < pos("b") && pos("b") < pos("a") && pos("a") < pos("d"),
-        "{log}"
-    );
+    let started: Vec<String> = m
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["msg"] == "service started")
+        .map(|v| {
+            v["fields"]["service"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(started, ["c", "b", "a", "d"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +181,7 @@ services:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_leaves_no_process_behind() {
     let w = Work::new();
-    w.app("services:\n  stubborn: {image: stubborn}\n  plain: {image: svc, replica: 2}\n");
+    w.app("services:\n  stubborn: {image: stubborn}\n  plain: {image: svc, replica: 2, depends_on: [stubborn]}\n");
     let mut m = w.start_master();
     let main = m.pid_of("stubborn", "stubborn").await.expect("pid");
     let dir = w.instance_dir("stubborn", "stubborn");
@@ -198,14 +228,12 @@ async fn stop_leaves_no_process_behind() {
         log.contains("did not stop within"),
         "SIGKILL after grace is logged\n{log}"
     );
-    let stop_order: Vec<usize> = ["service=stubborn", "service=plain"]
-        .iter()
-        .map(|s| {
-            log.find(&format!("service stopped {s}"))
-                .expect("stopped line")
-        })
-        .collect();
-    assert_eq!(stop_order.len(), 2);
+    // Reverse dependency order: plain (which depends on stubborn) stops first.
+    let stopped = |s: &str| {
+        log.find(&format!("service stopped service={s}"))
+            .expect("stopped line")
+    };
+    assert!(stopped("plain") < stopped("stubborn"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

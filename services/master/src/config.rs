@@ -188,14 +188,13 @@ impl MasterConfig {
             )
         })?;
         if let Some(tcp) = &self.server.tcp
-            && tcp.parse::<std::net::SocketAddr>().is_err() {
-                return Err(ConfigError::invalid(
-                    file,
-                    format!(
-                        "key `server.tcp`: `{tcp}` is not HOST:PORT; write e.g. 127.0.0.1:50050"
-                    ),
-                ));
-            }
+            && tcp.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                file,
+                format!("key `server.tcp`: `{tcp}` is not HOST:PORT; write e.g. 127.0.0.1:50050"),
+            ));
+        }
         if tracing_level_ok(&self.logger.level).is_err() {
             return Err(ConfigError::invalid(
                 file,
@@ -598,11 +597,12 @@ impl Application {
                 )));
             }
             if let Some(cpus) = svc.resources.cpu.as_ref().and_then(|c| c.cpus)
-                && !(cpus > 0.0 && cpus.is_finite()) {
-                    return Err(bad(format!(
-                        "key `{key}.resources.cpu.cpus`: must be a positive number of CPUs"
-                    )));
-                }
+                && !(cpus > 0.0 && cpus.is_finite())
+            {
+                return Err(bad(format!(
+                    "key `{key}.resources.cpu.cpus`: must be a positive number of CPUs"
+                )));
+            }
         }
         for (name, vol) in &self.volumes {
             if !valid_name(name) {
@@ -611,11 +611,12 @@ impl Application {
                 )));
             }
             if let Some(p) = &vol.path
-                && p.split('/').any(|c| c == "..") {
-                    return Err(bad(format!(
-                        "key `volumes.{name}.path`: `{p}` must not contain `..`"
-                    )));
-                }
+                && p.split('/').any(|c| c == "..")
+            {
+                return Err(bad(format!(
+                    "key `volumes.{name}.path`: `{p}` must not contain `..`"
+                )));
+            }
         }
         self.start_order().map_err(bad)?;
         Ok(())
@@ -645,12 +646,13 @@ impl Application {
             order.push(next.to_string());
             for (name, svc) in &self.services {
                 if svc.depends_on.iter().any(|d| d == next)
-                    && let Some(d) = indegree.get_mut(name.as_str()) {
-                        *d = d.saturating_sub(1);
-                        if *d == 0 {
-                            ready.insert(name.as_str());
-                        }
+                    && let Some(d) = indegree.get_mut(name.as_str())
+                {
+                    *d = d.saturating_sub(1);
+                    if *d == 0 {
+                        ready.insert(name.as_str());
                     }
+                }
             }
         }
         if order.len() < self.services.len() {

@@ -252,9 +252,10 @@ impl Updater {
         self.sup.set_app(old.clone());
         for name in old.start_order().unwrap_or_default() {
             if (d.changed.contains(&name) || d.removed.contains(&name))
-                && let Err(e) = self.sup.start_service(old, &name).await {
-                    tracing::error!(service = %name, "rollback could not restart the previous version: {e}");
-                }
+                && let Err(e) = self.sup.start_service(old, &name).await
+            {
+                tracing::error!(service = %name, "rollback could not restart the previous version: {e}");
+            }
         }
     }
 }

@@ -109,8 +109,14 @@ where
             obj.insert("instance".into(), self.instance.clone().into());
             obj.insert("target".into(), meta.target().into());
             obj.insert("msg".into(), fields.message.into());
-            for (k, v) in fields.pairs {
-                obj.insert(k, v.into());
+            // Event fields go under "fields", so an event's own `service` never hides ours.
+            if !fields.pairs.is_empty() {
+                let f: serde_json::Map<String, serde_json::Value> = fields
+                    .pairs
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into()))
+                    .collect();
+                obj.insert("fields".into(), f.into());
             }
             writeln!(w, "{}", serde_json::Value::Object(obj))
         } else {

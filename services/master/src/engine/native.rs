@@ -174,9 +174,11 @@ impl NativeEngine {
                 let mut v = ep.to_vec();
                 // A relative entrypoint names a file of the package when there is one.
                 if let (Some(first), Some(dir)) = (v.first_mut(), &program.dir)
-                    && !first.starts_with('/') && dir.join(&*first).is_file() {
-                        *first = dir.join(&*first).display().to_string();
-                    }
+                    && !first.starts_with('/')
+                    && dir.join(&*first).is_file()
+                {
+                    *first = dir.join(&*first).display().to_string();
+                }
                 v
             }
             None => {
