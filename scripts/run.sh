@@ -20,4 +20,5 @@ Look at it from another terminal:
        -H "x-openedge-password: \$(cat $work/var/run/baetyl/operator.token)" http://baetyl/v1/system/inspect
 Ctrl-C stops everything.
 MSG
+export BAETYL_PYTHON="$PWD/.venv/bin/python3"
 exec "$bin" master -w "$work"

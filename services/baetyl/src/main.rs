@@ -23,6 +23,12 @@ enum Command {
     Check(CheckArgs),
     /// Ask a running master for its state (same JSON as GET /v1/system/inspect).
     Inspect(baetyl_master::cli::InspectArgs),
+    /// Run the function manager: rules subscribe to the hub, call functions, publish results.
+    Function(baetyl_function::manager::FunctionArgs),
+    /// Serve SQL functions over gRPC (a function runtime; also standalone with --listen).
+    RuntimeSql(baetyl_function::runtime::RuntimeArgs),
+    /// Serve Python functions over gRPC (a function runtime; needs Python 3 with grpcio, see BAETYL_PYTHON).
+    RuntimePython(baetyl_function::runtime::RuntimeArgs),
     /// Print version, git revision and build target.
     Version,
 }
@@ -59,6 +65,13 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Master(args) => baetyl_master::cli::run_master(args, software_info(), roles()),
         Command::Inspect(args) => baetyl_master::cli::run_inspect(args),
+        Command::Function(args) => baetyl_function::manager::run_cli(args).map_err(Into::into),
+        Command::RuntimeSql(args) => {
+            baetyl_function::runtime::run_sql_cli(args).map_err(Into::into)
+        }
+        Command::RuntimePython(args) => {
+            baetyl_function::runtime::run_python_cli(args).map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,6 +111,28 @@ fn checkers() -> Vec<(&'static str, &'static [&'static str], Checker)> {
                 ))
             },
         ),
+        ("function", &[], |p| {
+            let c = baetyl_function::manager::ManagerConfig::load(p)?;
+            Ok(format!(
+                "function manager config with {} rule(s)",
+                c.rules.len()
+            ))
+        }),
+        ("runtime-sql", &[], |p| {
+            let c = baetyl_function::runtime::RuntimeConfig::load(p)?;
+            baetyl_function::runtime::SqlRuntime::new(&c, p)?;
+            Ok(format!(
+                "SQL runtime config with {} function(s)",
+                c.functions.len()
+            ))
+        }),
+        ("runtime-python", &[], |p| {
+            let c = baetyl_function::runtime::RuntimeConfig::load(p)?;
+            Ok(format!(
+                "Python runtime config with {} function(s)",
+                c.functions.len()
+            ))
+        }),
     ]
 }
 
@@ -129,5 +164,15 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
 
 /// Roles of this binary that an application can name as a service image (`image: baetyl-<role>`).
 fn roles() -> Vec<baetyl_master::engine::native::Role> {
-    Vec::new()
+    [
+        ("baetyl-function-manager", "function"),
+        ("baetyl-function-sql", "runtime-sql"),
+        ("baetyl-function-python3", "runtime-python"),
+    ]
+    .into_iter()
+    .map(|(image, role)| baetyl_master::engine::native::Role {
+        image: image.to_string(),
+        args: vec![role.to_string()],
+    })
+    .collect()
 }

@@ -11,6 +11,20 @@ pub const SERVICE_TOKEN: &str = "BAETYL_SERVICE_TOKEN";
 pub const SERVICE_INSTANCE_NAME: &str = "BAETYL_SERVICE_INSTANCE_NAME";
 pub const SERVICE_INSTANCE_ADDRESS: &str = "BAETYL_SERVICE_INSTANCE_ADDRESS";
 
+/// Every variable of the contract: a service never inherits these from the master's own environment.
+pub const CONTRACT: &[&str] = &[
+    HOST_ID,
+    HOST_OS,
+    HOST_SN,
+    MASTER_API_ADDRESS,
+    MASTER_API_VERSION,
+    SERVICE_MODE,
+    SERVICE_NAME,
+    SERVICE_TOKEN,
+    SERVICE_INSTANCE_NAME,
+    SERVICE_INSTANCE_ADDRESS,
+];
+
 /// The API version every master speaks.
 pub const API_VERSION: &str = "v1";
 

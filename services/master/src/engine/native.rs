@@ -320,11 +320,10 @@ impl Engine for NativeEngine {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        // The master's own BAETYL_* contract must not leak into a service's.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("BAETYL_") {
-                cmd.env_remove(&k);
-            }
+        // The master's own contract variables (when it runs under another master) must not leak into a
+        // service's; other variables (PATH, BAETYL_PYTHON, ...) are inherited.
+        for k in baetyl_sdk::env::CONTRACT {
+            cmd.env_remove(k);
         }
         cmd.envs(&spec.env);
         if let Some(cg) = &cgroup {

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""baetyl's Python 3 function runtime: serves baetyl.Function/Call (Baetyl v1's protocol) over gRPC and runs
+user handlers `handler(event, context)` loaded as `module.function` from each function's codedir.
+
+Started by `baetyl runtime-python`, which validates the YAML config and passes it here as JSON. Only grpcio
+is needed: FunctionMessage's seven fields are encoded here, so no generated code or protobuf version
+coupling is involved.
+
+v1 semantics: event = the JSON-decoded payload when it parses, else the raw bytes; context has messageQOS,
+messageTopic, messageTimestamp, functionName, functionInvokeID and invokeid; a dict/list result is sent as
+JSON, bytes as they are, str as UTF-8, None as an empty payload (nothing is published). An exception becomes
+a gRPC error whose metadata names the exception type.
+"""
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from concurrent import futures
+
+import grpc
+
+ERROR_TYPE_KEY = "baetyl-error-type"
+
+# ---------------------------------------------------------------- FunctionMessage wire format
+
+FIELDS = {1: "ID", 2: "QOS", 3: "Topic", 4: "Payload", 10: "Timestamp", 11: "FunctionName", 12: "FunctionInvokeID"}
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_varint(buf, i):
+    shift = result = 0
+    while True:
+        if i >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def decode(buf):
+    msg = {"ID": 0, "QOS": 0, "Topic": "", "Payload": b"", "Timestamp": 0, "FunctionName": "", "FunctionInvokeID": ""}
+    i = 0
+    while i < len(buf):
+        key, i = _read_varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _read_varint(buf, i)
+            if field == 10:
+                value = (value >> 1) ^ -(value & 1)
+        elif wire == 2:
+            length, i = _read_varint(buf, i)
+            value = bytes(buf[i:i + length])
+            i += length
+            if field in (3, 11, 12):
+                value = value.decode("utf-8", "replace")
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if field in FIELDS:
+            msg[FIELDS[field]] = value
+    return msg
+
+
+def encode(msg):
+    out = bytearray()
+    for field, name in FIELDS.items():
+        value = msg.get(name)
+        if field in (1, 2):
+            if value:
+                out += _varint(field << 3) + _varint(int(value))
+        elif field == 10:
+            if value:
+                v = int(value)
+                out += _varint(field << 3) + _varint(((v << 1) ^ (v >> 63)) & ((1 << 64) - 1))
+        else:
+            if value:
+                data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+                out += _varint((field << 3) | 2) + _varint(len(data)) + data
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- handlers
+
+def load_functions(functions):
+    loaded = {}
+    for f in functions:
+        codedir = os.path.abspath(f.get("codedir") or ".")
+        # The function's own third-party packages: vendor/ next to the code, or a requirements.txt installed
+        # into .deps/ at deploy time (pip install --target .deps -r requirements.txt).
+        for extra in (os.path.join(codedir, ".deps"), os.path.join(codedir, "vendor"), codedir):
+            if os.path.isdir(extra) and extra not in sys.path:
+                sys.path.insert(0, extra)
+        module_name, func_name = f["handler"].rsplit(".", 1)
+        try:
+            module = importlib.import_module(module_name)
+            handler = getattr(module, func_name)
+        except Exception as e:  # the whole runtime is useless without its handlers: say which and stop
+            raise SystemExit(f"function {f['name']}: cannot load handler {f['handler']} from {codedir}: {type(e).__name__}: {e}")
+        loaded[f["name"]] = handler
+    return loaded
+
+
+class Runtime:
+    def __init__(self, functions):
+        self.functions = functions
+
+    def call(self, request, context):
+        msg = request
+        handler = self.functions.get(msg["FunctionName"])
+        if handler is None:
+            context.set_trailing_metadata(((ERROR_TYPE_KEY, "UnknownFunction"),))
+            context.abort(grpc.StatusCode.NOT_FOUND, f"function `{msg['FunctionName']}` is not served by this runtime")
+        payload = msg["Payload"]
+        try:
+            event = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            event = payload
+        ctx = {
+            "messageQOS": msg["QOS"],
+            "messageTopic": msg["Topic"],
+            "messageTimestamp": msg["Timestamp"],
+            "functionName": msg["FunctionName"],
+            "functionInvokeID": msg["FunctionInvokeID"],
+            "invokeid": msg["FunctionInvokeID"],
+        }
+        try:
+            result = handler(event, ctx)
+        except Exception as e:
+            traceback.print_exc()
+            context.set_trailing_metadata(((ERROR_TYPE_KEY, type(e).__name__),))
+            context.abort(grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}")
+        if result is None:
+            out = b""
+        elif isinstance(result, (bytes, bytearray)):
+            out = bytes(result)
+        elif isinstance(result, str):
+            out = result.encode("utf-8")
+        else:
+            out = json.dumps(result).encode("utf-8")
+        reply = dict(msg)
+        reply["Payload"] = out
+        return reply
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="baetyl runtime-python")
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--config-json", required=True)
+    args = parser.parse_args(sys.argv[1:])
+    config = json.loads(args.config_json)
+    runtime = Runtime(load_functions(config["functions"]))
+    handler = grpc.method_handlers_generic_handler(
+        "baetyl.Function",
+        {"Call": grpc.unary_unary_rpc_method_handler(runtime.call, request_deserializer=decode, response_serializer=encode)},
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    if server.add_insecure_port(args.listen) == 0:
+        raise SystemExit(f"cannot listen on {args.listen}")
+    server.start()
+    name = os.environ.get("BAETYL_SERVICE_INSTANCE_NAME", "runtime-python")
+    print(f"{name}: serving {', '.join(runtime.functions)} on {args.listen}", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop(grace=2).wait()
+
+
+if __name__ == "__main__":
+    main()

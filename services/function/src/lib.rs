@@ -1,0 +1,16 @@
+//! Functions: "receive a message, compute, send a result" close to the device.
+//!
+//! - [`proto`]: the Function gRPC protocol of Baetyl v1 (`baetyl.Function/Call`, same field numbers).
+//! - [`sql`]: the SQL handler engine (v1's `select ... where ...` over JSON payloads).
+//! - [`manager`]: `baetyl function`: rules subscribe to the hub, call functions, publish results.
+//! - [`pool`]: instance pools over the master API (min, max, idletime, timeout).
+//! - [`runtime`]: a gRPC server serving a set of functions; the SQL runtime (`baetyl runtime-sql`) and the
+//!   launcher of the Python runtime (`baetyl runtime-python`, code in `runtimes/python/`).
+pub mod error;
+pub mod manager;
+pub mod pool;
+pub mod proto;
+pub mod runtime;
+pub mod sql;
+
+pub use error::FunctionError;

@@ -1,0 +1,528 @@
+//! The function manager (`baetyl function`): each rule subscribes to the hub with its own client id, hands
+//! every message to a pooled instance of its function over gRPC, and publishes the result.
+//!
+//! Delivery: inputs are acknowledged by hand, only after the output was acknowledged by the hub (or after
+//! the function filtered the message out), and rule sessions are persistent, so a manager killed mid-stream
+//! loses nothing: the hub redelivers what was not acknowledged.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Mutex, oneshot};
+
+use crate::error::FunctionError;
+use crate::pool::{CallError, Pool};
+use crate::proto::FunctionMessage;
+use baetyl_sdk::client::MasterClient;
+use baetyl_sdk::config::HumanDuration;
+
+/// `etc/baetyl/service.yml` of the function manager (v1 schema).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    pub hub: HubConfig,
+    pub rules: Vec<Rule>,
+    pub functions: Vec<FunctionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// `tcp://host:port`.
+    pub address: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub clientid: String,
+    pub subscribe: TopicQos,
+    pub function: FunctionRef,
+    pub publish: TopicQos,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicQos {
+    pub topic: String,
+    #[serde(default)]
+    pub qos: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    pub name: String,
+    /// The runtime service (in application.yml, usually `replica: 0`) whose instances serve this function.
+    pub service: String,
+    #[serde(default)]
+    pub instance: InstanceConfig,
+    /// Longest time one call may take; the instance is then stopped and replaced.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceConfig {
+    /// Instances kept even when idle.
+    pub min: u32,
+    /// Most instances at once (= most concurrent calls). With 1, messages are handled in order.
+    pub max: u32,
+    /// Idle instances above `min` are stopped after this long.
+    pub idletime: HumanDuration,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig {
+            min: 0,
+            max: 1,
+            idletime: HumanDuration::from_secs(600),
+        }
+    }
+}
+
+impl ManagerConfig {
+    pub fn load(path: &Path) -> Result<Self, FunctionError> {
+        let cfg: ManagerConfig = baetyl_sdk::config::load_yaml(path)?;
+        let bad = |m: String| FunctionError::Config(baetyl_sdk::ConfigError::invalid(path, m));
+        parse_hub_address(&cfg.hub.address).map_err(|e| bad(format!("key `hub.address`: {e}")))?;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, f) in cfg.functions.iter().enumerate() {
+            if !names.insert(f.name.as_str()) {
+                return Err(bad(format!(
+                    "key `functions[{i}]`: function `{}` is defined twice",
+                    f.name
+                )));
+            }
+            if f.instance.max == 0 || f.instance.min > f.instance.max {
+                return Err(bad(format!(
+                    "key `functions[{i}].instance`: need max >= 1 and min <= max (got min {}, max {})",
+                    f.instance.min, f.instance.max
+                )));
+            }
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, r) in cfg.rules.iter().enumerate() {
+            if !names.contains(r.function.name.as_str()) {
+                return Err(bad(format!(
+                    "key `rules[{i}].function.name`: function `{}` is not defined under `functions`",
+                    r.function.name
+                )));
+            }
+            if r.subscribe.qos > 1 || r.publish.qos > 1 {
+                return Err(bad(format!("key `rules[{i}]`: qos must be 0 or 1")));
+            }
+            if !ids.insert(r.clientid.as_str()) || r.clientid.is_empty() {
+                return Err(bad(format!(
+                    "key `rules[{i}].clientid`: must be non-empty and unique (`{}`)",
+                    r.clientid
+                )));
+            }
+            if r.publish.topic.contains(['+', '#']) {
+                return Err(bad(format!(
+                    "key `rules[{i}].publish.topic`: a publish topic cannot hold wildcards"
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn parse_hub_address(address: &str) -> Result<(String, u16), String> {
+    let rest = address
+        .strip_prefix("tcp://")
+        .ok_or_else(|| format!("`{address}` is not tcp://HOST:PORT"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{address}` has no port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("`{address}`: port is not a number"))?;
+    Ok((host.to_string(), port))
+}
+
+fn qos(n: u8) -> QoS {
+    if n == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+/// Counters for one rule, reported to the master.
+#[derive(Default)]
+pub struct RuleStats {
+    pub received: AtomicU64,
+    pub published: AtomicU64,
+    pub filtered: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Publishes through a rule's client and resolves when the hub acknowledged (QoS 1) or the packet was
+/// written (QoS 0). Outgoing publishes leave in request order, so a FIFO pairs requests with packet ids.
+struct Publisher {
+    client: AsyncClient,
+    order: Mutex<()>,
+    queue: std::sync::Mutex<VecDeque<oneshot::Sender<()>>>,
+}
+
+impl Publisher {
+    async fn publish(
+        &self,
+        topic: &str,
+        q: QoS,
+        payload: Vec<u8>,
+    ) -> Result<oneshot::Receiver<()>, FunctionError> {
+        let (tx, rx) = oneshot::channel();
+        let _order = self.order.lock().await;
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(tx);
+        self.client
+            .publish(topic, q, false, payload)
+            .await
+            .map_err(|e| FunctionError::Mqtt(format!("publish to {topic}: {e}")))?;
+        Ok(rx)
+    }
+
+    fn next_waiter(&self) -> Option<oneshot::Sender<()>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+}
+
+/// Runs every rule until `shutdown` completes.
+pub async fn run(
+    cfg: ManagerConfig,
+    master: MasterClient,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), FunctionError> {
+    let mut pools: BTreeMap<String, Arc<Pool>> = BTreeMap::new();
+    for f in &cfg.functions {
+        let pool = Arc::new(Pool::new(f.clone(), master.clone()));
+        pool.warm_up().await;
+        pools.insert(f.name.clone(), pool);
+    }
+    let reaper_pools: Vec<Arc<Pool>> = pools.values().cloned().collect();
+    let reaper = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for p in &reaper_pools {
+                p.reap_idle().await;
+            }
+        }
+    });
+    let mut stats = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for rule in &cfg.rules {
+        let pool = pools
+            .get(&rule.function.name)
+            .cloned()
+            .ok_or_else(|| FunctionError::Pool {
+                function: rule.function.name.clone(),
+                message: "not defined".into(),
+            })?;
+        let st = Arc::new(RuleStats::default());
+        stats.insert(rule.clientid.clone(), st.clone());
+        tasks.push(tokio::spawn(run_rule(
+            cfg.hub.clone(),
+            rule.clone(),
+            pool,
+            st,
+        )));
+    }
+    let reporter = tokio::spawn(report_loop(master.clone(), stats, pools.clone()));
+    shutdown.await;
+    tracing::info!("stopping the function manager");
+    for t in tasks {
+        t.abort();
+    }
+    reaper.abort();
+    reporter.abort();
+    for p in pools.values() {
+        p.stop_all().await;
+    }
+    Ok(())
+}
+
+async fn report_loop(
+    master: MasterClient,
+    stats: BTreeMap<String, Arc<RuleStats>>,
+    pools: BTreeMap<String, Arc<Pool>>,
+) {
+    let (Ok(service), Ok(instance)) = (
+        std::env::var(baetyl_sdk::env::SERVICE_NAME),
+        std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_NAME),
+    ) else {
+        return;
+    };
+    loop {
+        let rules: serde_json::Map<String, serde_json::Value> = stats
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    json!({
+                        "received": s.received.load(Ordering::Relaxed),
+                        "published": s.published.load(Ordering::Relaxed),
+                        "filtered": s.filtered.load(Ordering::Relaxed),
+                        "errors": s.errors.load(Ordering::Relaxed),
+                    }),
+                )
+            })
+            .collect();
+        let mut fns = serde_json::Map::new();
+        for (k, p) in &pools {
+            fns.insert(k.clone(), p.stats().await);
+        }
+        if let Err(e) = master
+            .report(
+                &service,
+                &instance,
+                &json!({"rules": rules, "functions": fns}),
+            )
+            .await
+        {
+            tracing::debug!("cannot report stats: {e}");
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+async fn run_rule(hub: HubConfig, rule: Rule, pool: Arc<Pool>, stats: Arc<RuleStats>) {
+    let (host, port) = match parse_hub_address(&hub.address) {
+        Ok(hp) => hp,
+        Err(e) => {
+            tracing::error!(rule = %rule.clientid, "{e}");
+            return;
+        }
+    };
+    let mut opts = MqttOptions::new(rule.clientid.clone(), host, port);
+    opts.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(64 << 20, 64 << 20)
+        .set_inflight(100);
+    if let Some(u) = &hub.username {
+        opts.set_credentials(u.clone(), hub.password.clone().unwrap_or_default());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let publisher = Arc::new(Publisher {
+        client: client.clone(),
+        order: Mutex::new(()),
+        queue: std::sync::Mutex::new(VecDeque::new()),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Publish>(256);
+    // Dispatcher: takes a pool permit before handing a message on, so with max 1 messages run in order.
+    let dispatch = {
+        let (rule, pool, publisher, client, stats) = (
+            rule.clone(),
+            pool.clone(),
+            publisher.clone(),
+            client.clone(),
+            stats.clone(),
+        );
+        tokio::spawn(async move {
+            let seq = Arc::new(AtomicU64::new(0));
+            while let Some(p) = rx.recv().await {
+                let permit = pool.permit().await;
+                let (rule, pool, publisher, client, stats, seq) = (
+                    rule.clone(),
+                    pool.clone(),
+                    publisher.clone(),
+                    client.clone(),
+                    stats.clone(),
+                    seq.clone(),
+                );
+                tokio::spawn(async move {
+                    handle(&rule, &pool, permit, &publisher, &client, &stats, &seq, p).await;
+                });
+            }
+        })
+    };
+    let mut waiting: HashMap<u16, oneshot::Sender<()>> = HashMap::new();
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(rule = %rule.clientid, session_present = ack.session_present, "connected to the hub");
+                if let Err(e) =
+                    client.try_subscribe(rule.subscribe.topic.clone(), qos(rule.subscribe.qos))
+                {
+                    tracing::error!(rule = %rule.clientid, "cannot subscribe: {e}");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                if tx.send(p).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                if pkid == 0 {
+                    if let Some(w) = publisher.next_waiter() {
+                        let _ = w.send(());
+                    }
+                } else if let std::collections::hash_map::Entry::Vacant(slot) = waiting.entry(pkid)
+                {
+                    // A retransmission after reconnect reuses its id and is already waited for.
+                    if let Some(w) = publisher.next_waiter() {
+                        slot.insert(w);
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(w) = waiting.remove(&ack.pkid) {
+                    let _ = w.send(());
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(s))) => {
+                if s.return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    tracing::error!(rule = %rule.clientid, topic = %rule.subscribe.topic, "the hub refused the subscription");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(rule = %rule.clientid, "hub connection: {e}; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    dispatch.abort();
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    rule: &Rule,
+    pool: &Pool,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    publisher: &Publisher,
+    client: &AsyncClient,
+    stats: &RuleStats,
+    seq: &AtomicU64,
+    p: Publish,
+) {
+    let in_qos = p.qos as u8;
+    let msg = FunctionMessage {
+        id: seq.fetch_add(1, Ordering::Relaxed) + 1,
+        qos: u32::from(in_qos),
+        topic: p.topic.clone(),
+        payload: p.payload.to_vec(),
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        function_name: rule.function.name.clone(),
+        function_invoke_id: crate::pool::invoke_id(),
+    };
+    let out_qos = qos(in_qos.min(rule.publish.qos));
+    let result = pool.call(permit, msg.clone()).await;
+    let payload = match result {
+        Ok(reply) if reply.payload.is_empty() => {
+            stats.filtered.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Ok(reply) => Some(reply.payload),
+        Err(e) => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            let (kind, message) = match &e {
+                CallError::Function { kind, message } => (kind.clone(), message.clone()),
+                other => (other.kind().to_string(), other.to_string()),
+            };
+            tracing::warn!(rule = %rule.clientid, "function {} failed: {message}", rule.function.name);
+            Some(
+                json!({
+                    "functionMessage": {
+                        "ID": msg.id, "QOS": msg.qos, "Topic": msg.topic,
+                        "Payload": String::from_utf8_lossy(&msg.payload),
+                        "Timestamp": msg.timestamp, "FunctionName": msg.function_name,
+                        "FunctionInvokeID": msg.function_invoke_id,
+                    },
+                    "errorMessage": message,
+                    "errorType": kind,
+                })
+                .to_string()
+                .into_bytes(),
+            )
+        }
+    };
+    if let Some(payload) = payload {
+        match publisher
+            .publish(&rule.publish.topic, out_qos, payload)
+            .await
+        {
+            Ok(acked) => {
+                if acked.await.is_err() {
+                    // The connection went away before the hub acknowledged: leave the input unacknowledged,
+                    // the hub redelivers it.
+                    return;
+                }
+                stats.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(rule = %rule.clientid, "{e}");
+                return;
+            }
+        }
+    }
+    if let Err(e) = client.ack(&p).await {
+        tracing::warn!(rule = %rule.clientid, "cannot acknowledge the input: {e}");
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FunctionArgs {
+    /// The manager's config (v1 schema: hub, rules, functions).
+    #[arg(short = 'c', long, default_value = "etc/baetyl/service.yml")]
+    pub config: PathBuf,
+}
+
+/// `baetyl function`.
+pub fn run_cli(args: FunctionArgs) -> Result<(), FunctionError> {
+    let instance =
+        std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| "function".into());
+    let service =
+        std::env::var(baetyl_sdk::env::SERVICE_NAME).unwrap_or_else(|_| "function".into());
+    let _ = baetyl_sdk::logging::init(&baetyl_sdk::logging::LogSetup {
+        service: &service,
+        instance: &instance,
+        level: "info",
+        format: baetyl_sdk::logging::LogFormat::Human,
+        file: None,
+    });
+    let cfg = ManagerConfig::load(&args.config)?;
+    let master = MasterClient::from_env()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| FunctionError::Other(format!("async runtime: {e}")))?;
+    rt.block_on(run(cfg, master, crate::runtime::shutdown_signal()))
+}

@@ -1,0 +1,314 @@
+//! A function's instance pool: instances are dynamic instances of the function's runtime service, started
+//! and stopped through the master API, each serving gRPC on a port the master handed out.
+//!
+//! `max` bounds the instances and the concurrent calls; idle instances above `min` are stopped after
+//! `idletime`; an instance that times out or whose connection fails is stopped and replaced (a call whose
+//! instance died is retried on a fresh one). An error raised by the function itself keeps the instance.
+//! Instances are named `<function>-<slot>` with slots 1..=max, so a restarted manager takes over (stops and
+//! restarts) instances its predecessor left.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::manager::FunctionConfig;
+use crate::proto::FunctionMessage;
+use crate::proto::function_client::FunctionClient;
+use crate::runtime::ERROR_TYPE_KEY;
+use baetyl_sdk::client::MasterClient;
+
+/// How long a fresh instance may take to serve gRPC.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Attempts for one call when instances die under it.
+const ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The function ran and raised an error (kept: the instance is fine).
+    #[error("{message}")]
+    Function { kind: String, message: String },
+    #[error("the call took longer than the function's timeout of {0}")]
+    Timeout(humantime::Duration),
+    #[error("no instance could serve the call: {0}")]
+    Unavailable(String),
+    #[error("cannot start an instance: {0}")]
+    Start(String),
+}
+
+impl CallError {
+    pub fn kind(&self) -> &str {
+        match self {
+            CallError::Function { kind, .. } => kind,
+            CallError::Timeout(_) => "Timeout",
+            CallError::Unavailable(_) => "Unavailable",
+            CallError::Start(_) => "StartFailed",
+        }
+    }
+}
+
+/// A call cut off by its deadline, on either side.
+fn is_deadline(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::DeadlineExceeded
+        || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired"))
+}
+
+struct Instance {
+    slot: u32,
+    name: String,
+    client: FunctionClient<Channel>,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    idle: Vec<Instance>,
+    slots: BTreeSet<u32>,
+    started: u64,
+    stopped: u64,
+}
+
+pub struct Pool {
+    conf: FunctionConfig,
+    master: MasterClient,
+    permits: Arc<Semaphore>,
+    state: Mutex<State>,
+}
+
+/// A random id for one invocation.
+pub fn invoke_id() -> String {
+    let b: [u8; 16] = rand::rng().random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Pool {
+    pub fn new(conf: FunctionConfig, master: MasterClient) -> Self {
+        let max = conf.instance.max.max(1) as usize;
+        Pool {
+            conf,
+            master,
+            permits: Arc::new(Semaphore::new(max)),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Waits for a free call slot (at most `max` calls run at once).
+    pub async fn permit(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(p) = self.permits.clone().acquire_owned().await {
+                return p;
+            }
+            // The semaphore is never closed; this only guards against a future change.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Starts `min` instances ahead of the first message.
+    pub async fn warm_up(&self) {
+        for _ in 0..self.conf.instance.min {
+            match self.start().await {
+                Ok(i) => self.state.lock().await.idle.push(i),
+                Err(e) => {
+                    tracing::error!(function = %self.conf.name, "cannot start a minimum instance: {e}")
+                }
+            }
+        }
+    }
+
+    pub async fn call(
+        &self,
+        permit: OwnedSemaphorePermit,
+        msg: FunctionMessage,
+    ) -> Result<FunctionMessage, CallError> {
+        let _permit = permit;
+        let timeout = self.conf.timeout.get();
+        let mut last_error = String::new();
+        for _ in 0..ATTEMPTS {
+            let idle = self.state.lock().await.idle.pop();
+            let mut inst = match idle {
+                Some(i) => i,
+                None => self.start().await.map_err(CallError::Start)?,
+            };
+            // The deadline also travels to the runtime (grpc-timeout), which may give up early on its side.
+            let mut req = tonic::Request::new(msg.clone());
+            req.set_timeout(timeout);
+            match tokio::time::timeout(timeout, inst.client.call(req)).await {
+                Ok(Ok(resp)) => {
+                    self.release(inst).await;
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(status)) if is_deadline(&status) => {
+                    tracing::warn!(function = %self.conf.name, instance = %inst.name, "call timed out after {}; replacing the instance", self.conf.timeout);
+                    self.discard(inst).await;
+                    return Err(CallError::Timeout(timeout.into()));
+                }
+                Ok(Err(status)) => {
+                    if let Some(kind) = status
+                        .metadata()
+                        .get(ERROR_TYPE_KEY)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        let kind = kind.to_string();
+                        self.release(inst).await;
+                        return Err(CallError::Function {
+                            kind,
+                            message: status.message().to_string(),
+                        });
+                    }
+                    tracing::warn!(function = %self.conf.name, instance = %inst.name, "call failed ({}); replacing the instance", status.message());
+                    last_error = format!("{}: {}", inst.name, status.message());
+                    self.discard(inst).await;
+                }
+                Err(_) => {
+                    tracing::warn!(function = %self.conf.name, instance = %inst.name, "call timed out after {}; replacing the instance", self.conf.timeout);
+                    self.discard(inst).await;
+                    return Err(CallError::Timeout(timeout.into()));
+                }
+            }
+        }
+        Err(CallError::Unavailable(last_error))
+    }
+
+    async fn release(&self, mut inst: Instance) {
+        inst.last_used = Instant::now();
+        self.state.lock().await.idle.push(inst);
+    }
+
+    async fn discard(&self, inst: Instance) {
+        if let Err(e) = self
+            .master
+            .stop_instance(&self.conf.service, &inst.name)
+            .await
+        {
+            tracing::warn!(instance = %inst.name, "cannot stop: {e}");
+        }
+        let mut st = self.state.lock().await;
+        st.slots.remove(&inst.slot);
+        st.stopped += 1;
+    }
+
+    async fn start(&self) -> Result<Instance, String> {
+        let slot = {
+            let mut st = self.state.lock().await;
+            let slot = (1..=self.conf.instance.max)
+                .find(|s| !st.slots.contains(s))
+                .ok_or_else(|| "all instance slots are taken".to_string())?;
+            st.slots.insert(slot);
+            slot
+        };
+        match self.start_in(slot).await {
+            Ok(i) => {
+                self.state.lock().await.started += 1;
+                Ok(i)
+            }
+            Err(e) => {
+                self.state.lock().await.slots.remove(&slot);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_in(&self, slot: u32) -> Result<Instance, String> {
+        let name = format!("{}-{slot}", self.conf.name);
+        let port = self
+            .master
+            .available_port()
+            .await
+            .map_err(|e| e.to_string())?;
+        let address = format!("127.0.0.1:{port}");
+        let mut env = std::collections::BTreeMap::new();
+        env.insert(
+            baetyl_sdk::env::SERVICE_INSTANCE_ADDRESS.to_string(),
+            address.clone(),
+        );
+        if let Err(e) = self
+            .master
+            .start_instance(&self.conf.service, &name, &env)
+            .await
+        {
+            if !e.to_string().contains("already running") {
+                return Err(e.to_string());
+            }
+            // Left by a previous manager: take the slot over.
+            tracing::info!(instance = %name, "taking over an instance left by a previous manager");
+            let _ = self.master.stop_instance(&self.conf.service, &name).await;
+            self.master
+                .start_instance(&self.conf.service, &name, &env)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let began = Instant::now();
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1));
+        loop {
+            match endpoint.connect().await {
+                Ok(ch) => {
+                    tracing::info!(function = %self.conf.name, instance = %name, %address, "instance ready in {:?}", began.elapsed());
+                    return Ok(Instance {
+                        slot,
+                        name,
+                        client: FunctionClient::new(ch).max_decoding_message_size(64 << 20),
+                        last_used: Instant::now(),
+                    });
+                }
+                Err(e) if began.elapsed() > START_TIMEOUT => {
+                    let _ = self.master.stop_instance(&self.conf.service, &name).await;
+                    return Err(format!(
+                        "instance {name} did not serve gRPC on {address} within {START_TIMEOUT:?}: {e}"
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Stops idle instances above `min` that were idle longer than `idletime`.
+    pub async fn reap_idle(&self) {
+        let idletime = self.conf.instance.idletime.get();
+        let expired: Vec<Instance> = {
+            let mut st = self.state.lock().await;
+            let total = st.slots.len();
+            let mut removable = total.saturating_sub(self.conf.instance.min as usize);
+            let mut keep = Vec::new();
+            let mut out = Vec::new();
+            // Oldest-used first.
+            st.idle.sort_by_key(|i| i.last_used);
+            for i in st.idle.drain(..) {
+                if removable > 0 && i.last_used.elapsed() >= idletime {
+                    removable -= 1;
+                    out.push(i);
+                } else {
+                    keep.push(i);
+                }
+            }
+            st.idle = keep;
+            out
+        };
+        for i in expired {
+            tracing::info!(function = %self.conf.name, instance = %i.name, "stopping an instance idle for {}", self.conf.instance.idletime);
+            self.discard(i).await;
+        }
+    }
+
+    pub async fn stop_all(&self) {
+        let idle: Vec<Instance> = self.state.lock().await.idle.drain(..).collect();
+        for i in idle {
+            self.discard(i).await;
+        }
+    }
+
+    pub async fn stats(&self) -> Value {
+        let st = self.state.lock().await;
+        json!({
+            "instances": st.slots.len(),
+            "idle": st.idle.len(),
+            "started": st.started,
+            "stopped": st.stopped,
+        })
+    }
+}
