@@ -1,0 +1,403 @@
+//! The broker: rmqtt embedded in-process, configured from [`HubConfig`] and nothing else.
+//!
+//! Engine plugins: `rmqtt-session-storage` (persistent sessions and their queued QoS 1/2 messages, sled under
+//! `storage.dir/session`), `rmqtt-retainer` (retained messages, sled under `storage.dir/retain`) and
+//! `rmqtt-sys-topic` (`$SYS`). `rmqtt-message-storage` is deliberately absent: it replays old messages to
+//! new subscribers. Authentication and ACL are ours ([`crate::auth`]); the engine's ACL plugin is not used, so
+//! no engine component holds or logs passwords.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmqtt::codec::v5::PublishProperties;
+use rmqtt::context::ServerContext;
+use rmqtt::hook::{Register, Type};
+use rmqtt::net::Builder;
+use rmqtt::server::MqttServer;
+use rmqtt::session::SessionState;
+use rmqtt::types::{
+    ClientId, CodecPublish, From as MsgFrom, Id, ListenerId, Publish, QoS, TopicName, UserName,
+};
+use rmqtt::utils::timestamp_millis;
+use tokio::task::JoinHandle;
+
+use crate::auth::{Access, Counters, HubHandler};
+use crate::config::{HubConfig, ListenKind, ListenSpec};
+use crate::error::HubError;
+use crate::routing::Router;
+
+const PLUGIN_SESSION: &str = "rmqtt-session-storage";
+const PLUGIN_RETAIN: &str = "rmqtt-retainer";
+const PLUGIN_SYS: &str = "rmqtt-sys-topic";
+/// The name under which rmqtt-session-storage looks up its offline-message save queue.
+const OFFLINE_SAVE_QUEUE: &str = "SESSION_STORAGE_OFFLINE_EXEC";
+
+/// How long queued messages and offline persistent sessions are kept.
+const SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+const MESSAGE_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Messages queued per offline session before the oldest are dropped.
+const MAX_QUEUED: usize = 100_000;
+/// A client that has not sent CONNECT by then is dropped (the slow-handshake guard).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// sled flushes every 500 ms; waiting a little longer on shutdown lets the last writes reach the disk.
+const FLUSH_GRACE: Duration = Duration::from_millis(1200);
+/// How often statistics are reported to the master.
+const REPORT_INTERVAL: Duration = Duration::from_secs(20);
+
+pub(crate) fn qos_u8(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+fn qos_from_u8(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Publishes copies of `original` on each routed (topic, qos), as the hub itself.
+pub(crate) async fn republish(scx: ServerContext, routes: Vec<(String, u8)>, original: Publish) {
+    for (topic, qos) in routes {
+        let from = MsgFrom::from_system(Id::new(
+            scx.node.id(),
+            0,
+            None,
+            None,
+            ClientId::from_static("baetyl-hub-route"),
+            Some(UserName::from_static("baetyl-hub")),
+        ));
+        let p = CodecPublish {
+            dup: false,
+            retain: false,
+            qos: qos_from_u8(qos),
+            topic: TopicName::from(topic.clone()),
+            packet_id: None,
+            payload: original.payload.clone(),
+            properties: Some(PublishProperties::default()),
+        };
+        let p: Publish = p.into();
+        let p = p.create_time(timestamp_millis());
+        if let Err(e) = SessionState::forwards(&scx, from, p, false, Some(MESSAGE_EXPIRY)).await {
+            tracing::warn!(topic, "routing rule could not republish: {e:#}");
+        }
+    }
+}
+
+/// TOML basic-string quoting for values we put in the engine's plugin config.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn sled_config(dir: &Path) -> String {
+    format!(
+        "storage.type = \"sled\"\nstorage.sled.path = {}\nstorage.sled.cache_capacity = \"64M\"\n",
+        toml_str(&dir.to_string_lossy())
+    )
+}
+
+/// Refuses `rmqtt_plugin_*` variables: the engine would let them override the plugin config we set.
+fn check_env() -> Result<(), HubError> {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.to_ascii_lowercase().starts_with("rmqtt_plugin_") {
+            return Err(HubError::EnvOverride(k.into_owned()));
+        }
+    }
+    Ok(())
+}
+
+fn listener_builder(spec: &ListenSpec, cfg: &HubConfig) -> Builder {
+    let max = cfg.message.length.max.0;
+    // The packet also carries the topic (up to 64 KiB) and MQTT 5 properties; the payload limit itself is
+    // enforced exactly in the publish check.
+    let packet = u32::try_from(max.saturating_add(128 * 1024))
+        .unwrap_or(u32::MAX)
+        .min(268_435_455);
+    let mut b = Builder::new()
+        .name(spec.url.clone())
+        .laddr(spec.addr)
+        .nodelay(true)
+        .reuseaddr(Some(true))
+        .allow_anonymous(false)
+        .max_packet_size(packet)
+        .max_clientid_len(128)
+        .handshake_timeout(HANDSHAKE_TIMEOUT)
+        .max_mqueue_len(MAX_QUEUED)
+        .session_expiry_interval(SESSION_EXPIRY)
+        .message_expiry_interval(MESSAGE_EXPIRY);
+    if spec.kind.is_tls()
+        && let Some(cert) = &cfg.certificate
+    {
+        b = b
+            .tls_cert(Some(cert.cert.to_string_lossy().into_owned()))
+            .tls_key(Some(cert.key.to_string_lossy().into_owned()));
+        if let Some(ca) = &cert.ca {
+            // Two-way TLS: the verified certificate's CN becomes the username, and the certificate is handed to
+            // our authentication hook as proof.
+            b = b
+                .tls_cross_certificate(true)
+                .tls_client_ca_certs(Some(ca.to_string_lossy().into_owned()))
+                .cert_cn_as_username(true)
+                .collect_cert_info(true);
+        }
+    }
+    b
+}
+
+fn bind(spec: &ListenSpec, cfg: &HubConfig) -> Result<rmqtt::net::Listener, HubError> {
+    let err = |e: rmqtt::Error| HubError::Listener {
+        url: spec.url.clone(),
+        addr: spec.addr,
+        message: format!("{e:#}"),
+    };
+    // The engine's TLS errors do not name the file; check the files first so that the message does.
+    if spec.kind.is_tls()
+        && let Some(cert) = &cfg.certificate
+    {
+        let files = [
+            ("certificate.cert", Some(&cert.cert)),
+            ("certificate.key", Some(&cert.key)),
+            ("certificate.ca", cert.ca.as_ref()),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path
+                && let Err(e) = std::fs::File::open(path)
+            {
+                return Err(HubError::Listener {
+                    url: spec.url.clone(),
+                    addr: spec.addr,
+                    message: format!("key `{key}`: cannot read {}: {e}", path.display()),
+                });
+            }
+        }
+    }
+    let l = listener_builder(spec, cfg).bind().map_err(err)?;
+    match spec.kind {
+        ListenKind::Tcp => l.tcp(),
+        ListenKind::Ssl => l.tls(),
+        ListenKind::Ws => l.ws(),
+        ListenKind::Wss => l.wss(),
+    }
+    .map_err(err)
+}
+
+/// A started hub: its bound addresses, its statistics, and the means to stop it.
+pub struct RunningHub {
+    addrs: Vec<(ListenSpec, SocketAddr)>,
+    scx: ServerContext,
+    counters: Arc<Counters>,
+    server: JoinHandle<Result<(), String>>,
+    reporter: Option<JoinHandle<()>>,
+    _hooks: Box<dyn Register>,
+}
+
+impl RunningHub {
+    /// Each listener's config entry and the address it is bound to (the real port when the config said 0).
+    pub fn local_addrs(&self) -> &[(ListenSpec, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The address of the first listener of `kind`.
+    pub fn local_addr(&self, kind: ListenKind) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(s, _)| s.kind == kind)
+            .map(|(_, a)| *a)
+    }
+
+    /// Statistics: the hub's own counters plus the engine's.
+    pub async fn stats(&self) -> serde_json::Value {
+        stats_json(&self.scx, &self.counters).await
+    }
+
+    /// Waits for `shutdown`, then stops. Ends early with an error when the engine stops by itself.
+    pub async fn serve<F: Future<Output = ()>>(mut self, shutdown: F) -> Result<(), HubError> {
+        let result = tokio::select! {
+            _ = shutdown => Ok(()),
+            r = &mut self.server => Err(HubError::Engine(match r {
+                Ok(Ok(())) => "the listeners stopped".to_string(),
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+            })),
+        };
+        self.stop().await;
+        result
+    }
+
+    /// Stops accepting connections and gives the stores time to flush.
+    pub async fn stop(self) {
+        self.server.abort();
+        if let Some(r) = &self.reporter {
+            r.abort();
+        }
+        tracing::info!("hub stopping");
+        tokio::time::sleep(FLUSH_GRACE).await;
+    }
+}
+
+async fn stats_json(scx: &ServerContext, counters: &Counters) -> serde_json::Value {
+    let engine = scx.stats.clone(scx).await.to_json(scx).await;
+    serde_json::json!({
+        "hub": counters.to_json(),
+        "connections": scx.connections.count(),
+        "sessions": scx.sessions.count(),
+        "engine": engine,
+    })
+}
+
+/// Starts the hub: storage, engine plugins, our hooks, then every listener. Any failure is returned before a
+/// single connection is accepted.
+///
+/// Runs on the caller's tokio runtime. The engine's sled stores keep blocking tasks alive for good, so a plain
+/// drop of that runtime never returns: end it with `Runtime::shutdown_timeout` or `shutdown_background`
+/// (as [`crate::run_cli`] does).
+pub async fn start(cfg: &HubConfig) -> Result<RunningHub, HubError> {
+    check_env()?;
+    // rmqtt's TLS is built on rustls with aws-lc-rs; make it the process default too so that no other rustls
+    // user in the process has to guess.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let specs = cfg
+        .listeners()
+        .map_err(|m| HubError::Engine(m.to_string()))?;
+    let dir = &cfg.storage.dir;
+    for sub in ["session", "retain"] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).map_err(|source| HubError::Storage {
+            dir: d.clone(),
+            source,
+        })?;
+    }
+
+    let retain_cfg = format!(
+        "{}max_retained_messages = 0\nmax_payload_size = \"{}B\"\n",
+        sled_config(&dir.join("retain")),
+        cfg.message.length.max.0
+    );
+    let scx = ServerContext::new()
+        .busy_check_enable(false)
+        .plugins_config_map_add(PLUGIN_SESSION, sled_config(&dir.join("session")))
+        .plugins_config_map_add(PLUGIN_RETAIN, retain_cfg)
+        .plugins_config_map_add(
+            PLUGIN_SYS,
+            "publish_qos = 0\npublish_interval = \"1m\"\nmessage_retain_available = false\nmessage_expiry_interval = \"5m\"\n",
+        )
+        .build()
+        .await;
+
+    let plugin_err = |plugin: &'static str| {
+        move |e: rmqtt::Error| {
+            let message = format!("{e:#}");
+            tracing::error!(plugin, "plugin failed to start: {message}");
+            HubError::Plugin { plugin, message }
+        }
+    };
+    // rmqtt-session-storage saves each offline message as a task on this named queue, by default with 8
+    // concurrent workers: two saves for one session then race (the first messages of a new offline queue
+    // can be lost, and order is not kept). Created here first, with one worker, the queue runs saves in
+    // arrival order; its length bounds the backlog (saves beyond it are dropped and counted by the engine).
+    let _ = scx.get_exec((OFFLINE_SAVE_QUEUE, 1, MAX_QUEUED));
+    rmqtt_plugins::session_storage::register(&scx, true, false)
+        .await
+        .map_err(plugin_err(PLUGIN_SESSION))?;
+    rmqtt_plugins::retainer::register(&scx, true, false)
+        .await
+        .map_err(plugin_err(PLUGIN_RETAIN))?;
+    rmqtt_plugins::sys_topic::register(&scx, true, false)
+        .await
+        .map_err(plugin_err(PLUGIN_SYS))?;
+
+    let counters = Arc::new(Counters::default());
+    let handler = HubHandler {
+        access: Arc::new(Access::new(cfg)),
+        counters: counters.clone(),
+        router: Arc::new(Router::new(&cfg.subscriptions)),
+        scx: scx.clone(),
+    };
+    let hooks = scx.extends.hook_mgr().register();
+    for typ in [
+        Type::ClientAuthenticate,
+        Type::ClientSubscribeCheckAcl,
+        Type::MessagePublishCheckAcl,
+    ] {
+        hooks.add(typ, Box::new(handler.clone())).await;
+    }
+    hooks.start().await;
+
+    let mut server = MqttServer::new(scx.clone());
+    let mut addrs = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let l = bind(spec, cfg)?;
+        let local = l.local_addr().map_err(|e| HubError::Listener {
+            url: spec.url.clone(),
+            addr: spec.addr,
+            message: format!("{e:#}"),
+        })?;
+        tracing::info!(url = %spec.url, addr = %local, "listening");
+        addrs.push((spec.clone(), local));
+        let id = ListenerId::try_from(i + 1).unwrap_or(ListenerId::MAX);
+        server = server.listener_by_id(l, id);
+    }
+    let server = server.build();
+    let task = tokio::spawn(async move { server.run().await.map_err(|e| format!("{e:#}")) });
+
+    let reporter = master_reporter(scx.clone(), counters.clone());
+    Ok(RunningHub {
+        addrs,
+        scx,
+        counters,
+        server: task,
+        reporter,
+        _hooks: hooks,
+    })
+}
+
+/// When started by the master, reports statistics to it periodically (they show in `inspect`).
+fn master_reporter(scx: ServerContext, counters: Arc<Counters>) -> Option<JoinHandle<()>> {
+    use baetyl_sdk::env;
+    let service = std::env::var(env::SERVICE_NAME).ok()?;
+    std::env::var(env::MASTER_API_ADDRESS).ok()?;
+    let instance = std::env::var(env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| service.clone());
+    let client = match baetyl_sdk::client::MasterClient::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("statistics will not be reported to the master: {e}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REPORT_INTERVAL);
+        loop {
+            tick.tick().await;
+            let stats = stats_json(&scx, &counters).await;
+            if let Err(e) = client.report(&service, &instance, &stats).await {
+                tracing::warn!("reporting statistics to the master failed: {e}");
+            }
+        }
+    }))
+}
+
+/// Runs the hub until `shutdown` completes.
+pub async fn run<F: Future<Output = ()>>(cfg: HubConfig, shutdown: F) -> Result<(), HubError> {
+    let hub = start(&cfg).await?;
+    hub.serve(shutdown).await
+}
