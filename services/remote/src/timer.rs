@@ -1,0 +1,464 @@
+//! `baetyl timer` (v1's baetyl-timer): publishes a templated payload to a hub topic on an interval.
+//!
+//! ```yaml
+//! hub: {address: tcp://127.0.0.1:1883, clientid: timer, username: u, password: p}
+//! timer: {interval: 1s}
+//! publish:
+//!   topic: timer
+//!   qos: 0
+//!   payload: {id: 1, at: '{{time_rfc3339}}', n: '{{seq}}'}   # or a string: 'tick {{seq}} at {{time}}'
+//! ```
+//!
+//! Placeholders: `{{time}}` (unix seconds), `{{time_ms}}` (unix milliseconds), `{{time_rfc3339}}`, `{{seq}}`
+//! (1 for the first message), `{{topic}}`, `{{clientid}}`. A string payload is expanded as text. A mapping (or
+//! any other YAML value) is sent as JSON with every string in it expanded; a string that is exactly one numeric
+//! placeholder (`'{{seq}}'`, `'{{time}}'`, `'{{time_ms}}'`) becomes a JSON number, and a mapping without a
+//! `time` key gets `time` (unix seconds) as v1's timer did.
+//! When the hub is unreachable at a tick, that tick is skipped and counted (`skipped`), not queued.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use baetyl_sdk::ConfigError;
+use baetyl_sdk::config::{HumanDuration, load_yaml};
+use baetyl_sdk::logging::LogFormat;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::config::{Connection, DEFAULT_CONFIG_PATH, Endpoint, LoggerConfig, qos_of};
+use crate::error::RemoteError;
+use crate::link::Link;
+use crate::topic;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerConfig {
+    pub hub: Connection,
+    pub timer: TimerSection,
+    pub publish: PublishSection,
+    #[serde(default = "default_report_interval")]
+    pub report_interval: HumanDuration,
+    #[serde(default)]
+    pub logger: LoggerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerSection {
+    pub interval: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSection {
+    pub topic: String,
+    #[serde(default)]
+    pub qos: u8,
+    #[serde(default = "default_payload")]
+    pub payload: Value,
+}
+
+fn default_report_interval() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_payload() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+impl TimerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg: TimerConfig = load_yaml(path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let bad = |m: String| ConfigError::invalid(file, m);
+        self.hub.check(file, "hub")?;
+        if self.timer.interval.get() < Duration::from_millis(1) {
+            return Err(bad("timer.interval: must be at least 1ms, e.g. 1s".into()));
+        }
+        topic::validate_topic(&self.publish.topic)
+            .map_err(|m| bad(format!("publish.topic: {m}")))?;
+        if self.publish.qos > 1 {
+            return Err(bad(format!(
+                "publish.qos: {} is not supported; use 0 or 1",
+                self.publish.qos
+            )));
+        }
+        Payload::new(&self.publish.payload).map_err(|m| bad(format!("publish.payload: {m}")))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Var {
+    Time,
+    TimeMs,
+    Rfc3339,
+    Seq,
+    Topic,
+    ClientId,
+}
+
+const VARS: &[(&str, Var)] = &[
+    ("time", Var::Time),
+    ("time_ms", Var::TimeMs),
+    ("time_rfc3339", Var::Rfc3339),
+    ("seq", Var::Seq),
+    ("topic", Var::Topic),
+    ("clientid", Var::ClientId),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    Var(Var),
+}
+
+fn parse_template(s: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            parts.push(Part::Lit(rest[..open].to_string()));
+        }
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| format!("`{s}`: `{{{{` without a closing `}}}}`"))?;
+        let name = after[..close].trim();
+        let var = VARS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                format!(
+                    "unknown placeholder `{{{{{name}}}}}`; known: {}",
+                    VARS.iter()
+                        .map(|(n, _)| format!("{{{{{n}}}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        parts.push(Part::Var(var));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Lit(rest.to_string()));
+    }
+    Ok(parts)
+}
+
+/// What a placeholder expands to for one message.
+pub struct Context<'a> {
+    pub now: SystemTime,
+    pub seq: u64,
+    pub topic: &'a str,
+    pub clientid: &'a str,
+}
+
+impl Context<'_> {
+    fn unix(&self) -> Duration {
+        self.now.duration_since(UNIX_EPOCH).unwrap_or_default()
+    }
+    fn text(&self, v: Var) -> String {
+        match v {
+            Var::Time => self.unix().as_secs().to_string(),
+            Var::TimeMs => self.unix().as_millis().to_string(),
+            Var::Rfc3339 => humantime::format_rfc3339_millis(self.now).to_string(),
+            Var::Seq => self.seq.to_string(),
+            Var::Topic => self.topic.to_string(),
+            Var::ClientId => self.clientid.to_string(),
+        }
+    }
+    fn number(&self, v: Var) -> Option<Value> {
+        match v {
+            Var::Time => Some(Value::from(self.unix().as_secs())),
+            Var::TimeMs => Some(Value::from(self.unix().as_millis() as u64)),
+            Var::Seq => Some(Value::from(self.seq)),
+            _ => None,
+        }
+    }
+}
+
+fn expand(parts: &[Part], ctx: &Context<'_>) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            Part::Lit(s) => s.clone(),
+            Part::Var(v) => ctx.text(*v),
+        })
+        .collect()
+}
+
+/// A compiled payload template.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    source: Value,
+}
+
+impl Payload {
+    /// Checks every placeholder in `source`.
+    pub fn new(source: &Value) -> Result<Payload, String> {
+        fn check(v: &Value) -> Result<(), String> {
+            match v {
+                Value::String(s) => parse_template(s).map(|_| ()),
+                Value::Array(a) => a.iter().try_for_each(check),
+                Value::Object(o) => o.values().try_for_each(check),
+                _ => Ok(()),
+            }
+        }
+        check(source)?;
+        Ok(Payload {
+            source: source.clone(),
+        })
+    }
+
+    /// The bytes of one message.
+    pub fn render(&self, ctx: &Context<'_>) -> Vec<u8> {
+        fn walk(v: &Value, ctx: &Context<'_>) -> Value {
+            match v {
+                Value::String(s) => {
+                    let parts = parse_template(s).unwrap_or_else(|_| vec![Part::Lit(s.clone())]);
+                    if let [Part::Var(var)] = parts.as_slice()
+                        && let Some(n) = ctx.number(*var)
+                    {
+                        return n;
+                    }
+                    Value::String(expand(&parts, ctx))
+                }
+                Value::Array(a) => Value::Array(a.iter().map(|x| walk(x, ctx)).collect()),
+                Value::Object(o) => {
+                    Value::Object(o.iter().map(|(k, x)| (k.clone(), walk(x, ctx))).collect())
+                }
+                other => other.clone(),
+            }
+        }
+        match &self.source {
+            Value::String(s) => {
+                let parts = parse_template(s).unwrap_or_else(|_| vec![Part::Lit(s.clone())]);
+                expand(&parts, ctx).into_bytes()
+            }
+            other => {
+                let mut v = walk(other, ctx);
+                if let Value::Object(o) = &mut v
+                    && !o.contains_key("time")
+                {
+                    o.insert("time".into(), Value::from(ctx.unix().as_secs()));
+                }
+                v.to_string().into_bytes()
+            }
+        }
+    }
+}
+
+/// Arguments of `baetyl timer`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TimerArgs {
+    /// The timer's config file.
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Log line format: `human` or `json`; overrides `logger.format` in the config.
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Loads the config, sets up logging, runs the timer until SIGTERM or SIGINT.
+pub fn run_cli(args: TimerArgs) -> Result<(), RemoteError> {
+    let cfg = TimerConfig::load(&args.config)?;
+    crate::cli::init_logging("timer", &cfg.logger, args.log_format)?;
+    let runtime = crate::cli::build_runtime("timer")?;
+    let result = runtime.block_on(run(cfg, crate::cli::shutdown_signal()));
+    if let Err(e) = &result {
+        tracing::error!("{e}");
+    }
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    acknowledged: AtomicU64,
+    skipped: AtomicU64,
+}
+
+/// Publishes until `shutdown` completes.
+pub async fn run(cfg: TimerConfig, shutdown: impl Future<Output = ()>) -> Result<(), RemoteError> {
+    let endpoint = Endpoint::new("hub", &cfg.hub, "baetyl-timer", 1 << 20)?;
+    let payload = Payload::new(&cfg.publish.payload).map_err(|message| RemoteError::Endpoint {
+        name: "publish.payload".into(),
+        message,
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (link, driver) = Link::start(&endpoint, Vec::new(), None, stop_rx.clone());
+    let counters = Arc::new(Counters::default());
+    let reporter = std::env::var(baetyl_sdk::env::SERVICE_NAME)
+        .is_ok()
+        .then(|| {
+            tokio::spawn(report(
+                counters.clone(),
+                cfg.report_interval.get(),
+                stop_rx.clone(),
+            ))
+        });
+    let qos = qos_of(cfg.publish.qos);
+    tokio::pin!(shutdown);
+    // The first tick waits for the first connection; later outages skip ticks.
+    let mut stopped = tokio::select! {
+        _ = link.wait_connected() => false,
+        _ = &mut shutdown => true,
+    };
+    let mut tick = tokio::time::interval(cfg.timer.interval.get());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tracing::info!(topic = %cfg.publish.topic, interval = %cfg.timer.interval, "timer started");
+    let mut seq = 0u64;
+    while !stopped {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut shutdown => {
+                stopped = true;
+                continue;
+            }
+        }
+        let ctx = Context {
+            now: SystemTime::now(),
+            seq: seq + 1,
+            topic: &cfg.publish.topic,
+            clientid: &endpoint.clientid,
+        };
+        match link.publish(&cfg.publish.topic, qos, payload.render(&ctx)) {
+            Ok(ack) => {
+                seq += 1;
+                counters.published.fetch_add(1, Ordering::Relaxed);
+                let c = counters.clone();
+                tokio::spawn(async move {
+                    if ack.await.is_ok() {
+                        c.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            Err(_) => {
+                let n = counters.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_multiple_of(60) {
+                    tracing::warn!(skipped = n, "hub not connected: tick skipped");
+                }
+            }
+        }
+    }
+    stop_tx.send_replace(true);
+    let _ = driver.await;
+    if let Some(r) = reporter {
+        let _ = r.await;
+    }
+    tracing::info!(
+        published = counters.published.load(Ordering::Relaxed),
+        skipped = counters.skipped.load(Ordering::Relaxed),
+        "timer stopped"
+    );
+    Ok(())
+}
+
+async fn report(counters: Arc<Counters>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let service = std::env::var(baetyl_sdk::env::SERVICE_NAME).unwrap_or_default();
+    let instance =
+        std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| service.clone());
+    let client = match baetyl_sdk::client::MasterClient::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("stats will not be reported: {e}");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let stats = serde_json::json!({
+            "published": counters.published.load(Ordering::Relaxed),
+            "acknowledged": counters.acknowledged.load(Ordering::Relaxed),
+            "skipped": counters.skipped.load(Ordering::Relaxed),
+        });
+        match client.report(&service, &instance, &stats).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                tracing::warn!("cannot report stats to the master: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baetyl_sdk::config::parse_yaml;
+
+    fn ctx(seq: u64) -> Context<'static> {
+        Context {
+            now: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            seq,
+            topic: "timer",
+            clientid: "t1",
+        }
+    }
+
+    #[test]
+    fn string_templates_expand() {
+        let p = Payload::new(&Value::String(
+            "n={{seq}} t={{ time }} ms={{time_ms}} on {{topic}}/{{clientid}}".into(),
+        ))
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(p.render(&ctx(7))).unwrap(),
+            "n=7 t=1700000000 ms=1700000000123 on timer/t1"
+        );
+        let p = Payload::new(&Value::String("{{time_rfc3339}}".into())).unwrap();
+        assert_eq!(
+            String::from_utf8(p.render(&ctx(1))).unwrap(),
+            "2023-11-14T22:13:20.123Z"
+        );
+    }
+
+    #[test]
+    fn mapping_payload_becomes_json_with_numbers_and_time() {
+        let p =
+            Payload::new(&serde_json::json!({"id": 1, "n": "{{seq}}", "label": "tick {{seq}}"}))
+                .unwrap();
+        let v: Value = serde_json::from_slice(&p.render(&ctx(3))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": 1, "n": 3, "label": "tick 3", "time": 1_700_000_000u64})
+        );
+    }
+
+    #[test]
+    fn bad_placeholders_are_rejected_at_load() {
+        let text = "hub: {address: 'tcp://h:1883'}\ntimer: {interval: 1s}\npublish: {topic: t, payload: '{{nope}}'}\n";
+        let cfg: TimerConfig = parse_yaml(text, Path::new("timer.yml")).unwrap();
+        let e = cfg
+            .validate(Path::new("timer.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("publish.payload") && e.contains("{{nope}}") && e.contains("{{seq}}"),
+            "{e}"
+        );
+        let text =
+            "hub: {address: 'tcp://h:1883'}\ntimer: {interval: 1s}\npublish: {topic: 't/#'}\n";
+        let cfg: TimerConfig = parse_yaml(text, Path::new("timer.yml")).unwrap();
+        assert!(cfg.validate(Path::new("timer.yml")).is_err());
+        let text = "hub: {address: 'tcp://h:1883'}\ntimer: {interval: 1s}\npublish: {topic: t, payload: 'a {{seq'}\n";
+        let cfg: TimerConfig = parse_yaml(text, Path::new("timer.yml")).unwrap();
+        assert!(cfg.validate(Path::new("timer.yml")).is_err());
+    }
+}
