@@ -1,0 +1,732 @@
+//! Boot and shutdown: the ordered steps of PID 1 over a [`System`], and the supervision loop in between.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::MsFlags;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::config::{InitConfig, RerootMode};
+use crate::log::{error, info, warning};
+use crate::modules;
+use crate::mounts;
+use crate::process::{Backoff, SignalWatch, descendants, describe, reap_all};
+use crate::sys::{ModuleLoad, MountSpec, PowerAction, System};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the initramfs root is bind-mounted before it is moved over `/`.
+pub const NEWROOT: &str = "/.baetyl-root";
+
+/// What boot is allowed to do beyond the [`System`] calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Mode {
+    /// We are PID 1: `kill(-1)` reaches exactly our processes.
+    pub pid1: bool,
+    /// Re-rooting is possible (the real `/`, not a test root or dry run).
+    pub may_reroot: bool,
+    /// /dev/kmsg is ours to write (not a test root or dry run).
+    pub may_kmsg: bool,
+}
+
+pub struct Init<S: System> {
+    pub sys: S,
+    pub cfg: InitConfig,
+    mode: Mode,
+    /// Device paths we mounted, in mount order; unmounted in reverse at shutdown.
+    mounted: Vec<PathBuf>,
+}
+
+impl<S: System> Init<S> {
+    pub fn new(sys: S, cfg: InitConfig, mode: Mode) -> Self {
+        Init {
+            sys,
+            cfg,
+            mode,
+            mounted: Vec::new(),
+        }
+    }
+
+    pub fn mounted(&self) -> &[PathBuf] {
+        &self.mounted
+    }
+
+    /// Re-roots out of an initramfs (when configured and possible). Must run before any other mount: the bind of
+    /// `/` is not recursive.
+    pub fn reroot(&mut self) {
+        let wanted = match self.cfg.reroot {
+            RerootMode::Never => false,
+            RerootMode::Always => true,
+            RerootMode::Auto => mounts::root_is_initramfs(),
+        };
+        if !wanted {
+            return;
+        }
+        if !self.mode.may_reroot {
+            info!("re-root skipped (test root or dry run)");
+            return;
+        }
+        match self.sys.reroot(Path::new(NEWROOT)) {
+            Ok(()) => info!("re-rooted: / is now a mount (runc can pivot_root)"),
+            Err(e) => error!("{e}; continuing on the initramfs root"),
+        }
+    }
+
+    fn mount_tracked(&mut self, spec: &MountSpec) -> bool {
+        if let Err(e) = self.sys.make_dir(&spec.target) {
+            error!("{e}");
+            return false;
+        }
+        match self.sys.mount(spec) {
+            Ok(()) => {
+                self.mounted.push(spec.target.clone());
+                true
+            }
+            Err(e) => {
+                error!("{e}");
+                false
+            }
+        }
+    }
+
+    /// /proc, /sys, /dev, /dev/pts, /run, /tmp, cgroup2: each skipped if already a mount point.
+    pub fn mount_base(&mut self) {
+        for spec in mounts::base_mounts() {
+            if self.sys.is_mounted(&spec.target) {
+                info!("{} is already mounted", spec.target.display());
+                continue;
+            }
+            if self.mount_tracked(&spec) {
+                info!("mounted {} on {}", spec.fstype, spec.target.display());
+            }
+            if spec.target == Path::new("/dev") && self.mode.may_kmsg && self.cfg.kmsg {
+                crate::log::enable_kmsg(Path::new("/dev/kmsg"));
+            }
+        }
+    }
+
+    pub fn load_modules(&mut self) {
+        if self.cfg.modules.load.is_empty() {
+            return;
+        }
+        let dir = self
+            .cfg
+            .modules
+            .dir
+            .clone()
+            .unwrap_or_else(modules::default_dir);
+        let host_dir = self.sys.host_path(&dir);
+        let (mut loaded, mut present, mut failed) = (0, 0, 0);
+        for entry in self.cfg.modules.load.clone() {
+            let Some(path) = modules::resolve(&host_dir, &entry) else {
+                error!("module {entry}: no {entry}.ko under {}", dir.display());
+                failed += 1;
+                continue;
+            };
+            match self.sys.load_module(&path) {
+                Ok(ModuleLoad::Loaded) => {
+                    info!("module {entry} loaded");
+                    loaded += 1;
+                }
+                Ok(ModuleLoad::AlreadyLoaded) => {
+                    info!("module {entry} already loaded");
+                    present += 1;
+                }
+                Err(e) => {
+                    error!("{e}");
+                    failed += 1;
+                }
+            }
+        }
+        info!("modules: {loaded} loaded, {present} already present, {failed} failed");
+    }
+
+    pub fn set_hostname(&mut self) {
+        if let Some(name) = self.cfg.hostname.clone() {
+            match self.sys.set_hostname(&name) {
+                Ok(()) => info!("hostname {name}"),
+                Err(e) => error!("{e}"),
+            }
+        }
+    }
+
+    /// The data partition, then datasets (read-only) and volumes (read-write) on it.
+    pub fn mount_data(&mut self) {
+        let mountpoint = match self.cfg.data.clone() {
+            Some(data) => {
+                let sys_block = self.sys.host_path(Path::new("/sys/class/block"));
+                let dev = self.sys.host_path(Path::new("/dev"));
+                let deadline = after(Instant::now(), data.wait.get());
+                let device = loop {
+                    if let Some(d) = mounts::find_by_label(&sys_block, &dev, &data.label) {
+                        break Some(d);
+                    }
+                    if Instant::now() >= deadline {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                let mounted = match device {
+                    Some(device) => {
+                        let spec = MountSpec::new(
+                            &device.to_string_lossy(),
+                            &data.mountpoint,
+                            &data.fstype,
+                            MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+                            "",
+                        );
+                        let ok = self.mount_tracked(&spec);
+                        if ok {
+                            info!(
+                                "data partition {} ({}) on {}",
+                                device.display(),
+                                data.label,
+                                data.mountpoint.display()
+                            );
+                            if data.grow && data.fstype == "ext4" {
+                                match self.sys.grow_filesystem(&device, &data.mountpoint) {
+                                    Ok(Some((old, new))) => info!(
+                                        "data filesystem grown from {} MiB to {} MiB to fill {}",
+                                        old >> 20,
+                                        new >> 20,
+                                        device.display()
+                                    ),
+                                    Ok(None) => {}
+                                    Err(e) => warning!("{e}; the data filesystem keeps its size"),
+                                }
+                            }
+                        }
+                        ok
+                    }
+                    None => {
+                        warning!(
+                            "no partition or filesystem labelled `{}` after {}",
+                            data.label,
+                            data.wait
+                        );
+                        false
+                    }
+                };
+                if !mounted {
+                    self.data_on_tmpfs(&data.mountpoint);
+                }
+                data.mountpoint
+            }
+            None => {
+                let mp = PathBuf::from("/var/lib/baetyl");
+                if !self.cfg.volumes.is_empty() {
+                    self.data_on_tmpfs(&mp);
+                }
+                mp
+            }
+        };
+        for ds in self.cfg.datasets.clone() {
+            let src = mounts::bind_source(&mountpoint, "datasets", &ds);
+            if !self.sys.host_path(&src).exists() {
+                error!(
+                    "dataset {}: {} does not exist; not mounted",
+                    ds.name,
+                    src.display()
+                );
+                continue;
+            }
+            let spec = MountSpec::new(&src.to_string_lossy(), &ds.target, "", MsFlags::MS_BIND, "");
+            if self.mount_tracked(&spec) {
+                match self.sys.remount_readonly(&ds.target) {
+                    Ok(()) => info!("dataset {} (read-only) on {}", ds.name, ds.target.display()),
+                    Err(e) => error!("dataset {}: {e}; it is mounted read-write", ds.name),
+                }
+            }
+        }
+        for vol in self.cfg.volumes.clone() {
+            let src = mounts::bind_source(&mountpoint, "volumes", &vol);
+            if let Err(e) = self.sys.make_dir(&src) {
+                error!("volume {}: {e}", vol.name);
+                continue;
+            }
+            let spec = MountSpec::new(
+                &src.to_string_lossy(),
+                &vol.target,
+                "",
+                MsFlags::MS_BIND,
+                "",
+            );
+            if self.mount_tracked(&spec) {
+                info!(
+                    "volume {} (read-write) on {}",
+                    vol.name,
+                    vol.target.display()
+                );
+            }
+        }
+    }
+
+    fn data_on_tmpfs(&mut self, mountpoint: &Path) {
+        warning!(
+            "volumes are on a tmpfs at {}: they will not survive a reboot",
+            mountpoint.display()
+        );
+        let spec = MountSpec::new(
+            "tmpfs",
+            mountpoint,
+            "tmpfs",
+            MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            "mode=0755",
+        );
+        self.mount_tracked(&spec);
+    }
+
+    /// Loopback up; the configured (or first) interface with its static address and default route.
+    pub fn network(&mut self) {
+        if let Err(e) = self.sys.configure_interface("lo", None, None) {
+            error!("{e}");
+        }
+        let net = self.cfg.network.clone();
+        let Some(address) = net.address else {
+            return;
+        };
+        let iface = match net.interface {
+            Some(i) => Some(i),
+            None => {
+                // The NIC appears asynchronously after its driver module is loaded.
+                let sys_net = self.sys.host_path(Path::new("/sys/class/net"));
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    if let Some(i) = crate::net::first_interface(&sys_net) {
+                        break Some(i);
+                    }
+                    if Instant::now() >= deadline {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        let Some(iface) = iface else {
+            error!("network: no interface besides lo; {address} not configured");
+            return;
+        };
+        match self
+            .sys
+            .configure_interface(&iface, Some(address), net.gateway)
+        {
+            Ok(()) => info!(
+                "network: {iface} {address}{}",
+                net.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
+            ),
+            Err(e) => error!("network: {e}"),
+        }
+    }
+
+    /// Every boot step in order.
+    pub fn boot(&mut self) {
+        self.reroot();
+        self.mount_base();
+        self.load_modules();
+        self.set_hostname();
+        self.network();
+        self.mount_data();
+    }
+
+    /// Supervises the master and reaps orphans until a shutdown signal arrives.
+    pub fn run(&mut self, signals: &mut SignalWatch, master: &mut Master) -> PowerAction {
+        loop {
+            if let Some((sig, action)) = signals.take_shutdown() {
+                info!("{sig} received: {action} requested");
+                return action;
+            }
+            if signals.take(Signal::SIGHUP) {
+                info!("SIGHUP ignored (reboot: SIGTERM/SIGINT, power off: SIGPWR/SIGUSR2)");
+            }
+            let now = Instant::now();
+            for (pid, status) in reap_all().exited {
+                if !master.on_exit(pid, &status, now) {
+                    info!("reaped orphan pid={pid} ({})", describe(&status));
+                }
+            }
+            master.start_if_due(now);
+            signals.wait(master.time_until_restart(Instant::now()));
+        }
+    }
+
+    /// Stops everything in order: the master (SIGTERM, grace, SIGKILL), then every other process (SIGTERM,
+    /// grace, SIGKILL), then sync, unmount in reverse order, reboot(2). Returns only when reboot(2) is not
+    /// possible (dry run).
+    pub fn shutdown(
+        &mut self,
+        action: PowerAction,
+        signals: &mut SignalWatch,
+        master: &mut Master,
+    ) {
+        info!("shutdown 1/5: stopping the master");
+        master.stop(signals);
+        let grace = self.cfg.shutdown.grace.get();
+        info!(
+            "shutdown 2/5: terminating remaining processes (grace {})",
+            self.cfg.shutdown.grace
+        );
+        self.signal_rest(Signal::SIGTERM);
+        if !wait_for_children(signals, grace) {
+            warning!(
+                "processes left after {}: killing them",
+                self.cfg.shutdown.grace
+            );
+            self.signal_rest(Signal::SIGKILL);
+            wait_for_children(signals, Duration::from_secs(5));
+        }
+        self.finish(action);
+    }
+
+    fn signal_rest(&mut self, sig: Signal) {
+        let me = nix::unistd::getpid();
+        let pids = descendants(me);
+        info!("sending {sig} to {} remaining process(es)", pids.len());
+        if self.mode.pid1 {
+            // kill(-1) from PID 1 reaches every process of its namespace but itself, including ones forked
+            // after the /proc scan.
+            let _ = kill(Pid::from_raw(-1), sig);
+        } else {
+            for pid in pids {
+                let _ = kill(pid, sig);
+            }
+        }
+    }
+
+    /// sync, unmount in reverse mount order, reboot(2).
+    pub fn finish(&mut self, action: PowerAction) {
+        info!("shutdown 3/5: sync");
+        self.sys.sync();
+        info!(
+            "shutdown 4/5: unmounting {} filesystem(s)",
+            self.mounted.len()
+        );
+        crate::log::disable_kmsg();
+        while let Some(target) = self.mounted.pop() {
+            match self.sys.unmount(&target) {
+                Ok(()) => info!("unmounted {}", target.display()),
+                Err(e) => warning!("{e}"),
+            }
+        }
+        info!("shutdown 5/5: {action}");
+        if let Err(e) = self.sys.reboot(action) {
+            info!("{e}");
+        }
+    }
+}
+
+/// `start + d`, without the panic `Instant + Duration` has on overflow (a config can say `grace: 1000000000h`).
+fn after(start: Instant, d: Duration) -> Instant {
+    start
+        .checked_add(d)
+        .or_else(|| start.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(start)
+}
+
+/// Reaps until no child is left or `timeout` passes; true if none is left.
+fn wait_for_children(signals: &mut SignalWatch, timeout: Duration) -> bool {
+    let deadline = after(Instant::now(), timeout);
+    loop {
+        let reaped = reap_all();
+        for (pid, status) in &reaped.exited {
+            info!("reaped pid={pid} ({})", describe(status));
+        }
+        if !reaped.children_left {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        signals.wait(Some(deadline - now));
+    }
+}
+
+/// The supervised `baetyl master`: started at boot, restarted with backoff when it exits, never fatal to init.
+pub struct Master {
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    workdir: Option<PathBuf>,
+    grace: Duration,
+    backoff: Backoff,
+    pid: Option<Pid>,
+    started: Instant,
+    restart_at: Option<Instant>,
+    starts: u32,
+}
+
+impl Master {
+    pub fn new(cfg: &InitConfig) -> Self {
+        let m = &cfg.master;
+        Master {
+            command: m.command.clone(),
+            env: m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            workdir: m.workdir.clone(),
+            grace: m.grace.get(),
+            backoff: Backoff::new(
+                m.restart_min.get(),
+                m.restart_max.get(),
+                m.stable_after.get(),
+            ),
+            pid: None,
+            started: Instant::now(),
+            restart_at: if m.command.is_empty() {
+                None
+            } else {
+                Some(Instant::now())
+            },
+            starts: 0,
+        }
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        self.pid
+    }
+
+    fn time_until_restart(&self, now: Instant) -> Option<Duration> {
+        self.restart_at.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn start_if_due(&mut self, now: Instant) {
+        let Some(at) = self.restart_at else { return };
+        if self.pid.is_some() || now < at {
+            return;
+        }
+        self.restart_at = None;
+        self.start(now);
+    }
+
+    fn start(&mut self, now: Instant) {
+        let Some((program, args)) = self.command.split_first() else {
+            return;
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).process_group(0);
+        if std::env::var_os("PATH").is_none() {
+            cmd.env("PATH", DEFAULT_PATH);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        // The master asks init to reboot or power off (its API's /v1/system/reboot|poweroff) by signalling this pid.
+        cmd.env(
+            baetyl_sdk::env::INIT_PID,
+            nix::unistd::getpid().as_raw().to_string(),
+        );
+        if let Some(dir) = &self.workdir {
+            cmd.current_dir(dir);
+        }
+        self.starts += 1;
+        self.started = now;
+        match cmd.spawn() {
+            Ok(child) => {
+                let pid = Pid::from_raw(child.id() as i32);
+                // The Child is dropped without waiting: init reaps every pid itself with waitpid(-1).
+                drop(child);
+                self.pid = Some(pid);
+                info!(
+                    "master started pid={pid} (start #{}): {}",
+                    self.starts,
+                    self.command.join(" ")
+                );
+            }
+            Err(e) => {
+                let delay = self.backoff.next_delay(Duration::ZERO);
+                error!("cannot start the master `{program}`: {e}; retrying in {delay:?}");
+                self.restart_at = Some(after(now, delay));
+            }
+        }
+    }
+
+    /// Handles a reaped pid; false if it was not the master.
+    fn on_exit(&mut self, pid: Pid, status: &nix::sys::wait::WaitStatus, now: Instant) -> bool {
+        if self.pid != Some(pid) {
+            return false;
+        }
+        self.pid = None;
+        let ran = now.saturating_duration_since(self.started);
+        let delay = self.backoff.next_delay(ran);
+        warning!(
+            "master pid={pid} exited ({}) after {:.1}s; restarting in {delay:?}",
+            describe(status),
+            ran.as_secs_f64()
+        );
+        self.restart_at = Some(after(now, delay));
+        true
+    }
+
+    /// SIGTERM, wait up to the grace period (reaping whatever else exits), then SIGKILL.
+    fn stop(&mut self, signals: &mut SignalWatch) {
+        self.restart_at = None;
+        let Some(pid) = self.pid else {
+            info!("master is not running");
+            return;
+        };
+        info!("SIGTERM to master pid={pid} (grace {:?})", self.grace);
+        let _ = kill(pid, Signal::SIGTERM);
+        let mut deadline = after(Instant::now(), self.grace);
+        let mut killed = false;
+        loop {
+            for (p, status) in reap_all().exited {
+                if p == pid {
+                    info!("master pid={pid} stopped ({})", describe(&status));
+                    self.pid = None;
+                } else {
+                    info!("reaped pid={p} ({})", describe(&status));
+                }
+            }
+            if self.pid.is_none() {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if killed {
+                    warning!("master pid={pid} survives SIGKILL; going on");
+                    return;
+                }
+                warning!(
+                    "master pid={pid} still running after {:?}: SIGKILL",
+                    self.grace
+                );
+                let _ = kill(pid, Signal::SIGKILL);
+                killed = true;
+                deadline = now + Duration::from_secs(5);
+            }
+            signals.wait(Some(deadline.saturating_duration_since(Instant::now())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::SysError;
+
+    /// Records every side effect as a line, in order.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<String>,
+    }
+
+    impl System for Recorder {
+        fn host_path(&self, path: &Path) -> PathBuf {
+            path.to_path_buf()
+        }
+        fn is_mounted(&self, _: &Path) -> bool {
+            false
+        }
+        fn make_dir(&mut self, _: &Path) -> Result<(), SysError> {
+            Ok(())
+        }
+        fn mount(&mut self, spec: &MountSpec) -> Result<(), SysError> {
+            self.calls
+                .push(format!("mount {} {}", spec.fstype, spec.target.display()));
+            Ok(())
+        }
+        fn remount_readonly(&mut self, target: &Path) -> Result<(), SysError> {
+            self.calls.push(format!("ro {}", target.display()));
+            Ok(())
+        }
+        fn unmount(&mut self, target: &Path) -> Result<(), SysError> {
+            self.calls.push(format!("umount {}", target.display()));
+            Ok(())
+        }
+        fn load_module(&mut self, path: &Path) -> Result<ModuleLoad, SysError> {
+            self.calls.push(format!("module {}", path.display()));
+            Ok(ModuleLoad::AlreadyLoaded)
+        }
+        fn set_hostname(&mut self, name: &str) -> Result<(), SysError> {
+            self.calls.push(format!("hostname {name}"));
+            Ok(())
+        }
+        fn reroot(&mut self, _: &Path) -> Result<(), SysError> {
+            self.calls.push("reroot".into());
+            Ok(())
+        }
+        fn grow_filesystem(
+            &mut self,
+            device: &Path,
+            _: &Path,
+        ) -> Result<Option<(u64, u64)>, SysError> {
+            self.calls.push(format!("grow {}", device.display()));
+            Ok(None)
+        }
+        fn configure_interface(
+            &mut self,
+            iface: &str,
+            address: Option<crate::net::Ipv4Cidr>,
+            _: Option<std::net::Ipv4Addr>,
+        ) -> Result<(), SysError> {
+            self.calls.push(format!("net {iface} {address:?}"));
+            Ok(())
+        }
+        fn sync(&mut self) {
+            self.calls.push("sync".into());
+        }
+        fn reboot(&mut self, action: PowerAction) -> Result<(), SysError> {
+            self.calls.push(format!("reboot {action}"));
+            Ok(())
+        }
+    }
+
+    fn mode() -> Mode {
+        Mode {
+            pid1: false,
+            may_reroot: true,
+            may_kmsg: false,
+        }
+    }
+
+    #[test]
+    fn boot_then_finish_unmounts_in_reverse_after_sync_and_reboots_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let mods = dir.path().join("kernel");
+        std::fs::create_dir_all(&mods).unwrap();
+        std::fs::write(mods.join("virtio.ko"), b"x").unwrap();
+        std::fs::write(mods.join("virtio_ring.ko"), b"x").unwrap();
+        let datasets = dir.path().join("models");
+        std::fs::create_dir_all(&datasets).unwrap();
+        let yaml = format!(
+            "hostname: edge\nreroot: always\nmodules:\n  dir: {}\n  load: [virtio_ring, virtio]\ndata: null\n\
+             datasets:\n  - name: models\n    source: {}\n    target: /opt/models\n\
+             volumes:\n  - name: hub\n    target: /var/lib/hub\n",
+            dir.path().display(),
+            datasets.display()
+        );
+        let cfg: InitConfig = baetyl_sdk::config::parse_yaml(&yaml, Path::new("t.yml")).unwrap();
+        let mut init = Init::new(Recorder::default(), cfg, mode());
+        init.boot();
+        init.finish(PowerAction::PowerOff);
+        let calls = &init.sys.calls;
+        let expected_boot = [
+            "reroot".to_string(),
+            "mount proc /proc".into(),
+            "mount sysfs /sys".into(),
+            "mount devtmpfs /dev".into(),
+            "mount devpts /dev/pts".into(),
+            "mount tmpfs /run".into(),
+            "mount tmpfs /tmp".into(),
+            "mount cgroup2 /sys/fs/cgroup".into(),
+            format!("module {}", mods.join("virtio_ring.ko").display()),
+            format!("module {}", mods.join("virtio.ko").display()),
+            "hostname edge".into(),
+            "net lo None".into(),
+            "mount tmpfs /var/lib/baetyl".into(),
+            "mount  /opt/models".into(),
+            "ro /opt/models".into(),
+            "mount  /var/lib/hub".into(),
+        ];
+        let boot: Vec<String> = calls.iter().take_while(|c| *c != "sync").cloned().collect();
+        assert_eq!(boot, expected_boot);
+        let mut expected_tail = vec!["sync".to_string()];
+        expected_tail.extend(
+            boot.iter()
+                .filter_map(|c| c.strip_prefix("mount "))
+                .rev()
+                .map(|c| format!("umount {}", c.rsplit(' ').next().unwrap_or_default())),
+        );
+        expected_tail.push("reboot power off".into());
+        assert_eq!(calls[boot.len()..].to_vec(), expected_tail);
+        assert!(init.mounted().is_empty());
+    }
+}

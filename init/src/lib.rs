@@ -1,0 +1,236 @@
+//! baetyl's PID 1: everything between the kernel starting `/init` and `baetyl master` running, and the orderly
+//! way back to reboot(2).
+//!
+//! Boot, in order ([`boot::Init::boot`]): re-root out of the initramfs (so runc can pivot_root later), mount the
+//! API filesystems (/proc, /sys, /dev, /dev/pts, /run, /tmp, cgroup2), load the image's kernel modules with
+//! finit_module in the listed (dependency) order, set the hostname, bring up loopback and a static IPv4
+//! interface, mount the data partition found by GPT name or ext4 label (growing partition and filesystem to the
+//! end of a larger medium), then the datasets (read-only) and volumes (read-write) of the config. Then start
+//! `baetyl master`, restart it with backoff when it exits, and reap every orphan ([`boot::Init::run`]). On
+//! SIGTERM/SIGINT (reboot) or SIGPWR/SIGUSR2 (power off) it shuts down in order ([`boot::Init::shutdown`]):
+//! master first (SIGTERM, grace, SIGKILL), then every other process, sync, unmount in reverse order, reboot(2).
+//!
+//! Layout: [`config`] (YAML file + `baetyl.*` kernel parameters), [`sys`] (the side effects behind the
+//! [`sys::System`] trait: the kernel, a dry-run logger, a recorder in tests), [`mounts`] and [`modules`] (what to
+//! mount and load), [`gpt`] (growing the data partition), [`net`] (loopback, static IPv4), [`process`] (signals,
+//! reaping, backoff), [`boot`] (the steps in order), [`log`] (console + /dev/kmsg).
+//!
+//! PID 1 must not die: nothing here unwraps, errors are logged and the boot goes on, and [`run_cli`] catches a
+//! panic as a last resort. Outside a VM, `--dry` (log side effects, keep processes real) and `--root DIR` (real
+//! mounts under DIR, as PID 1 of `unshare --pid --fork --mount-proc`) make the same code testable.
+
+pub mod boot;
+pub mod config;
+pub mod error;
+pub mod gpt;
+pub mod log;
+pub mod modules;
+pub mod mounts;
+pub mod net;
+pub mod process;
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{InitError, SysError};
+pub use sys::PowerAction;
+
+use boot::{Init, Master, Mode};
+use log::{error, info, warning};
+use process::SignalWatch;
+use sys::{DrySystem, LinuxSystem, System};
+
+/// Exit status of a run that could not call reboot(2) (dry run) and wanted to power off.
+pub const EXIT_POWEROFF: i32 = 0;
+/// Exit status of a run that could not call reboot(2) (dry run) and wanted to reboot.
+pub const EXIT_REBOOT: i32 = 3;
+/// Exit status when init could not start (bad arguments, not PID 1 without --dry).
+pub const EXIT_FAILED: i32 = 1;
+
+/// Arguments of `baetyl init`. The kernel starts it with none.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InitArgs {
+    /// Config file; `baetyl.config=` on the kernel command line takes precedence.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to read the kernel command line (`baetyl.*` overrides) from.
+    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    pub cmdline: PathBuf,
+    /// Log mounts, module loads, hostname and reboot instead of doing them; processes, signals and reaping stay
+    /// real. Allowed when not PID 1 (init then becomes a child subreaper).
+    #[arg(long)]
+    pub dry: bool,
+    /// Perform the mounts under DIR instead of / (tests, as PID 1 of a private mount and PID namespace).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+/// Runs init to the end. As PID 1 this returns only if reboot(2) is impossible; otherwise the status to exit
+/// with ([`EXIT_POWEROFF`], [`EXIT_REBOOT`], [`EXIT_FAILED`]). Never panics.
+pub fn run_cli(args: InitArgs) -> i32 {
+    let pid1 = nix::unistd::getpid().as_raw() == 1;
+    let real = !args.dry;
+    match std::panic::catch_unwind(move || run(args)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            error!("{e}");
+            if pid1 && real {
+                halt_forever()
+            }
+            EXIT_FAILED
+        }
+        Err(_) => {
+            error!("internal error (panic); this is a bug");
+            if pid1 && real {
+                halt_forever()
+            }
+            EXIT_FAILED
+        }
+    }
+}
+
+/// PID 1 exiting panics the kernel; when even reboot(2) failed, stay alive and keep reaping.
+fn halt_forever() -> ! {
+    error!("halted: PID 1 stays alive and reaps; power the machine off");
+    loop {
+        let _ = process::reap_all();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn run(args: InitArgs) -> Result<i32, InitError> {
+    let pid = nix::unistd::getpid().as_raw();
+    let pid1 = pid == 1;
+    if !pid1 && !args.dry {
+        return Err(InitError::NotPid1 { pid });
+    }
+    let root = args.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let real_root = root == Path::new("/");
+    if !real_root && !root.is_dir() {
+        return Err(InitError::BadRoot(root));
+    }
+    if !pid1 {
+        // Orphans of our children come to us instead of the host's init, so reaping is testable without a
+        // PID namespace.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            warning!("cannot become a child subreaper: {e}");
+        }
+    }
+    // Signals first: a SIGTERM during boot is honoured once boot is done.
+    let mut signals = SignalWatch::new().map_err(InitError::Signals)?;
+    let vm = pid1 && !args.dry && real_root;
+    if vm {
+        // Ctrl-Alt-Del then sends SIGINT to PID 1 (a reboot) instead of rebooting at once.
+        let _ = nix::sys::reboot::set_cad_enabled(false);
+    }
+    info!(
+        "baetyl-init {} starting as pid {pid}{}{}",
+        env!("CARGO_PKG_VERSION"),
+        if args.dry { " (dry run)" } else { "" },
+        if real_root {
+            String::new()
+        } else {
+            format!(" (root {})", root.display())
+        }
+    );
+
+    let cmdline = read_cmdline(&args.cmdline, vm);
+    let params = config::baetyl_params(&cmdline);
+    let config_path = config::config_path_override(&params)
+        .or(args.config.clone())
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
+    let (cfg, problems) = config::load(&config_path, &params);
+    for p in problems {
+        warning!("{p}");
+    }
+    info!("config {}", config_path.display());
+
+    let mode = Mode {
+        pid1,
+        may_reroot: !args.dry && real_root,
+        may_kmsg: vm,
+    };
+    let action = if args.dry {
+        run_with(DrySystem, cfg, mode, &mut signals)
+    } else {
+        run_with(LinuxSystem::new(root), cfg, mode, &mut signals)
+    };
+    if pid1 && !args.dry {
+        // reboot(2) returned: it failed.
+        halt_forever()
+    }
+    Ok(match action {
+        PowerAction::PowerOff => EXIT_POWEROFF,
+        PowerAction::Reboot => EXIT_REBOOT,
+    })
+}
+
+fn run_with<S: System>(
+    sys: S,
+    cfg: config::InitConfig,
+    mode: Mode,
+    signals: &mut SignalWatch,
+) -> PowerAction {
+    let mut master = Master::new(&cfg);
+    let mut init = Init::new(sys, cfg, mode);
+    init.boot();
+    if mode.may_kmsg {
+        reopen_console_if_closed();
+    }
+    info!("boot done; supervising");
+    let action = init.run(signals, &mut master);
+    init.shutdown(action, signals, &mut master);
+    action
+}
+
+/// Reads the kernel command line. The kernel starts PID 1 before /proc exists, so on a real boot /proc is
+/// mounted for the read and unmounted again (it is mounted for good after the re-root).
+fn read_cmdline(path: &Path, vm: bool) -> String {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return text;
+    }
+    if vm && path == Path::new("/proc/cmdline") {
+        let _ = std::fs::create_dir_all("/proc");
+        if nix::mount::mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .is_ok()
+        {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let _ = nix::mount::umount("/proc");
+            return text;
+        }
+    }
+    warning!(
+        "cannot read {}; no kernel command-line overrides",
+        path.display()
+    );
+    String::new()
+}
+
+/// The kernel gives PID 1 /dev/console as fds 0-2 only if the initramfs has that node; otherwise open it from
+/// devtmpfs now so the master's output reaches the console.
+fn reopen_console_if_closed() {
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
+    let closed = unsafe { libc::fcntl(2, libc::F_GETFD) } == -1;
+    if !closed {
+        return;
+    }
+    if let Ok(console) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto 0-2, which are closed (checked above); `console` stays open for the call.
+            unsafe { libc::dup2(console.as_raw_fd(), fd) };
+        }
+        info!("console reopened on /dev/console");
+    }
+}
