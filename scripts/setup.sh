@@ -4,12 +4,13 @@
 # scripts/test.sh.
 #   protobuf-compiler   protoc, for the Function gRPC protocol (tonic-prost-build)
 #   python3, python3-venv  the Python function runtime (grpcio from PyPI goes into .venv/)
+#   e2fsprogs, fdisk    init tests: a real ext4 label and GPT growth checked with sfdisk
 #   mosquitto, mosquitto-clients  a real third-party broker and clients as outside peers in tests
 #                       (the package's daemon is kept from starting: tests start their own on free ports)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_debs=(python3 python3-venv util-linux procps protobuf-compiler mosquitto mosquitto-clients)
+need_debs=(python3 python3-venv util-linux procps e2fsprogs fdisk protobuf-compiler mosquitto mosquitto-clients)
 
 missing=()
 for p in "${need_debs[@]}"; do

@@ -23,12 +23,20 @@ enum Command {
     Check(CheckArgs),
     /// Ask a running master for its state (same JSON as GET /v1/system/inspect).
     Inspect(baetyl_master::cli::InspectArgs),
+    /// Run the MQTT hub (Baetyl v1's hub config: listeners, principals, ACL, routing, persistence).
+    Hub(baetyl_hub::HubArgs),
     /// Run the function manager: rules subscribe to the hub, call functions, publish results.
     Function(baetyl_function::manager::FunctionArgs),
     /// Serve SQL functions over gRPC (a function runtime; also standalone with --listen).
     RuntimeSql(baetyl_function::runtime::RuntimeArgs),
     /// Serve Python functions over gRPC (a function runtime; needs Python 3 with grpcio, see BAETYL_PYTHON).
     RuntimePython(baetyl_function::runtime::RuntimeArgs),
+    /// Run the bridge between the hub and remote brokers (store-and-forward while a remote is down).
+    Remote(baetyl_remote::RemoteArgs),
+    /// Publish a templated message to the hub on an interval.
+    Timer(baetyl_remote::timer::TimerArgs),
+    /// Run as PID 1 of the baetyl OS (mounts, modules, master supervision, orderly shutdown).
+    Init(baetyl_init::InitArgs),
     /// Print version, git revision and build target.
     Version,
 }
@@ -54,6 +62,17 @@ const fn version_line() -> &'static str {
 }
 
 fn main() -> ExitCode {
+    // The kernel starts PID 1 with no arguments (as /init or /sbin/init): that is the init role.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let as_init = std::process::id() == 1 || argv0.rsplit('/').next() == Some("init");
+    if as_init && std::env::args().len() == 1 {
+        let args = baetyl_init::InitArgs {
+            cmdline: "/proc/cmdline".into(),
+            ..Default::default()
+        };
+        let code = baetyl_init::run_cli(args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Version => {
@@ -63,8 +82,15 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Check(args) => check(&args),
+        Command::Remote(args) => baetyl_remote::run_cli(args).map_err(Into::into),
+        Command::Timer(args) => baetyl_remote::timer::run_cli(args).map_err(Into::into),
+        Command::Init(args) => {
+            let code = baetyl_init::run_cli(args);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
         Command::Master(args) => baetyl_master::cli::run_master(args, software_info(), roles()),
         Command::Inspect(args) => baetyl_master::cli::run_inspect(args),
+        Command::Hub(args) => baetyl_hub::run_cli(args).map_err(Into::into),
         Command::Function(args) => baetyl_function::manager::run_cli(args).map_err(Into::into),
         Command::RuntimeSql(args) => {
             baetyl_function::runtime::run_sql_cli(args).map_err(Into::into)
@@ -111,6 +137,14 @@ fn checkers() -> Vec<(&'static str, &'static [&'static str], Checker)> {
                 ))
             },
         ),
+        ("hub", &[], |p| {
+            let c = baetyl_hub::HubConfig::load(p)?;
+            Ok(format!(
+                "hub config with {} listener(s), {} principal(s)",
+                c.listen.len(),
+                c.principals.len()
+            ))
+        }),
         ("function", &[], |p| {
             let c = baetyl_function::manager::ManagerConfig::load(p)?;
             Ok(format!(
@@ -125,6 +159,17 @@ fn checkers() -> Vec<(&'static str, &'static [&'static str], Checker)> {
                 "SQL runtime config with {} function(s)",
                 c.functions.len()
             ))
+        }),
+        ("remote", &[], |p| {
+            let c = baetyl_remote::BridgeConfig::load(p)?;
+            Ok(format!(
+                "remote bridge config with {} remote(s)",
+                c.remotes.len()
+            ))
+        }),
+        ("timer", &[], |p| {
+            baetyl_remote::timer::TimerConfig::load(p)?;
+            Ok("timer config".into())
         }),
         ("runtime-python", &[], |p| {
             let c = baetyl_function::runtime::RuntimeConfig::load(p)?;
@@ -165,9 +210,12 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
 /// Roles of this binary that an application can name as a service image (`image: baetyl-<role>`).
 fn roles() -> Vec<baetyl_master::engine::native::Role> {
     [
+        ("baetyl-hub", "hub"),
         ("baetyl-function-manager", "function"),
         ("baetyl-function-sql", "runtime-sql"),
         ("baetyl-function-python3", "runtime-python"),
+        ("baetyl-remote-mqtt", "remote"),
+        ("baetyl-timer", "timer"),
     ]
     .into_iter()
     .map(|(image, role)| baetyl_master::engine::native::Role {

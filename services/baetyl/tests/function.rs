@@ -1,11 +1,11 @@
-//! End-to-end tests of functions through the native master: the function manager, the SQL runtime and the
-//! Python runtime run as services; a real broker (Debian's mosquitto, started on a free port) is the hub;
-//! rumqttc clients publish inputs and collect results.
+//! End-to-end tests of functions through the native master: our hub, the function manager, the SQL runtime
+//! and the Python runtime all run as services of one application; rumqttc clients publish inputs and collect
+//! results.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,44 +15,11 @@ use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
 
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-impl Broker {
-    fn start(dir: &std::path::Path) -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
-            ),
-        )
-        .expect("conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto (scripts/setup.sh installs it)");
-        wait_until("mosquitto to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Broker { child, port }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
 }
 
 type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
@@ -67,7 +34,8 @@ impl Peer {
     async fn connect(port: u16, id: &str, topics: &[&str]) -> Peer {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30))
-            .set_max_packet_size(1 << 20, 1 << 20);
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_credentials("tester", "tester-password");
         let (client, mut el) = AsyncClient::new(opts, 1000);
         let got = Arc::new(Mutex::new(Vec::new()));
         let (g, c, subs) = (
@@ -185,7 +153,7 @@ fn setup(w: &Work, port: u16) {
         "etc/fconf/service.yml",
         &format!(
             r#"
-hub: {{address: "tcp://127.0.0.1:{port}"}}
+hub: {{address: "tcp://127.0.0.1:{port}", username: functions, password: functions-password}}
 rules:
   - clientid: rule-sql
     subscribe: {{topic: sql/in, qos: 1}}
@@ -207,6 +175,12 @@ functions:
         ),
     );
     w.write(
+        "etc/hubconf/service.yml",
+        &format!(
+            "listen: [tcp://127.0.0.1:{port}]\nprincipals:\n  - {{username: tester, password: tester-password, permissions: [{{action: pub, permit: ['#']}}, {{action: sub, permit: ['#']}}]}}\n  - {{username: functions, password: functions-password, permissions: [{{action: pub, permit: ['#']}}, {{action: sub, permit: ['#']}}]}}\nstorage: {{dir: var/db/baetyl/data}}\n"
+        ),
+    );
+    w.write(
         "etc/sqlconf/service.yml",
         "functions:\n  - name: filter\n    handler: \"select qos() as qos, topic() as topic, * where id < 10\"\n",
     );
@@ -222,8 +196,12 @@ functions:
     w.app(
         r#"
 services:
+  hub:
+    image: baetyl-hub
+    volumes: ["./etc/hubconf:/etc/baetyl", "./hubdata:/var/db/baetyl/data"]
   function-manager:
     image: baetyl-function-manager
+    depends_on: [hub]
     volumes: ["./etc/fconf:/etc/baetyl"]
     restart: {policy: always, backoff: {min: 200ms, max: 1s}}
   function-sql:
@@ -261,6 +239,26 @@ fn start(w: &Work) -> Master {
     m
 }
 
+/// Waits until the function manager reports both rules subscribed: inputs published before a rule's first
+/// subscription would have no session to be kept in.
+async fn wait_rules_subscribed(m: &Master) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Some(v) = m.instance("function-manager", "function-manager").await {
+            let rules = &v["rules"];
+            if rules["rule-sql"]["subscribed"] == true && rules["rule-py"]["subscribed"] == true {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the function manager's rules never subscribed\n{}",
+            m.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn dynamic_instances(m: &Master, svc: &str) -> Vec<Value> {
     m.inspect().await["services"]
         .as_array()
@@ -272,10 +270,14 @@ async fn dynamic_instances(m: &Master, svc: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_and_python_functions_filter_errors_timeouts_and_pools() {
     let w = Work::new();
-    let broker = Broker::start(w.path());
-    setup(&w, broker.port);
+    let port = free_port();
+    setup(&w, port);
     let m = start(&w);
-    let peer = Peer::connect(broker.port, "tester", &["sql/out", "py/out"]).await;
+    wait_until("the hub to listen", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    wait_rules_subscribed(&m).await;
+    let peer = Peer::connect(port, "tester", &["sql/out", "py/out"]).await;
 
     // SQL: projection + filter + error payload for a non-JSON input.
     peer.publish("sql/in", json!({"id": 3, "name": "a"}).to_string())
@@ -392,10 +394,14 @@ async fn sql_and_python_functions_filter_errors_timeouts_and_pools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_qos1_message_is_lost_when_a_runtime_or_the_manager_is_killed() {
     let w = Work::new();
-    let broker = Broker::start(w.path());
-    setup(&w, broker.port);
+    let port = free_port();
+    setup(&w, port);
     let m = start(&w);
-    let peer = Peer::connect(broker.port, "tester2", &["sql/out"]).await;
+    wait_until("the hub to listen", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    wait_rules_subscribed(&m).await;
+    let peer = Peer::connect(port, "tester2", &["sql/out"]).await;
     let total = 300;
     for id in 0..total {
         peer.publish("sql/in", json!({"id": 1, "n": id}).to_string())

@@ -174,6 +174,8 @@ fn qos(n: u8) -> QoS {
 /// Counters for one rule, reported to the master.
 #[derive(Default)]
 pub struct RuleStats {
+    /// Whether the hub accepted the rule's subscription on the current connection.
+    pub subscribed: std::sync::atomic::AtomicBool,
     pub received: AtomicU64,
     pub published: AtomicU64,
     pub filtered: AtomicU64,
@@ -288,6 +290,7 @@ async fn report_loop(
                 (
                     k.clone(),
                     json!({
+                        "subscribed": s.subscribed.load(Ordering::Relaxed),
                         "received": s.received.load(Ordering::Relaxed),
                         "published": s.published.load(Ordering::Relaxed),
                         "filtered": s.filtered.load(Ordering::Relaxed),
@@ -310,7 +313,7 @@ async fn report_loop(
         {
             tracing::debug!("cannot report stats: {e}");
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -367,7 +370,8 @@ async fn run_rule(hub: HubConfig, rule: Rule, pool: Arc<Pool>, stats: Arc<RuleSt
     };
     let mut waiting: HashMap<u16, oneshot::Sender<()>> = HashMap::new();
     loop {
-        match eventloop.poll().await {
+        let event = eventloop.poll().await;
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(rule = %rule.clientid, session_present = ack.session_present, "connected to the hub");
                 if let Err(e) =
@@ -406,10 +410,14 @@ async fn run_rule(hub: HubConfig, rule: Rule, pool: Arc<Pool>, stats: Arc<RuleSt
                     .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                 {
                     tracing::error!(rule = %rule.clientid, topic = %rule.subscribe.topic, "the hub refused the subscription");
+                } else {
+                    tracing::info!(rule = %rule.clientid, topic = %rule.subscribe.topic, "subscribed");
+                    stats.subscribed.store(true, Ordering::Relaxed);
                 }
             }
             Ok(_) => {}
             Err(e) => {
+                stats.subscribed.store(false, Ordering::Relaxed);
                 tracing::warn!(rule = %rule.clientid, "hub connection: {e}; retrying in 1s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -46,6 +46,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/system/inspect", get(inspect))
         .route("/v1/system/update", put(update))
         .route("/v1/ports/available", get(available_port))
+        .route("/v1/system/reboot", put(reboot))
+        .route("/v1/system/poweroff", put(poweroff))
         .route(
             "/v1/services/{svc}/instances/{inst}/start",
             put(start_instance),
@@ -171,6 +173,35 @@ async fn update(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
     }
+}
+
+/// Asks `baetyl init` (the pid in BAETYL_INIT_PID) to reboot or power off: init stops this master, which
+/// stops every service, then syncs, unmounts and reboots.
+fn ask_init(signal: nix::sys::signal::Signal, what: &str) -> Response {
+    let pid = std::env::var(env::INIT_PID)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
+    let Some(pid) = pid else {
+        return bad_request(format!(
+            "{what} needs baetyl init: this master was not started by it ({} is not set); {what} the host yourself",
+            env::INIT_PID
+        ));
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+        Ok(()) => {
+            tracing::warn!("{what} requested through the API; asked init (pid {pid})");
+            StatusCode::OK.into_response()
+        }
+        Err(e) => bad_request(format!("cannot signal init (pid {pid}): {e}")),
+    }
+}
+
+async fn reboot() -> Response {
+    ask_init(nix::sys::signal::Signal::SIGTERM, "reboot")
+}
+
+async fn poweroff() -> Response {
+    ask_init(nix::sys::signal::Signal::SIGUSR2, "power off")
 }
 
 async fn available_port() -> Response {

@@ -207,7 +207,7 @@ async fn master_main(
     }
     tracing::info!(api = %address, "API listening");
 
-    let app = load_application(&workdir, &cfg, &sup);
+    let app = load_application(&workdir, &sup);
     sup.set_app(app.clone());
     for name in app.start_order().unwrap_or_default() {
         if let Err(e) = sup.start_service(&app, &name).await {
@@ -260,17 +260,10 @@ async fn serve_tcp(
 /// The application to run at start: the installed one; the previous one if it is broken; the built-in
 /// example in a fresh work dir. A broken application never stops the master: the API stays up so the
 /// cloud can send a good one, and inspect says what is wrong.
-fn load_application(workdir: &Path, cfg: &MasterConfig, sup: &Supervisor) -> Application {
+fn load_application(workdir: &Path, sup: &Supervisor) -> Application {
     let file = app_file(workdir);
     if !file.exists() {
-        let packages = workdir.join(
-            cfg.native
-                .packages
-                .first()
-                .cloned()
-                .unwrap_or_else(|| PathBuf::from("lib/baetyl/packages")),
-        );
-        match crate::default_app::install(&file, &packages) {
+        match crate::default_app::install(workdir, &file) {
             Ok(()) => tracing::info!(
                 "fresh work dir: installed the built-in example application into {}",
                 file.display()

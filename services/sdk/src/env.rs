@@ -11,6 +11,9 @@ pub const SERVICE_TOKEN: &str = "BAETYL_SERVICE_TOKEN";
 pub const SERVICE_INSTANCE_NAME: &str = "BAETYL_SERVICE_INSTANCE_NAME";
 pub const SERVICE_INSTANCE_ADDRESS: &str = "BAETYL_SERVICE_INSTANCE_ADDRESS";
 
+/// Set by `baetyl init` for the master it starts: the pid to signal for reboot (SIGTERM) or power off (SIGUSR2).
+pub const INIT_PID: &str = "BAETYL_INIT_PID";
+
 /// Every variable of the contract: a service never inherits these from the master's own environment.
 pub const CONTRACT: &[&str] = &[
     HOST_ID,
@@ -23,6 +26,7 @@ pub const CONTRACT: &[&str] = &[
     SERVICE_TOKEN,
     SERVICE_INSTANCE_NAME,
     SERVICE_INSTANCE_ADDRESS,
+    INIT_PID,
 ];
 
 /// The API version every master speaks.

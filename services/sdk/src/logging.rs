@@ -144,6 +144,10 @@ struct Fields {
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // Events bridged from the `log` crate carry their origin as log.* fields: noise on every line.
+        if field.name().starts_with("log.") {
+            return;
+        }
         let mut s = String::new();
         let _ = write!(s, "{value:?}");
         if field.name() == "message" {
@@ -153,6 +157,9 @@ impl Visit for Fields {
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name().starts_with("log.") {
+            return;
+        }
         if field.name() == "message" {
             self.message = value.to_string();
         } else {

@@ -36,6 +36,17 @@ pub struct Work {
     pub dir: tempfile::TempDir,
 }
 
+impl Drop for Work {
+    fn drop(&mut self) {
+        // BAETYL_TEST_KEEP=1 keeps work dirs (logs, configs) for a look after a failure.
+        if std::env::var_os("BAETYL_TEST_KEEP").is_some() {
+            eprintln!("kept work dir {}", self.dir.path().display());
+            let keep = tempfile::Builder::new().tempdir().expect("dir");
+            let _ = std::mem::replace(&mut self.dir, keep).keep();
+        }
+    }
+}
+
 impl Work {
     pub fn new() -> Self {
         let dir = tempfile::Builder::new()

@@ -227,10 +227,10 @@ impl NativeEngine {
             }
             std::os::unix::fs::symlink(&m.host, &link).map_err(|e| MasterError::io(&link, e))?;
             if m.read_only {
-                self.warn_once(format!("ro:{}:{}", spec.service, m.target), || {
+                self.warn_once("ro".into(), || {
                     format!(
-                        "service `{}`: volume {} is read-only in the app, but the native engine links it read-write (containerd enforces it)",
-                        spec.service, m.target
+                        "read-only volumes (first: {} of service `{}`) are linked read-write by the native engine; the containerd engine enforces them",
+                        m.target, spec.service
                     )
                 });
             }
