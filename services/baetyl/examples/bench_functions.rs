@@ -161,12 +161,13 @@ async fn run_path(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload)
-                        && let (Some(seq), Some(sent)) = (v["seq"].as_u64(), v["sent"].as_u64()) {
-                            let now = base.elapsed();
-                            l.lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(seq, now.saturating_sub(Duration::from_micros(sent)));
-                        }
+                        && let (Some(seq), Some(sent)) = (v["seq"].as_u64(), v["sent"].as_u64())
+                    {
+                        let now = base.elapsed();
+                        l.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(seq, now.saturating_sub(Duration::from_micros(sent)));
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

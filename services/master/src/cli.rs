@@ -367,7 +367,7 @@ pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
         println!("error: {e}");
     }
     println!(
-        "{:<24} {:<10} {:>8} {:>8} {:>7} {:>10}",
+        "{:<36} {:<10} {:>8} {:>8} {:>7} {:>10}",
         "INSTANCE", "STATUS", "PID", "RESTARTS", "CPU%", "RSS"
     );
     for svc in v["services"].as_array().into_iter().flatten() {
@@ -378,7 +378,7 @@ pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
                 inst["name"].as_str().unwrap_or("?")
             );
             println!(
-                "{:<24} {:<10} {:>8} {:>8} {:>7} {:>10}",
+                "{:<36} {:<10} {:>8} {:>8} {:>7} {:>10}",
                 name,
                 inst["status"].as_str().unwrap_or("?"),
                 inst["process"]["pid"]
