@@ -2,58 +2,18 @@
 
 use serde::Deserialize;
 
-/// Checks a subscription filter: not empty, `#` only as the whole last level, `+` only as a whole level.
+/// Checks a subscription filter (see `baetyl_sdk::topic::validate_filter`); the error names the filter.
 pub fn validate_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("a topic filter cannot be empty".into());
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err(format!(
-                "`{filter}`: `#` must be a whole level and the last one (e.g. `a/#`)"
-            ));
-        }
-        if level.contains('+') && *level != "+" {
-            return Err(format!(
-                "`{filter}`: `+` must be a whole level (e.g. `a/+/c`)"
-            ));
-        }
-    }
-    Ok(())
+    baetyl_sdk::topic::validate_filter(filter).map_err(|e| format!("`{filter}`: {e}"))
 }
 
-/// Checks a topic messages are published to: not empty, no wildcards.
+/// Checks a topic messages are published to: not empty, no wildcards; the error names the topic.
 pub fn validate_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty() {
-        return Err("a topic cannot be empty".into());
-    }
-    if topic.contains(['+', '#']) {
-        return Err(format!(
-            "`{topic}`: a publish topic cannot contain `+` or `#`"
-        ));
-    }
-    Ok(())
+    baetyl_sdk::topic::validate_name(topic).map_err(|e| format!("`{topic}`: {e}"))
 }
 
-/// Whether `topic` matches `filter` (MQTT 3.1.1 rules, including: wildcards at the first level do not match
-/// topics starting with `$`).
-pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// Whether `topic` matches `filter` (MQTT rules; leading wildcards do not match `$` topics).
+pub use baetyl_sdk::topic::matches;
 
 /// Whether some topic matches both filters.
 pub fn overlap(a: &str, b: &str) -> bool {

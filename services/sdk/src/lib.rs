@@ -5,11 +5,13 @@
 //!   plus the duration and size value types our config schemas use.
 //! - [`client`]: a small client for the master's REST API (unix socket or TCP), authenticated with the
 //!   service's token.
+//! - [`topic`]: MQTT topic names and filters: validation, matching, permission coverage.
 //! - [`logging`]: tracing setup (human or JSON lines, level, optional file) with service/instance on every line.
 pub mod client;
 pub mod config;
 pub mod env;
 pub mod error;
 pub mod logging;
+pub mod topic;
 
 pub use error::{ClientError, ConfigError};
