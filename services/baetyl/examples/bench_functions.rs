@@ -138,7 +138,11 @@ async fn run_path(
     output: &str,
     n: usize,
 ) -> anyhow::Result<(f64, Duration, Duration)> {
-    let mut opts = MqttOptions::new(format!("bench-{input}"), "127.0.0.1", port);
+    let mut opts = MqttOptions::new(
+        format!("bench-{}", input.replace('/', "-")),
+        "127.0.0.1",
+        port,
+    );
     opts.set_keep_alive(Duration::from_secs(30))
         .set_inflight(200)
         .set_credentials("bench", "bench-password");
@@ -174,16 +178,11 @@ async fn run_path(
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(20), ready_rx).await??;
-    // Warm-up: the first call starts the pool.
-    client
-        .publish(
-            input,
-            QoS::AtLeastOnce,
-            false,
-            serde_json::json!({"seq": u64::MAX - 1, "sent": 0, "value": 1}).to_string(),
-        )
-        .await?;
+    tokio::time::timeout(Duration::from_secs(20), ready_rx)
+        .await
+        .context("no SUBACK from the hub within 20 s")??;
+    // Warm-up, repeated until a result comes back: the rules may not have subscribed yet, and the first call
+    // starts the pool.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !lat
         .lock()
@@ -191,10 +190,19 @@ async fn run_path(
         .contains_key(&(u64::MAX - 1))
     {
         if Instant::now() > deadline {
-            bail!("no result on {output} after the warm-up message");
+            bail!("no result on {output} after the warm-up messages");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        client
+            .publish(
+                input,
+                QoS::AtLeastOnce,
+                false,
+                serde_json::json!({"seq": u64::MAX - 1, "sent": 0, "value": 1}).to_string(),
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     lat.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let start = Instant::now();
     for seq in 0..n as u64 {
