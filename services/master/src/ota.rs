@@ -86,8 +86,8 @@ impl Updater {
         Ok(())
     }
 
-    /// Runs an update to completion (used directly by tests and by `submit`).
-    pub async fn run(&self, source: &Path, trace: &str) {
+    /// Runs an update to completion.
+    async fn run(&self, source: &Path, trace: &str) {
         self.log(trace, "UPDATING", "validating the new application", None);
         let new = match self.load_and_prepare(source).await {
             Ok(app) => app,

@@ -5,7 +5,7 @@
 //! Every started instance leaves a state file in `var/run/baetyl/instances/` until it is gone, so a master
 //! that restarts after a crash finds and stops what its predecessor left.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -590,18 +590,6 @@ impl Running for NativeInstance {
             processes,
         }
     }
-}
-
-/// Builds the v1 environment of an instance on top of the service's own variables.
-pub fn instance_env(
-    base: &BTreeMap<String, String>,
-    extra: &[(&str, String)],
-) -> BTreeMap<String, String> {
-    let mut env = base.clone();
-    for (k, v) in extra {
-        env.insert((*k).to_string(), v.clone());
-    }
-    env
 }
 
 #[cfg(test)]
