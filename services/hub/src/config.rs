@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 
 use baetyl_sdk::ConfigError;
 use baetyl_sdk::config::{ByteSize, load_yaml, parse_yaml};
-use baetyl_sdk::logging::LogFormat;
 use serde::Deserialize;
 
 use crate::topic;
@@ -178,31 +177,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoggerConfig {
-    /// Append logs to this file instead of standard error.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    #[serde(default = "default_level")]
-    pub level: String,
-    #[serde(default)]
-    pub format: LogFormat,
-}
-
-fn default_level() -> String {
-    "info".to_string()
-}
-
-impl Default for LoggerConfig {
-    fn default() -> Self {
-        LoggerConfig {
-            path: None,
-            level: default_level(),
-            format: LogFormat::default(),
-        }
-    }
-}
+pub use baetyl_sdk::logging::LoggerConfig;
 
 /// The kind of a listener, from the scheme of its URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use baetyl_sdk::ConfigError;
 use baetyl_sdk::config::{ByteSize, HumanDuration, load_yaml, parse_yaml};
-use baetyl_sdk::logging::LogFormat;
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------- conf.yml
@@ -83,24 +82,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoggerConfig {
-    /// The master's own log file (relative to the work dir); empty logs to standard error.
-    pub path: Option<PathBuf>,
-    pub level: String,
-    pub format: LogFormat,
-}
-
-impl Default for LoggerConfig {
-    fn default() -> Self {
-        LoggerConfig {
-            path: None,
-            level: "info".into(),
-            format: LogFormat::Human,
-        }
-    }
-}
+pub use baetyl_sdk::logging::LoggerConfig;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

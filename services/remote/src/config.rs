@@ -46,7 +46,6 @@ use std::time::Duration;
 
 use baetyl_sdk::ConfigError;
 use baetyl_sdk::config::{ByteSize, HumanDuration, load_yaml};
-use baetyl_sdk::logging::LogFormat;
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -215,30 +214,7 @@ impl Default for BufferConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoggerConfig {
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    #[serde(default = "default_level")]
-    pub level: String,
-    #[serde(default)]
-    pub format: LogFormat,
-}
-
-impl Default for LoggerConfig {
-    fn default() -> Self {
-        LoggerConfig {
-            path: None,
-            level: default_level(),
-            format: LogFormat::default(),
-        }
-    }
-}
-
-fn default_level() -> String {
-    "info".into()
-}
+pub use baetyl_sdk::logging::LoggerConfig;
 fn default_keepalive() -> HumanDuration {
     HumanDuration::from_secs(30)
 }

@@ -37,6 +37,27 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The `logger:` section shared by every config (master, hub, bridge, timer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggerConfig {
+    /// Append logs to this file instead of standard error.
+    pub path: Option<std::path::PathBuf>,
+    /// A level or a filter such as `info,baetyl_hub=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggerConfig {
+    fn default() -> Self {
+        LoggerConfig {
+            path: None,
+            level: "info".into(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
 /// Where and how to log.
 #[derive(Debug, Clone)]
 pub struct LogSetup<'a> {
