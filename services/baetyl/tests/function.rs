@@ -259,6 +259,19 @@ async fn wait_rules_subscribed(m: &Master) {
     }
 }
 
+/// Writes the application (hub, manager, runtimes) on a free port, starts the master, and waits until the hub
+/// listens and the manager's rules are subscribed; answers the master and the hub's port.
+async fn start_functions(w: &Work) -> (Master, u16) {
+    let port = free_port();
+    setup(w, port);
+    let m = start(w);
+    wait_until("the hub to listen", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    wait_rules_subscribed(&m).await;
+    (m, port)
+}
+
 async fn dynamic_instances(m: &Master, svc: &str) -> Vec<Value> {
     m.inspect().await["services"]
         .as_array()
@@ -270,13 +283,7 @@ async fn dynamic_instances(m: &Master, svc: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_and_python_functions_filter_errors_timeouts_and_pools() {
     let w = Work::new();
-    let port = free_port();
-    setup(&w, port);
-    let m = start(&w);
-    wait_until("the hub to listen", LONG, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    wait_rules_subscribed(&m).await;
+    let (m, port) = start_functions(&w).await;
     let peer = Peer::connect(port, "tester", &["sql/out", "py/out"]).await;
 
     // SQL: projection + filter + error payload for a non-JSON input.
@@ -386,21 +393,28 @@ async fn sql_and_python_functions_filter_errors_timeouts_and_pools() {
     let sql = dynamic_instances(&m, "function-sql").await;
     assert_eq!(sql.len(), 1);
     assert_eq!(sql[0]["dynamic"], true);
-    let env = w.env_of("function-sql", "filter-1");
-    assert!(env.is_empty() || !env.contains_key("BAETYL_SERVICE_TOKEN"));
+    let pid = sql[0]["process"]["pid"].as_u64().expect("pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the runtime's environment");
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .collect();
+    assert!(
+        vars.iter()
+            .any(|v| v.starts_with("BAETYL_SERVICE_INSTANCE_ADDRESS=127.0.0.1:")),
+        "{vars:?}"
+    );
+    assert!(
+        !vars.iter().any(|v| v.starts_with("BAETYL_SERVICE_TOKEN=")),
+        "a dynamic instance has no token"
+    );
     drop(m);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_qos1_message_is_lost_when_a_runtime_or_the_manager_is_killed() {
     let w = Work::new();
-    let port = free_port();
-    setup(&w, port);
-    let m = start(&w);
-    wait_until("the hub to listen", LONG, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    wait_rules_subscribed(&m).await;
+    let (m, port) = start_functions(&w).await;
     let peer = Peer::connect(port, "tester2", &["sql/out"]).await;
     let total = 300;
     for id in 0..total {
