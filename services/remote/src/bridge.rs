@@ -550,32 +550,6 @@ async fn uplink(
     }
 }
 
-async fn report(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
-    let service = std::env::var(baetyl_sdk::env::SERVICE_NAME).unwrap_or_default();
-    let instance =
-        std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| service.clone());
-    let client = match baetyl_sdk::client::MasterClient::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("stats will not be reported: {e}");
-            return;
-        }
-    };
-    let mut failing = false;
-    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        match client.report(&service, &instance, &shared.stats()).await {
-            Ok(()) => failing = false,
-            Err(e) if !failing => {
-                tracing::warn!("cannot report stats to the master: {e}");
-                failing = true;
-            }
-            Err(_) => {}
-        }
-    }
+async fn report(shared: Arc<Shared>, every: Duration, shutdown: watch::Receiver<bool>) {
+    baetyl_sdk::client::report_periodically(every, move || shared.stats(), shutdown).await;
 }

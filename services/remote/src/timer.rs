@@ -364,38 +364,15 @@ pub async fn run(cfg: TimerConfig, shutdown: impl Future<Output = ()>) -> Result
     Ok(())
 }
 
-async fn report(counters: Arc<Counters>, every: Duration, mut stop: watch::Receiver<bool>) {
-    let service = std::env::var(baetyl_sdk::env::SERVICE_NAME).unwrap_or_default();
-    let instance =
-        std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| service.clone());
-    let client = match baetyl_sdk::client::MasterClient::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("stats will not be reported: {e}");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let stats = serde_json::json!({
+async fn report(counters: Arc<Counters>, every: Duration, stop: watch::Receiver<bool>) {
+    let stats = move || {
+        serde_json::json!({
             "published": counters.published.load(Ordering::Relaxed),
             "acknowledged": counters.acknowledged.load(Ordering::Relaxed),
             "skipped": counters.skipped.load(Ordering::Relaxed),
-        });
-        match client.report(&service, &instance, &stats).await {
-            Ok(()) => failing = false,
-            Err(e) if !failing => {
-                tracing::warn!("cannot report stats to the master: {e}");
-                failing = true;
-            }
-            Err(_) => {}
-        }
-    }
+        })
+    };
+    baetyl_sdk::client::report_periodically(every, stats, stop).await;
 }
 
 #[cfg(test)]

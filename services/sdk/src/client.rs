@@ -237,6 +237,41 @@ impl MasterClient {
     }
 }
 
+/// Reports `stats()` to the master every `every` (at least 1 s) until `shutdown` turns true, for a service the
+/// master started (identity and token from the environment). A run of failures is logged once.
+pub async fn report_periodically(
+    every: std::time::Duration,
+    stats: impl Fn() -> Value + Send,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let service = std::env::var(env::SERVICE_NAME).unwrap_or_default();
+    let instance = std::env::var(env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| service.clone());
+    let client = match MasterClient::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("stats will not be reported: {e}");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match client.report(&service, &instance, &stats()).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                tracing::warn!("cannot report stats to the master: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 async fn send<I>(io: I, req: Request<Full<Bytes>>) -> Result<(u16, Vec<u8>), hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
