@@ -258,7 +258,7 @@ pub async fn run(
             st,
         )));
     }
-    let reporter = tokio::spawn(report_loop(master.clone(), stats, pools.clone()));
+    let reporter = tokio::spawn(report_loop(stats, pools.clone()));
     shutdown.await;
     tracing::info!("stopping the function manager");
     for t in tasks {
@@ -272,18 +272,8 @@ pub async fn run(
     Ok(())
 }
 
-async fn report_loop(
-    master: MasterClient,
-    stats: BTreeMap<String, Arc<RuleStats>>,
-    pools: BTreeMap<String, Arc<Pool>>,
-) {
-    let (Ok(service), Ok(instance)) = (
-        std::env::var(baetyl_sdk::env::SERVICE_NAME),
-        std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_NAME),
-    ) else {
-        return;
-    };
-    loop {
+async fn report_loop(stats: BTreeMap<String, Arc<RuleStats>>, pools: BTreeMap<String, Arc<Pool>>) {
+    let stats = || async {
         let rules: serde_json::Map<String, serde_json::Value> = stats
             .iter()
             .map(|(k, s)| {
@@ -303,18 +293,11 @@ async fn report_loop(
         for (k, p) in &pools {
             fns.insert(k.clone(), p.stats().await);
         }
-        if let Err(e) = master
-            .report(
-                &service,
-                &instance,
-                &json!({"rules": rules, "functions": fns}),
-            )
-            .await
-        {
-            tracing::debug!("cannot report stats: {e}");
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+        json!({"rules": rules, "functions": fns})
+    };
+    // Stopped by aborting the task when the manager stops.
+    baetyl_sdk::client::report_periodically(Duration::from_secs(2), stats, std::future::pending())
+        .await;
 }
 
 async fn run_rule(hub: HubConfig, rule: Rule, pool: Arc<Pool>, stats: Arc<RuleStats>) {

@@ -373,26 +373,12 @@ pub async fn start(cfg: &HubConfig) -> Result<RunningHub, HubError> {
 
 /// When started by the master, reports statistics to it periodically (they show in `inspect`).
 fn master_reporter(scx: ServerContext, counters: Arc<Counters>) -> Option<JoinHandle<()>> {
-    use baetyl_sdk::env;
-    let service = std::env::var(env::SERVICE_NAME).ok()?;
-    std::env::var(env::MASTER_API_ADDRESS).ok()?;
-    let instance = std::env::var(env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| service.clone());
-    let client = match baetyl_sdk::client::MasterClient::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("statistics will not be reported to the master: {e}");
-            return None;
-        }
-    };
+    std::env::var(baetyl_sdk::env::SERVICE_NAME).ok()?;
     Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REPORT_INTERVAL);
-        loop {
-            tick.tick().await;
-            let stats = stats_json(&scx, &counters).await;
-            if let Err(e) = client.report(&service, &instance, &stats).await {
-                tracing::warn!("reporting statistics to the master failed: {e}");
-            }
-        }
+        let stats = || stats_json(&scx, &counters);
+        // Stopped by aborting the task when the hub stops.
+        baetyl_sdk::client::report_periodically(REPORT_INTERVAL, stats, std::future::pending())
+            .await;
     }))
 }
 

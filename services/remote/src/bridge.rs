@@ -550,6 +550,10 @@ async fn uplink(
     }
 }
 
-async fn report(shared: Arc<Shared>, every: Duration, shutdown: watch::Receiver<bool>) {
-    baetyl_sdk::client::report_periodically(every, move || shared.stats(), shutdown).await;
+async fn report(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let stats = || std::future::ready(shared.stats());
+    baetyl_sdk::client::report_periodically(every, stats, async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
 }

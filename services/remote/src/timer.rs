@@ -364,15 +364,18 @@ pub async fn run(cfg: TimerConfig, shutdown: impl Future<Output = ()>) -> Result
     Ok(())
 }
 
-async fn report(counters: Arc<Counters>, every: Duration, stop: watch::Receiver<bool>) {
-    let stats = move || {
-        serde_json::json!({
+async fn report(counters: Arc<Counters>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let stats = || {
+        std::future::ready(serde_json::json!({
             "published": counters.published.load(Ordering::Relaxed),
             "acknowledged": counters.acknowledged.load(Ordering::Relaxed),
             "skipped": counters.skipped.load(Ordering::Relaxed),
-        })
+        }))
     };
-    baetyl_sdk::client::report_periodically(every, stats, stop).await;
+    baetyl_sdk::client::report_periodically(every, stats, async move {
+        let _ = stop.changed().await;
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -237,14 +237,20 @@ impl MasterClient {
     }
 }
 
-/// Reports `stats()` to the master every `every` (at least 1 s) until `shutdown` turns true, for a service the
-/// master started (identity and token from the environment). A run of failures is logged once.
-pub async fn report_periodically(
+/// When this process was started by a master (`BAETYL_SERVICE_NAME` set), reports `stats().await` to it every
+/// `every` (at least 1 s) until `shutdown` completes, so the figures show in inspect. A run of failures is
+/// logged once. Without a master it returns at once.
+pub async fn report_periodically<F, Fut>(
     every: std::time::Duration,
-    stats: impl Fn() -> Value + Send,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let service = std::env::var(env::SERVICE_NAME).unwrap_or_default();
+    stats: F,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let Ok(service) = std::env::var(env::SERVICE_NAME) else {
+        return;
+    };
     let instance = std::env::var(env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| service.clone());
     let client = match MasterClient::from_env() {
         Ok(c) => c,
@@ -255,13 +261,14 @@ pub async fn report_periodically(
     };
     let mut tick = tokio::time::interval(every.max(std::time::Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
     let mut failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = &mut shutdown => return,
         }
-        match client.report(&service, &instance, &stats()).await {
+        match client.report(&service, &instance, &stats().await).await {
             Ok(()) => failing = false,
             Err(e) if !failing => {
                 tracing::warn!("cannot report stats to the master: {e}");
