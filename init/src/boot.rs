@@ -10,6 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::config::{InitConfig, RerootMode};
+use crate::error::SysError;
 use crate::log::{error, info, warning};
 use crate::modules;
 use crate::mounts;
@@ -20,6 +21,15 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Where the initramfs root is bind-mounted before it is moved over `/`.
 pub const NEWROOT: &str = "/.baetyl-root";
+
+/// Where the configured root filesystem is mounted (read-only) in the initramfs before it becomes `/`.
+pub const SWITCH_ROOT: &str = "/.baetyl-newroot";
+
+/// Mounted before a switch_root: what loading modules and finding the root device need.
+const BEFORE_SWITCH: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// API filesystems moved into the new root when mounted (their submounts, e.g. /dev/pts, move with them).
+const MOVED_ON_SWITCH: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
 
 /// What boot is allowed to do beyond the [`System`] calls.
 #[derive(Debug, Clone, Copy)]
@@ -54,8 +64,8 @@ impl<S: System> Init<S> {
         &self.mounted
     }
 
-    /// Re-roots out of an initramfs (when configured and possible). Must run before any other mount: the bind of
-    /// `/` is not recursive.
+    /// Re-roots out of an initramfs (when configured and possible). Runs first, or after a failed switch_root
+    /// (the bind of `/` is recursive, so /proc, /sys and /dev mounted by then come along).
     pub fn reroot(&mut self) {
         let wanted = match self.cfg.reroot {
             RerootMode::Never => false,
@@ -77,7 +87,7 @@ impl<S: System> Init<S> {
 
     fn mount_tracked(&mut self, spec: &MountSpec) -> bool {
         if let Err(e) = self.sys.make_dir(&spec.target) {
-            error!("{e}");
+            log_make_dir_error(&e, &format!("{} not mounted", spec.target.display()));
             return false;
         }
         match self.sys.mount(spec) {
@@ -94,7 +104,15 @@ impl<S: System> Init<S> {
 
     /// /proc, /sys, /dev, /dev/pts, /run, /tmp, cgroup2: each skipped if already a mount point.
     pub fn mount_base(&mut self) {
+        self.mount_base_where(|_| true);
+    }
+
+    /// The base mounts whose target is `wanted`; ours already (mounted before a switch_root) are skipped quietly.
+    fn mount_base_where(&mut self, wanted: impl Fn(&Path) -> bool) {
         for spec in mounts::base_mounts() {
+            if !wanted(&spec.target) || self.mounted.contains(&spec.target) {
+                continue;
+            }
             if self.sys.is_mounted(&spec.target) {
                 info!("{} is already mounted", spec.target.display());
                 continue;
@@ -153,22 +171,119 @@ impl<S: System> Init<S> {
         }
     }
 
+    /// The block device whose GPT partition name or filesystem label is `label`, waiting up to `wait` for it.
+    fn wait_for_label(&self, label: &str, wait: Duration) -> Option<PathBuf> {
+        let sys_block = self.sys.host_path(Path::new("/sys/class/block"));
+        let dev = self.sys.host_path(Path::new("/dev"));
+        wait_for(wait, || mounts::find_by_label(&sys_block, &dev, label))
+    }
+
+    /// Switches from the initramfs into the configured read-only root filesystem: find the device (waiting up to
+    /// `root.wait`), mount it read-only on [`SWITCH_ROOT`], move the mounted API filesystems into it, make it `/`
+    /// and free the initramfs. True when `/` is now that filesystem; false (logged) when no root is configured
+    /// or it cannot be used, and the boot goes on from the initramfs.
+    pub fn switch_root(&mut self) -> bool {
+        let Some(root) = self.cfg.root.clone() else {
+            return false;
+        };
+        let wait = root.wait.get();
+        let device = match (&root.device, &root.label) {
+            (Some(d), _) => {
+                let host = self.sys.host_path(d);
+                wait_for(wait, || host.exists().then(|| host.clone()))
+            }
+            (None, Some(label)) => self.wait_for_label(label, wait),
+            (None, None) => None,
+        };
+        let Some(device) = device else {
+            let check = match &root.device {
+                Some(_) => "check the device path".to_string(),
+                None => format!(
+                    "check that the disk has a GPT partition named `{}` (or a filesystem with that label)",
+                    root.label.as_deref().unwrap_or_default()
+                ),
+            };
+            error!(
+                "root {}: no such device after {}; {check} and that modules.load has the disk driver \
+                 (e.g. virtio_blk); booting on from the initramfs",
+                root.describe(),
+                root.wait
+            );
+            return false;
+        };
+        let newroot = PathBuf::from(SWITCH_ROOT);
+        if let Err(e) = self.sys.make_dir(&newroot) {
+            error!("root: {e}; booting on from the initramfs");
+            return false;
+        }
+        let spec = MountSpec::new(
+            &device.to_string_lossy(),
+            &newroot,
+            &root.fstype,
+            MsFlags::MS_RDONLY,
+            "",
+        );
+        if let Err(e) = self.sys.mount(&spec) {
+            error!(
+                "root {}: {e}; check that it holds a {} filesystem and that the {} module is in modules.load \
+                 (or built into the kernel); booting on from the initramfs",
+                device.display(),
+                root.fstype,
+                root.fstype
+            );
+            return false;
+        }
+        let moves: Vec<PathBuf> = MOVED_ON_SWITCH
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| self.mounted.contains(p) || self.sys.is_mounted(p))
+            .collect();
+        match self.sys.switch_root(&newroot, &moves) {
+            Ok(freed) => {
+                let freed = match freed {
+                    Some(f) => {
+                        let mut t = format!("initramfs freed: {} files", f.files);
+                        if f.errors > 0 {
+                            t.push_str(&format!(", {} not removable", f.errors));
+                        }
+                        if f.mounts_kept > 0 {
+                            t.push_str(&format!(", {} mount(s) left alone", f.mounts_kept));
+                        }
+                        t
+                    }
+                    None => "the old root is not an initramfs: nothing freed".into(),
+                };
+                let label = root
+                    .label
+                    .as_ref()
+                    .filter(|_| root.device.is_none())
+                    .map(|l| format!("{l}, "))
+                    .unwrap_or_default();
+                info!(
+                    "root {} ({label}{}, read-only) is now / ({freed})",
+                    device.display(),
+                    root.fstype
+                );
+                true
+            }
+            Err(e) => {
+                error!(
+                    "root {}: {e}; booting on from the initramfs",
+                    device.display()
+                );
+                if let Err(e) = self.sys.unmount(&newroot) {
+                    warning!("{e}");
+                }
+                false
+            }
+        }
+    }
+
     /// The data partition, then datasets (read-only) and volumes (read-write) on it.
     pub fn mount_data(&mut self) {
         let mountpoint = match self.cfg.data.clone() {
             Some(data) => {
-                let sys_block = self.sys.host_path(Path::new("/sys/class/block"));
-                let dev = self.sys.host_path(Path::new("/dev"));
-                let deadline = after(Instant::now(), data.wait.get());
-                let device = loop {
-                    if let Some(d) = mounts::find_by_label(&sys_block, &dev, &data.label) {
-                        break Some(d);
-                    }
-                    if Instant::now() >= deadline {
-                        break None;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                };
+                let device = self.wait_for_label(&data.label, data.wait.get());
                 let mounted = match device {
                     Some(device) => {
                         let spec = MountSpec::new(
@@ -244,7 +359,7 @@ impl<S: System> Init<S> {
         for vol in self.cfg.volumes.clone() {
             let src = mounts::bind_source(&mountpoint, "volumes", &vol);
             if let Err(e) = self.sys.make_dir(&src) {
-                error!("volume {}: {e}", vol.name);
+                log_make_dir_error(&e, &format!("volume {} not mounted", vol.name));
                 continue;
             }
             let spec = MountSpec::new(
@@ -321,11 +436,22 @@ impl<S: System> Init<S> {
         }
     }
 
-    /// Every boot step in order.
+    /// Every boot step in order. With a `root`, /proc, /sys and /dev come first, then the modules (the disk
+    /// driver and the root's filesystem), then the switch_root (or, failing that, the re-root of the initramfs),
+    /// then the other base mounts on whichever root it is.
     pub fn boot(&mut self) {
-        self.reroot();
-        self.mount_base();
-        self.load_modules();
+        if self.cfg.root.is_some() {
+            self.mount_base_where(|t| BEFORE_SWITCH.iter().any(|b| Path::new(b) == t));
+            self.load_modules();
+            if !self.switch_root() {
+                self.reroot();
+            }
+            self.mount_base();
+        } else {
+            self.reroot();
+            self.mount_base();
+            self.load_modules();
+        }
         self.set_hostname();
         self.network();
         self.mount_data();
@@ -423,6 +549,32 @@ fn after(start: Instant, d: Duration) -> Instant {
         .checked_add(d)
         .or_else(|| start.checked_add(Duration::from_secs(365 * 24 * 3600)))
         .unwrap_or(start)
+}
+
+/// Polls `find` until it finds something or `wait` passes (devices appear asynchronously after their driver).
+fn wait_for(wait: Duration, mut find: impl FnMut() -> Option<PathBuf>) -> Option<PathBuf> {
+    let deadline = after(Instant::now(), wait);
+    loop {
+        if let Some(found) = find() {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A mount point that cannot be created; on a read-only root that means the image lacks the directory.
+fn log_make_dir_error(e: &SysError, consequence: &str) {
+    match e {
+        SysError::MakeDir { path, source } if source.raw_os_error() == Some(libc::EROFS) => error!(
+            "{} does not exist and cannot be created: the root filesystem is read-only, so the image must \
+             contain this directory; {consequence}",
+            path.display()
+        ),
+        _ => error!("{e}; {consequence}"),
+    }
 }
 
 /// Reaps until no child is left or `timeout` passes; true if none is left.
@@ -606,6 +758,10 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         calls: Vec<String>,
+        /// switch_root fails (as when the image lacks a mount point).
+        fail_switch: bool,
+        /// Directories that do not exist on a read-only root: make_dir fails with EROFS.
+        missing_on_ro_root: Vec<PathBuf>,
     }
 
     impl System for Recorder {
@@ -615,12 +771,26 @@ mod tests {
         fn is_mounted(&self, _: &Path) -> bool {
             false
         }
-        fn make_dir(&mut self, _: &Path) -> Result<(), SysError> {
+        fn make_dir(&mut self, path: &Path) -> Result<(), SysError> {
+            if self.missing_on_ro_root.iter().any(|p| p == path) {
+                return Err(SysError::MakeDir {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::from_raw_os_error(libc::EROFS),
+                });
+            }
             Ok(())
         }
         fn mount(&mut self, spec: &MountSpec) -> Result<(), SysError> {
-            self.calls
-                .push(format!("mount {} {}", spec.fstype, spec.target.display()));
+            let ro = if spec.flags.contains(MsFlags::MS_RDONLY) {
+                " ro"
+            } else {
+                ""
+            };
+            self.calls.push(format!(
+                "mount {} {}{ro}",
+                spec.fstype,
+                spec.target.display()
+            ));
             Ok(())
         }
         fn remount_readonly(&mut self, target: &Path) -> Result<(), SysError> {
@@ -642,6 +812,29 @@ mod tests {
         fn reroot(&mut self, _: &Path) -> Result<(), SysError> {
             self.calls.push("reroot".into());
             Ok(())
+        }
+        fn switch_root(
+            &mut self,
+            newroot: &Path,
+            moves: &[PathBuf],
+        ) -> Result<Option<crate::sys::Freed>, SysError> {
+            let moves: Vec<String> = moves.iter().map(|m| m.display().to_string()).collect();
+            self.calls.push(format!(
+                "switch_root {} {}",
+                newroot.display(),
+                moves.join(",")
+            ));
+            if self.fail_switch {
+                return Err(SysError::SwitchRoot {
+                    newroot: newroot.to_path_buf(),
+                    step: "/proc is not a directory in the new root".into(),
+                    errno: nix::errno::Errno::ENOENT,
+                });
+            }
+            Ok(Some(crate::sys::Freed {
+                files: 3,
+                ..Default::default()
+            }))
         }
         fn grow_filesystem(
             &mut self,
@@ -728,5 +921,159 @@ mod tests {
         expected_tail.push("reboot power off".into());
         assert_eq!(calls[boot.len()..].to_vec(), expected_tail);
         assert!(init.mounted().is_empty());
+    }
+
+    fn root_config(dir: &Path, root: &str, extra: &str) -> InitConfig {
+        let mods = dir.join("kernel");
+        std::fs::create_dir_all(&mods).unwrap();
+        std::fs::write(mods.join("virtio_blk.ko"), b"x").unwrap();
+        std::fs::write(mods.join("squashfs.ko"), b"x").unwrap();
+        let yaml = format!(
+            "hostname: edge\nmodules:\n  dir: {}\n  load: [virtio_blk, squashfs]\ndata: null\n{root}\n{extra}",
+            dir.display()
+        );
+        baetyl_sdk::config::parse_yaml(&yaml, Path::new("t.yml")).unwrap()
+    }
+
+    fn modules_of(dir: &Path) -> [String; 2] {
+        [
+            format!("module {}", dir.join("kernel/virtio_blk.ko").display()),
+            format!("module {}", dir.join("kernel/squashfs.ko").display()),
+        ]
+    }
+
+    #[test]
+    fn switch_root_comes_after_proc_sys_dev_and_modules_and_skips_the_reroot() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("loop3");
+        std::fs::write(&device, b"").unwrap();
+        let cfg = root_config(
+            dir.path(),
+            &format!("root: {{device: {}, wait: 0s}}", device.display()),
+            "volumes:\n  - name: hub\n    target: /var/lib/hub\n",
+        );
+        let mut init = Init::new(Recorder::default(), cfg, mode());
+        init.boot();
+        init.finish(PowerAction::Reboot);
+        let [m1, m2] = modules_of(dir.path());
+        let expected = vec![
+            "mount proc /proc".to_string(),
+            "mount sysfs /sys".into(),
+            "mount devtmpfs /dev".into(),
+            m1,
+            m2,
+            "mount squashfs /.baetyl-newroot ro".into(),
+            "switch_root /.baetyl-newroot /dev,/proc,/sys".into(),
+            // No reroot: the new root is a real mount. The rest of the base mounts follow on the new root.
+            "mount devpts /dev/pts".into(),
+            "mount tmpfs /run".into(),
+            "mount tmpfs /tmp".into(),
+            "mount cgroup2 /sys/fs/cgroup".into(),
+            "hostname edge".into(),
+            "net lo None".into(),
+            "mount tmpfs /var/lib/baetyl".into(),
+            "mount  /var/lib/hub".into(),
+            "sync".into(),
+            // Reverse mount order; the root itself (never tracked) is not unmounted.
+            "umount /var/lib/hub".into(),
+            "umount /var/lib/baetyl".into(),
+            "umount /sys/fs/cgroup".into(),
+            "umount /tmp".into(),
+            "umount /run".into(),
+            "umount /dev/pts".into(),
+            "umount /dev".into(),
+            "umount /sys".into(),
+            "umount /proc".into(),
+            "reboot reboot".into(),
+        ];
+        assert_eq!(init.sys.calls, expected);
+    }
+
+    #[test]
+    fn root_not_found_boots_on_from_the_initramfs_with_the_reroot() {
+        let dir = tempfile::tempdir().unwrap();
+        // A label no device has (the recorder's host_path is the identity, so this scans the host's sysfs).
+        let cfg = root_config(
+            dir.path(),
+            "root: {label: baetyl-no-such-root-partition, wait: 0s}\nreroot: always",
+            "",
+        );
+        let mut init = Init::new(Recorder::default(), cfg, mode());
+        init.boot();
+        let [m1, m2] = modules_of(dir.path());
+        let calls = &init.sys.calls;
+        assert_eq!(
+            calls[..7].to_vec(),
+            vec![
+                "mount proc /proc".to_string(),
+                "mount sysfs /sys".into(),
+                "mount devtmpfs /dev".into(),
+                m1,
+                m2,
+                "reroot".into(),
+                "mount devpts /dev/pts".into(),
+            ]
+        );
+        assert!(!calls.iter().any(|c| c.contains("newroot")), "{calls:?}");
+        assert_eq!(init.mounted().len(), 7, "{:?}", init.mounted());
+    }
+
+    #[test]
+    fn failed_switch_unmounts_the_new_root_and_boots_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("loop3");
+        std::fs::write(&device, b"").unwrap();
+        let cfg = root_config(
+            dir.path(),
+            &format!("root: {{device: {}}}\nreroot: always", device.display()),
+            "",
+        );
+        let rec = Recorder {
+            fail_switch: true,
+            ..Default::default()
+        };
+        let mut init = Init::new(rec, cfg, mode());
+        init.boot();
+        let calls = &init.sys.calls;
+        let at = calls
+            .iter()
+            .position(|c| c.starts_with("switch_root"))
+            .unwrap();
+        assert_eq!(
+            calls[at + 1..at + 4].to_vec(),
+            vec![
+                "umount /.baetyl-newroot".to_string(),
+                "reroot".into(),
+                "mount devpts /dev/pts".into(),
+            ]
+        );
+        // The new root was never tracked, so shutdown does not unmount it again.
+        assert!(!init.mounted().iter().any(|m| m == Path::new(SWITCH_ROOT)));
+    }
+
+    #[test]
+    fn missing_mount_point_on_a_read_only_root_is_logged_and_boot_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("loop3");
+        std::fs::write(&device, b"").unwrap();
+        let cfg = root_config(
+            dir.path(),
+            &format!("root: {{device: {}}}", device.display()),
+            "volumes:\n  - name: a\n    target: /opt/a\n  - name: b\n    target: /opt/b\n",
+        );
+        let rec = Recorder {
+            missing_on_ro_root: vec![PathBuf::from("/tmp"), PathBuf::from("/opt/a")],
+            ..Default::default()
+        };
+        let mut init = Init::new(rec, cfg, mode());
+        init.boot();
+        let calls = &init.sys.calls;
+        assert!(!calls.iter().any(|c| c.ends_with(" /tmp")), "{calls:?}");
+        assert!(!calls.iter().any(|c| c.ends_with(" /opt/a")), "{calls:?}");
+        assert!(
+            calls.iter().any(|c| c == "mount cgroup2 /sys/fs/cgroup"),
+            "{calls:?}"
+        );
+        assert!(calls.iter().any(|c| c == "mount  /opt/b"), "{calls:?}");
     }
 }

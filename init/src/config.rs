@@ -14,6 +14,7 @@
 //! | `baetyl.reroot=auto\|always\|never` | re-root out of the initramfs |
 //! | `baetyl.modules=a,b,c` | modules to load, in this order (replaces the list) |
 //! | `baetyl.modules.dir=DIR` | where the `.ko` files are |
+//! | `baetyl.root=LABEL\|off`, `baetyl.root.device=DEV`, `baetyl.root.fstype=T`, `baetyl.root.wait=10s` | switch from the initramfs into a read-only root filesystem |
 //! | `baetyl.data.label=L`, `baetyl.data.mountpoint=DIR`, `baetyl.data.fstype=T`, `baetyl.data.grow=0` | the data partition |
 //! | `baetyl.net.address=10.0.2.15/24`, `baetyl.net.gateway=10.0.2.2`, `baetyl.net.interface=eth0` | static IPv4 |
 //! | `baetyl.master=off` | do not start the master |
@@ -39,6 +40,8 @@ pub struct InitConfig {
     /// Hostname to set; none keeps the kernel's.
     pub hostname: Option<String>,
     pub reroot: RerootMode,
+    /// A read-only root filesystem on a partition to switch into from the initramfs; none stays on the initramfs.
+    pub root: Option<RootConfig>,
     pub modules: ModulesConfig,
     /// The data partition; none means volumes live on a tmpfs and do not survive a reboot.
     pub data: Option<DataConfig>,
@@ -58,6 +61,7 @@ impl Default for InitConfig {
         InitConfig {
             hostname: Some("baetyl".into()),
             reroot: RerootMode::Auto,
+            root: None,
             modules: ModulesConfig::default(),
             data: Some(DataConfig::default()),
             datasets: Vec::new(),
@@ -86,6 +90,41 @@ pub struct ModulesConfig {
     pub dir: Option<PathBuf>,
     /// Module names (`virtio_net`) or paths (`kernel/drivers/net/virtio_net.ko`), in dependency order.
     pub load: Vec<String>,
+}
+
+/// The root filesystem init switches into (switch_root): always mounted read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RootConfig {
+    /// GPT partition name or filesystem label (the same lookup as the data partition's).
+    pub label: Option<String>,
+    /// An explicit block device (`/dev/loop3`); takes precedence over `label`.
+    pub device: Option<PathBuf>,
+    pub fstype: String,
+    /// How long to wait for the device to appear (drivers probe asynchronously).
+    pub wait: HumanDuration,
+}
+
+impl Default for RootConfig {
+    fn default() -> Self {
+        RootConfig {
+            label: None,
+            device: None,
+            fstype: "squashfs".into(),
+            wait: HumanDuration::from_secs(10),
+        }
+    }
+}
+
+impl RootConfig {
+    /// How the root device is named in log lines: the label, or the device path.
+    pub fn describe(&self) -> String {
+        match (&self.device, &self.label) {
+            (Some(d), _) => d.display().to_string(),
+            (None, Some(l)) => format!("labelled `{l}`"),
+            (None, None) => "(none)".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -257,6 +296,35 @@ impl InitConfig {
         problems
     }
 
+    fn root_mut(&mut self) -> &mut RootConfig {
+        self.root.get_or_insert_with(RootConfig::default)
+    }
+
+    /// A `root` section naming no device cannot be used: it is dropped (stay on the initramfs) with a message.
+    /// Both named: the device wins.
+    fn check_root(&mut self) -> Option<String> {
+        let root = self.root.as_mut()?;
+        match (&root.device, &root.label) {
+            (None, None) => {
+                self.root = None;
+                Some(
+                    "root: neither `label` nor `device` is set; staying on the initramfs (set root.label, \
+                     or baetyl.root=LABEL on the kernel command line)"
+                        .into(),
+                )
+            }
+            (Some(d), Some(l)) => {
+                let msg = format!(
+                    "root: both `device` ({}) and `label` ({l}) are set; using the device",
+                    d.display()
+                );
+                root.label = None;
+                Some(msg)
+            }
+            _ => None,
+        }
+    }
+
     fn data_mut(&mut self) -> &mut DataConfig {
         self.data.get_or_insert_with(DataConfig::default)
     }
@@ -286,6 +354,38 @@ impl InitConfig {
                     .collect();
             }
             "modules.dir" => self.modules.dir = Some(PathBuf::from(value)),
+            "root" => match value {
+                "off" => self.root = None,
+                "" => return Err("expected a partition name or filesystem label, or off".into()),
+                label => {
+                    let root = self.root_mut();
+                    root.label = Some(label.to_string());
+                    root.device = None;
+                }
+            },
+            "root.label" => {
+                if value.is_empty() {
+                    return Err("empty label".into());
+                }
+                let root = self.root_mut();
+                root.label = Some(value.to_string());
+                root.device = None;
+            }
+            "root.device" => {
+                if !value.starts_with('/') {
+                    return Err("expected an absolute device path such as /dev/vda2".into());
+                }
+                let root = self.root_mut();
+                root.device = Some(PathBuf::from(value));
+                root.label = None;
+            }
+            "root.fstype" => {
+                if value.is_empty() {
+                    return Err("empty filesystem type".into());
+                }
+                self.root_mut().fstype = value.to_string();
+            }
+            "root.wait" => self.root_mut().wait = parse_duration(value)?,
             "data" => match parse_bool(value) {
                 Some(false) => self.data = None,
                 Some(true) => {
@@ -350,6 +450,7 @@ pub fn load(path: &Path, params: &[(String, String)]) -> (InitConfig, Vec<String
         InitConfig::default()
     };
     problems.extend(cfg.apply_overrides(params));
+    problems.extend(cfg.check_root());
     (cfg, problems)
 }
 
@@ -427,5 +528,117 @@ mod tests {
         assert_eq!(cfg, InitConfig::default());
         assert!(problems[0].contains("master.comand"), "{problems:?}");
         assert!(problems[0].contains("bad.yml"), "{problems:?}");
+    }
+
+    #[test]
+    fn root_is_absent_by_default_and_parses_from_yaml() {
+        assert_eq!(InitConfig::default().root, None);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("init.yml");
+        std::fs::write(&f, "root: {label: root-a}\n").unwrap();
+        let (cfg, problems) = load(&f, &[]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let root = cfg.root.unwrap();
+        assert_eq!(root.label.as_deref(), Some("root-a"));
+        assert_eq!(root.device, None);
+        assert_eq!(root.fstype, "squashfs");
+        assert_eq!(root.wait.get(), Duration::from_secs(10));
+
+        std::fs::write(
+            &f,
+            "root:\n  device: /dev/loop3\n  fstype: ext4\n  wait: 2s\n",
+        )
+        .unwrap();
+        let (cfg, problems) = load(&f, &[]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            cfg.root,
+            Some(RootConfig {
+                label: None,
+                device: Some(PathBuf::from("/dev/loop3")),
+                fstype: "ext4".into(),
+                wait: HumanDuration::from_secs(2),
+            })
+        );
+
+        std::fs::write(&f, "root: null\n").unwrap();
+        let (cfg, problems) = load(&f, &[]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(cfg.root, None);
+    }
+
+    #[test]
+    fn root_rejects_unknown_keys_and_needs_a_device_or_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("init.yml");
+        std::fs::write(&f, "root: {lable: root-a}\n").unwrap();
+        let (cfg, problems) = load(&f, &[]);
+        assert_eq!(cfg, InitConfig::default());
+        assert!(problems[0].contains("root.lable"), "{problems:?}");
+
+        std::fs::write(&f, "root: {fstype: squashfs}\n").unwrap();
+        let (cfg, problems) = load(&f, &[]);
+        assert_eq!(cfg.root, None);
+        assert!(
+            problems[0].contains("neither `label` nor `device`"),
+            "{problems:?}"
+        );
+
+        std::fs::write(&f, "root: {label: root-a, device: /dev/vdb}\n").unwrap();
+        let (cfg, problems) = load(&f, &[]);
+        let root = cfg.root.unwrap();
+        assert_eq!(root.device, Some(PathBuf::from("/dev/vdb")));
+        assert_eq!(root.label, None);
+        assert!(problems[0].contains("using the device"), "{problems:?}");
+    }
+
+    #[test]
+    fn root_overrides_from_the_kernel_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("init.yml");
+        std::fs::write(&f, "root: {device: /dev/loop3, wait: 1s}\n").unwrap();
+
+        // A label on the command line replaces the file's device; fstype and wait apply on top.
+        let params =
+            baetyl_params("baetyl.root=root-b baetyl.root.fstype=erofs baetyl.root.wait=250ms");
+        let (cfg, problems) = load(&f, &params);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            cfg.root,
+            Some(RootConfig {
+                label: Some("root-b".into()),
+                device: None,
+                fstype: "erofs".into(),
+                wait: HumanDuration::from_millis(250),
+            })
+        );
+
+        // Without a root section, the command line can create one.
+        let missing = dir.path().join("missing.yml");
+        let (cfg, _) = load(&missing, &baetyl_params("baetyl.root.device=/dev/vda2"));
+        let root = cfg.root.unwrap();
+        assert_eq!(root.device, Some(PathBuf::from("/dev/vda2")));
+        assert_eq!(root.fstype, "squashfs");
+        let (cfg, _) = load(&missing, &baetyl_params("baetyl.root.label=root-a"));
+        assert_eq!(cfg.root.unwrap().label.as_deref(), Some("root-a"));
+
+        // off disables it.
+        let (cfg, problems) = load(&f, &baetyl_params("baetyl.root=off"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(cfg.root, None);
+
+        // Bad values are reported and ignored; fstype/wait alone name no device, so the section is dropped.
+        let (cfg, problems) = load(
+            &missing,
+            &baetyl_params(
+                "baetyl.root= baetyl.root.device=vda2 baetyl.root.wait=soon baetyl.root.fstype=ext4",
+            ),
+        );
+        assert_eq!(cfg.root, None);
+        let text = problems.join("\n");
+        assert!(text.contains("baetyl.root= ignored"), "{text}");
+        assert!(text.contains("baetyl.root.device=vda2 ignored"), "{text}");
+        assert!(text.contains("baetyl.root.wait=soon ignored"), "{text}");
+        assert!(text.contains("neither `label` nor `device`"), "{text}");
     }
 }

@@ -38,6 +38,12 @@ pub enum SysError {
         step: &'static str,
         errno: Errno,
     },
+    #[error("switch root to {newroot}: {step}: {errno}")]
+    SwitchRoot {
+        newroot: PathBuf,
+        step: String,
+        errno: Errno,
+    },
     #[error("reboot(2) {action}: {errno}")]
     Reboot { action: String, errno: Errno },
     #[error("{what}: {errno}")]

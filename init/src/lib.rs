@@ -3,7 +3,8 @@
 //!
 //! Boot, in order ([`boot::Init::boot`]): re-root out of the initramfs (so runc can pivot_root later), mount the
 //! API filesystems (/proc, /sys, /dev, /dev/pts, /run, /tmp, cgroup2), load the image's kernel modules with
-//! finit_module in the listed (dependency) order, set the hostname, bring up loopback and a static IPv4
+//! finit_module in the listed (dependency) order (with a `root` configured: /proc, /sys, /dev, the modules, then
+//! switch_root into the read-only root partition instead of the re-root, then the other mounts), set the hostname, bring up loopback and a static IPv4
 //! interface, mount the data partition found by GPT name or ext4 label (growing partition and filesystem to the
 //! end of a larger medium), then the datasets (read-only) and volumes (read-write) of the config. Then start
 //! `baetyl master`, restart it with backoff when it exits, and reap every orphan ([`boot::Init::run`]). On

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -80,6 +81,13 @@ pub trait System {
     fn set_hostname(&mut self, name: &str) -> Result<(), SysError>;
     /// Makes a copy of `/` the root: bind `/` onto `newroot`, move it over `/`, chroot into it.
     fn reroot(&mut self, newroot: &Path) -> Result<(), SysError>;
+    /// switch_root into the root filesystem already mounted at `newroot`: moves each of `moves` (mounted API
+    /// filesystems such as /dev, /proc, /sys) to the same path under it, makes it `/` (`chdir`, `MS_MOVE` onto
+    /// `/`, `chroot`), then frees the old root's files when it is an initramfs (ramfs/tmpfs mount). Device paths
+    /// are relative to the new root afterwards. On an error before the final move, the moved filesystems are
+    /// moved back and the old root stays.
+    fn switch_root(&mut self, newroot: &Path, moves: &[PathBuf])
+    -> Result<Option<Freed>, SysError>;
     /// Grows the mounted ext4 filesystem on `device` (mounted at `mountpoint`) to fill the device.
     /// Returns the old and new size in bytes, or None when there is nothing to grow.
     fn grow_filesystem(
@@ -97,6 +105,112 @@ pub trait System {
     fn sync(&mut self);
     /// Hands control back to the kernel. Returns only if that failed or the system is not allowed to.
     fn reboot(&mut self, action: PowerAction) -> Result<(), SysError>;
+}
+
+/// What freeing the initramfs after a switch_root removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freed {
+    /// Files, symlinks and device nodes removed.
+    pub files: u64,
+    pub dirs: u64,
+    /// Entries that could not be removed (logged).
+    pub errors: u64,
+    /// Directories left alone because another filesystem is mounted there.
+    pub mounts_kept: u64,
+}
+
+/// Deletes everything under the directory `root` (an fd on the old root) that is on the same filesystem, never
+/// descending into other mounts, like util-linux switch_root. Returns None when `root` is not on ramfs/tmpfs:
+/// a real filesystem is never touched.
+pub fn free_initramfs(root: std::os::fd::OwnedFd) -> Option<Freed> {
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC, fstatfs};
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    let st = fstatfs(&root).ok()?;
+    if st.filesystem_type() != RAMFS_MAGIC && st.filesystem_type() != TMPFS_MAGIC {
+        return None;
+    }
+    let dev = nix::sys::stat::fstat(&root).ok()?.st_dev;
+    let mut freed = Freed::default();
+    match nix::dir::Dir::from_fd(root) {
+        Ok(mut dir) => {
+            remove_tree(&mut dir, Path::new("/"), dev, &mut freed);
+        }
+        Err(e) => {
+            crate::log::warning!("free initramfs: open /: {e}");
+            freed.errors += 1;
+        }
+    }
+    Some(freed)
+}
+
+/// Empties `dir` (shown as `shown` in messages); true if it is empty afterwards.
+fn remove_tree(dir: &mut nix::dir::Dir, shown: &Path, dev: u64, freed: &mut Freed) -> bool {
+    use nix::fcntl::AtFlags;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::{Mode, SFlag, fstatat};
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    let names: Vec<std::ffi::CString> = dir
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    let mut emptied = true;
+    let fail = |freed: &mut Freed, path: &Path, what: &str, e: Errno| {
+        freed.errors += 1;
+        if freed.errors <= 5 {
+            crate::log::warning!("free initramfs: {what} {}: {e}", path.display());
+        }
+    };
+    for name in names {
+        let path = shown.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        let st = match fstatat(&*dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(e) => {
+                fail(freed, &path, "stat", e);
+                emptied = false;
+                continue;
+            }
+        };
+        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        if is_dir {
+            if st.st_dev != dev {
+                // Another filesystem is mounted here: not ours to delete.
+                freed.mounts_kept += 1;
+                emptied = false;
+                continue;
+            }
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let sub_empty =
+                match nix::dir::Dir::openat(&*dir, name.as_c_str(), flags, Mode::empty()) {
+                    Ok(mut sub) => remove_tree(&mut sub, &path, dev, freed),
+                    Err(e) => {
+                        fail(freed, &path, "open", e);
+                        false
+                    }
+                };
+            if !sub_empty {
+                emptied = false;
+                continue;
+            }
+            match unlinkat(&*dir, name.as_c_str(), UnlinkatFlags::RemoveDir) {
+                Ok(()) => freed.dirs += 1,
+                Err(e) => {
+                    fail(freed, &path, "rmdir", e);
+                    emptied = false;
+                }
+            }
+        } else {
+            match unlinkat(&*dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => freed.files += 1,
+                Err(e) => {
+                    fail(freed, &path, "unlink", e);
+                    emptied = false;
+                }
+            }
+        }
+    }
+    emptied
 }
 
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
@@ -343,11 +457,12 @@ impl System for LinuxSystem {
             step: "mkdir",
             errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
+        // Recursive: after a failed switch_root, /proc, /sys and /dev are mounted already and must come along.
         mount(
             Some("/"),
             newroot,
             None::<&str>,
-            MsFlags::MS_BIND,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
         .map_err(err("bind / on new root"))?;
@@ -357,6 +472,101 @@ impl System for LinuxSystem {
         nix::unistd::chroot(".").map_err(err("chroot"))?;
         nix::unistd::chdir("/").map_err(err("chdir /"))?;
         Ok(())
+    }
+
+    fn switch_root(
+        &mut self,
+        newroot: &Path,
+        moves: &[PathBuf],
+    ) -> Result<Option<Freed>, SysError> {
+        let new_host = self.host_path(newroot);
+        let old_root = self.host_path(Path::new("/"));
+        let fail = |step: String, errno: Errno| SysError::SwitchRoot {
+            newroot: new_host.clone(),
+            step,
+            errno,
+        };
+        let under_new = |p: &Path| new_host.join(p.strip_prefix("/").unwrap_or(p));
+        // Nothing can be created on a read-only root: every mount point must be in the image already.
+        for m in moves {
+            if !under_new(m).is_dir() {
+                return Err(fail(
+                    format!(
+                        "{} is not a directory in the new root (the image must contain it)",
+                        m.display()
+                    ),
+                    Errno::ENOENT,
+                ));
+            }
+        }
+        // Freed later only if the old root is a mount of its own (the initramfs `/`, or a test's tmpfs root).
+        let old_is_mount = self.root == Path::new("/") || self.is_mounted(Path::new("/"));
+        let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let undo = |moved: &mut Vec<(PathBuf, PathBuf)>| {
+            while let Some((from, to)) = moved.pop() {
+                if let Err(e) = mount(
+                    Some(&to),
+                    &from,
+                    None::<&str>,
+                    MsFlags::MS_MOVE,
+                    None::<&str>,
+                ) {
+                    crate::log::error!(
+                        "switch root: moving {} back to {}: {e}",
+                        to.display(),
+                        from.display()
+                    );
+                }
+            }
+        };
+        for m in moves {
+            let (from, to) = (self.host_path(m), under_new(m));
+            if let Err(errno) = mount(
+                Some(&from),
+                &to,
+                None::<&str>,
+                MsFlags::MS_MOVE,
+                None::<&str>,
+            ) {
+                undo(&mut moved);
+                return Err(fail(
+                    format!("move {} to {}", from.display(), to.display()),
+                    errno,
+                ));
+            }
+            moved.push((from, to));
+        }
+        let old_fd = if old_is_mount {
+            nix::fcntl::open(
+                &old_root,
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+        } else {
+            None
+        };
+        if let Err(errno) = nix::unistd::chdir(&new_host) {
+            undo(&mut moved);
+            return Err(fail("chdir".into(), errno));
+        }
+        if let Err(errno) = mount(
+            Some("."),
+            &old_root,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        ) {
+            let _ = nix::unistd::chdir("/");
+            undo(&mut moved);
+            return Err(fail(format!("move onto {}", old_root.display()), errno));
+        }
+        nix::unistd::chroot(".").map_err(|e| fail("chroot".into(), e))?;
+        nix::unistd::chdir("/").map_err(|e| fail("chdir /".into(), e))?;
+        self.root = PathBuf::from("/");
+        Ok(old_fd.and_then(free_initramfs))
     }
 
     fn grow_filesystem(
@@ -488,6 +698,24 @@ impl System for DrySystem {
         crate::log::info!("dry: re-root via {}", newroot.display());
         Ok(())
     }
+    fn switch_root(
+        &mut self,
+        newroot: &Path,
+        moves: &[PathBuf],
+    ) -> Result<Option<Freed>, SysError> {
+        for m in moves {
+            crate::log::info!(
+                "dry: mount --move {} {}",
+                m.display(),
+                newroot.join(m.strip_prefix("/").unwrap_or(m)).display()
+            );
+        }
+        crate::log::info!(
+            "dry: chdir {0}; mount --move . /; chroot .; free the initramfs",
+            newroot.display()
+        );
+        Ok(None)
+    }
     fn grow_filesystem(
         &mut self,
         device: &Path,
@@ -517,5 +745,38 @@ impl System for DrySystem {
     fn reboot(&mut self, action: PowerAction) -> Result<(), SysError> {
         crate::log::info!("dry: reboot(2) {action} skipped; exiting instead");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initramfs_freeing_only_touches_ramfs_or_tmpfs() {
+        use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f"), "x").unwrap();
+        std::fs::write(dir.path().join("g"), "x").unwrap();
+        std::os::unix::fs::symlink("g", dir.path().join("l")).unwrap();
+        let on_tmpfs = statfs(dir.path()).unwrap().filesystem_type() == TMPFS_MAGIC;
+        let fd = nix::fcntl::open(
+            dir.path(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let freed = free_initramfs(fd);
+        if on_tmpfs {
+            let f = freed.unwrap();
+            assert_eq!((f.files, f.dirs, f.errors), (3, 2, 0), "{f:?}");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        } else {
+            // A real filesystem is never touched.
+            assert_eq!(freed, None);
+            assert!(dir.path().join("a/b/f").exists());
+            assert!(dir.path().join("l").exists());
+        }
     }
 }

@@ -554,3 +554,313 @@ fn loopback_is_brought_up_in_a_fresh_network_namespace() {
     };
     assert!(c.contains(" lo_up=false "), "{c}");
 }
+
+/// A loop device attached to an image, detached when dropped (whether the test passed or not).
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        // If the namespace still holds the mount, this sets autoclear and the kernel detaches it at the unmount.
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// The switch_root test needs mksquashfs (Debian squashfs-tools), losetup and ldd besides the namespace tools.
+fn squashfs_tools_available() -> bool {
+    let have = |prog: &str, arg: &str| {
+        Command::new(prog)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    let ok =
+        have("mksquashfs", "-version") && have("losetup", "--version") && have("ldd", "--version");
+    if !ok && std::env::var("BAETYL_INIT_SKIP_NS").as_deref() == Ok("1") {
+        eprintln!(
+            "skipped: mksquashfs (squashfs-tools), losetup or ldd is missing (BAETYL_INIT_SKIP_NS=1)"
+        );
+        return false;
+    }
+    assert!(
+        ok,
+        "this test needs mksquashfs (Debian package squashfs-tools), losetup and ldd \
+         (set BAETYL_INIT_SKIP_NS=1 to skip it)"
+    );
+    true
+}
+
+/// Copies `bin` into `tree` as `dest` with the shared libraries and the ELF interpreter it needs (from ldd), so it
+/// runs inside the tree.
+fn copy_with_libraries(bin: &Path, tree: &Path, dest: &str) {
+    let target = tree.join(dest.trim_start_matches('/'));
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(bin, &target).expect("copy binary");
+    let out = Command::new("ldd").arg(bin).output().expect("ldd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        let Some(path) = path.filter(|p| p.starts_with('/')) else {
+            continue;
+        };
+        let to = tree.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(path, &to).unwrap_or_else(|e| panic!("copy {path}: {e}"));
+    }
+}
+
+/// A squashfs image with the directories `dirs` and the probe as /bin/baetyl-squashfs-probe (a name that exists
+/// nowhere but in the image), attached read-only to a free loop device.
+fn squashfs_on_loop(s: &Setup, dirs: &[&str]) -> Loop {
+    let tree = s.path("rootfs");
+    for d in dirs {
+        std::fs::create_dir_all(tree.join(d)).expect("mkdir");
+    }
+    copy_with_libraries(Path::new(BIN), &tree, "/bin/baetyl-squashfs-probe");
+    let img = s.path("root.squashfs");
+    let out = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&img)
+        .args(["-noappend", "-quiet", "-no-progress", "-all-root"])
+        .output()
+        .expect("mksquashfs");
+    assert!(out.status.success(), "mksquashfs: {out:?}");
+    let out = Command::new("losetup")
+        .args(["-f", "--show", "-r"])
+        .arg(&img)
+        .output()
+        .expect("losetup");
+    assert!(out.status.success(), "losetup -f --show: {out:?}");
+    let loop_dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    assert!(loop_dev.0.starts_with("/dev/loop"), "{}", loop_dev.0);
+    loop_dev
+}
+
+#[test]
+fn switch_root_into_a_read_only_squashfs_and_start_the_master_from_it() {
+    if !namespaces_available() || !squashfs_tools_available() {
+        return;
+    }
+    let s = Setup::new();
+    // The root filesystem image: the mount points init needs, and the "master" (this init binary's probe, which
+    // reports what / is) under a name that exists nowhere but in the image.
+    let loop_dev = squashfs_on_loop(
+        &s,
+        &["proc", "sys", "dev", "run", "tmp", "etc", "var/lib/baetyl"],
+    );
+
+    // The stand-in for the initramfs: a tmpfs mounted on the --root directory inside the namespace, holding three
+    // files, plus a tmpfs mounted inside it whose file must survive the freeing (it is another mount).
+    let seed = s.path("seed");
+    std::fs::create_dir_all(seed.join("etc/baetyl")).expect("mkdir");
+    std::fs::create_dir_all(seed.join("lib/modules")).expect("mkdir");
+    std::fs::write(seed.join("init"), "not really init").expect("write");
+    std::fs::write(seed.join("etc/baetyl/init.yml"), "{}").expect("write");
+    std::fs::write(seed.join("lib/modules/squashfs.ko"), "x").expect("write");
+    let root = s.path("root");
+    std::fs::create_dir(&root).expect("mkdir");
+
+    let (cfg, cmdline) = s.config(
+        &["/bin/baetyl-squashfs-probe", "probe", "--signal", "SIGUSR2"],
+        &format!(
+            "root: {{device: {}, wait: 2s}}\nvolumes:\n  - name: hub\n    target: /opt/not-in-image\n",
+            loop_dev.0
+        ),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--uts",
+        "/bin/sh",
+        "-c",
+        "mount -t tmpfs -o mode=0755 initramfs \"$0\" && cp -a \"$1\"/. \"$0\"/ && mkdir -p \"$0/mnt/other\" && \
+         mount -t tmpfs other \"$0/mnt/other\" && echo keep > \"$0/mnt/other/keep\" && shift && exec \"$@\"",
+    ])
+    .arg(&root)
+    .arg(&seed)
+    .arg(BIN)
+    .arg("--config")
+    .arg(&cfg)
+    .arg("--cmdline")
+    .arg(&cmdline)
+    .arg("--root")
+    .arg(&root);
+    let r = run(cmd, TIMEOUT);
+
+    assert_eq!(
+        r.status.signal(),
+        Some(libc::SIGINT),
+        "power off ends the namespace with SIGINT:\n{}",
+        r.all()
+    );
+    r.pos("starting as pid 1 ");
+    let switched = format!(
+        "root {}{} (squashfs, read-only) is now / (initramfs freed: 3 files, 1 mount(s) left alone)",
+        root.display(),
+        loop_dev.0
+    );
+    // Order: /proc, /sys, /dev first, then the switch, then the other base mounts on the new root.
+    let order = [
+        "mounted devtmpfs on /dev",
+        switched.as_str(),
+        "mounted devpts on /dev/pts",
+        "mounted cgroup2 on /sys/fs/cgroup",
+        "/opt/not-in-image does not exist and cannot be created: the root filesystem is read-only, so the image \
+         must contain this directory; /opt/not-in-image not mounted",
+        "master started pid=",
+        "SIGUSR2 received: power off requested",
+        "shutdown 4/5: unmounting 8 filesystem(s)",
+        "unmounted /var/lib/baetyl",
+        "unmounted /sys/fs/cgroup",
+        "unmounted /dev/pts",
+        "unmounted /dev\n",
+        "unmounted /sys\n",
+        "unmounted /proc\n",
+        "shutdown 5/5: power off",
+    ];
+    let positions: Vec<usize> = order.iter().map(|n| r.pos(n)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order {positions:?}:\n{}",
+        r.all()
+    );
+    assert!(
+        !r.stderr.contains("re-root"),
+        "no re-root after a switch:\n{}",
+        r.all()
+    );
+    assert!(!r.stderr.contains("WARN unmount"), "{}", r.all());
+    assert!(
+        !r.stderr.contains("unmounted /\n"),
+        "/ is never unmounted:\n{}",
+        r.all()
+    );
+
+    // The master ran from the image: its path exists only there, / is the read-only squashfs, and /proc (moved
+    // from the initramfs) is mounted inside it, as are the mounts made after the switch.
+    let probe = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("BAETYL-PROBE pid="))
+        .unwrap_or_else(|| panic!("no probe line:\n{}", r.all()));
+    assert!(!Path::new("/bin/baetyl-squashfs-probe").exists());
+    assert!(probe.contains(" exe=/bin/baetyl-squashfs-probe"), "{probe}");
+    assert!(probe.contains(" root_fs=squashfs root_ro=true "), "{probe}");
+    assert!(probe.contains("ppid=1 "), "{probe}");
+    let mounts: Vec<&str> = probe
+        .split(' ')
+        .find_map(|f| f.strip_prefix("mounts="))
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    for m in [
+        "/",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/dev/pts",
+        "/run",
+        "/tmp",
+        "/sys/fs/cgroup",
+        "/var/lib/baetyl",
+    ] {
+        assert!(mounts.contains(&m), "{m} not mounted: {probe}");
+    }
+    // Nothing of the host or the initramfs is visible from the new root.
+    assert!(
+        !mounts
+            .iter()
+            .any(|m| m.contains("mnt/other") || m.starts_with(&*root.to_string_lossy())),
+        "{probe}"
+    );
+    drop(loop_dev);
+}
+
+#[test]
+fn root_that_cannot_be_used_leaves_init_booting_from_the_initramfs() {
+    if !namespaces_available() || !squashfs_tools_available() {
+        return;
+    }
+    // An image without /sys: the switch is refused before anything moves, the new root is unmounted again, and
+    // the boot goes on under --root as without a `root` section, master included.
+    let s = Setup::new();
+    let loop_dev = squashfs_on_loop(&s, &["proc", "dev", "run", "tmp"]);
+    let root = s.path("root");
+    std::fs::create_dir(&root).expect("mkdir");
+    let (cfg, cmdline) = s.config(
+        &[BIN, "probe", "--signal", "SIGUSR2"],
+        &format!("root: {{device: {}, wait: 1s}}\n", loop_dev.0),
+    );
+    let r = run(
+        init_cmd(true, &cfg, &cmdline, &["--root", &root.to_string_lossy()]),
+        TIMEOUT,
+    );
+    assert_eq!(r.status.signal(), Some(libc::SIGINT), "{}", r.all());
+    r.pos(&format!(
+        "root {}{}: switch root to {}/.baetyl-newroot: /sys is not a directory in the new root (the image must \
+         contain it)",
+        root.display(),
+        loop_dev.0,
+        root.display()
+    ));
+    r.pos("booting on from the initramfs");
+    assert!(!r.stderr.contains("is now /"), "{}", r.all());
+    let probe = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("BAETYL-PROBE pid="))
+        .unwrap_or_else(|| panic!("no probe line:\n{}", r.all()));
+    let mounts: Vec<&str> = probe
+        .split(' ')
+        .find_map(|f| f.strip_prefix("mounts="))
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    for m in ["proc", "sys", "dev", "dev/pts", "sys/fs/cgroup"] {
+        let want = format!("{}/{m}", root.display());
+        assert!(
+            mounts.contains(&want.as_str()),
+            "{want} not mounted: {probe}"
+        );
+    }
+    let newroot = format!("{}/.baetyl-newroot", root.display());
+    assert!(!mounts.contains(&newroot.as_str()), "{probe}");
+    assert!(!probe.contains("root_fs=squashfs"), "{probe}");
+    r.pos("shutdown 4/5: unmounting 7 filesystem(s)");
+    r.pos("shutdown 5/5: power off");
+    drop(loop_dev);
+}
+
+#[test]
+fn root_device_that_never_appears_is_reported_and_boot_goes_on() {
+    if !namespaces_available() {
+        return;
+    }
+    let s = Setup::new();
+    let root = s.path("root");
+    std::fs::create_dir(&root).expect("mkdir");
+    let (cfg, cmdline) = s.config(
+        &[BIN, "probe", "--signal", "SIGUSR2"],
+        "root: {label: baetyl-no-such-root, wait: 300ms}\n",
+    );
+    let r = run(
+        init_cmd(true, &cfg, &cmdline, &["--root", &root.to_string_lossy()]),
+        TIMEOUT,
+    );
+    assert_eq!(r.status.signal(), Some(libc::SIGINT), "{}", r.all());
+    r.pos(
+        "ERROR root labelled `baetyl-no-such-root`: no such device after 300ms; check that the disk has a GPT \
+         partition named `baetyl-no-such-root`",
+    );
+    assert!(r.pos("booting on from the initramfs") < r.pos("mounted devpts on /dev/pts"));
+    assert!(r.stdout.contains("BAETYL-PROBE pid="), "{}", r.all());
+    r.pos("shutdown 5/5: power off");
+}

@@ -75,9 +75,14 @@ fn probe(signal: Option<Signal>, listen: Option<u16>) -> i32 {
         .unwrap_or_default();
     let lo_up = baetyl_init::net::link_is_up("lo").unwrap_or(false);
     let kmsg_lines = count_kmsg_lines("baetyl-init:");
+    // What `/` is (after a switch_root: the image's read-only filesystem) and where this program was started from.
+    let (root_fs, root_ro) = root_filesystem();
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     println!(
         "BAETYL-PROBE pid={pid} ppid={ppid} hostname={hostname} mounts={} modules={modules} lo_up={lo_up} \
-         init_rss_kib={init_rss} kmsg_lines={kmsg_lines}",
+         init_rss_kib={init_rss} kmsg_lines={kmsg_lines} root_fs={root_fs} root_ro={root_ro} exe={exe}",
         mounts.join(",")
     );
     if let Some(port) = listen
@@ -96,6 +101,30 @@ fn probe(signal: Option<Signal>, listen: Option<u16>) -> i32 {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
+}
+
+/// The filesystem type of `/` (a name for the usual ones, else the statfs magic) and whether it is read-only.
+fn root_filesystem() -> (String, bool) {
+    let fs = match nix::sys::statfs::statfs("/") {
+        Ok(st) => {
+            // The statfs magics of <linux/magic.h>; `f_type`'s width differs between architectures.
+            let magic = st.filesystem_type().0 as u64;
+            match magic {
+                0x7371_7368 => "squashfs".to_string(),
+                0x0102_1994 => "tmpfs".into(),
+                0x8584_58f6 => "ramfs".into(),
+                0xef53 => "ext4".into(),
+                0xe0f5_e1e2 => "erofs".into(),
+                0x794c_7630 => "overlay".into(),
+                other => format!("{other:#x}"),
+            }
+        }
+        Err(e) => format!("error:{e}"),
+    };
+    let ro = nix::sys::statvfs::statvfs("/")
+        .map(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+        .unwrap_or(false);
+    (fs, ro)
 }
 
 /// Accepts one connection (through QEMU's port forward in the boot test) and echoes one line back.
