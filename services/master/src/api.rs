@@ -101,6 +101,27 @@ fn bad_request(msg: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }
 
+/// The resident memory of PID 1 (when the master runs under `baetyl init`) and of the master itself, so the
+/// footprint of the whole system shows next to the services'.
+fn system_processes() -> Value {
+    let me = std::process::id();
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "master".into(),
+        json!({"pid": me, "rss": crate::stats::process_rss(me)}),
+    );
+    if let Some(pid) = std::env::var(env::INIT_PID)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        out.insert(
+            "init".into(),
+            json!({"pid": pid, "rss": crate::stats::process_rss(pid)}),
+        );
+    }
+    Value::Object(out)
+}
+
 async fn inspect(State(st): State<Arc<ApiState>>) -> Response {
     let sup = &st.sup;
     let app = sup.app();
@@ -130,6 +151,7 @@ async fn inspect(State(st): State<Arc<ApiState>>) -> Response {
             "conf_version": app.app_version,
         },
         "hardware": hardware,
+        "processes": system_processes(),
         "services": sup.inspect_services(),
         "volumes": volumes,
     });

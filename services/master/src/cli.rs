@@ -66,6 +66,20 @@ fn api_address(workdir: &Path, cfg: &MasterConfig) -> anyhow::Result<Address> {
     })
 }
 
+/// Reads a configured operator token: at least 16 visible characters, surrounding whitespace ignored.
+fn read_operator_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| MasterError::io(path, e))?;
+    let token = text.trim();
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        bail!(
+            "{}: server.operator_token_file must hold one token of at least 16 printable ASCII characters \
+             (e.g. `openssl rand -hex 16`)",
+            path.display()
+        );
+    }
+    Ok(token.to_string())
+}
+
 fn operator_token_path(workdir: &Path) -> PathBuf {
     workdir.join("var/run/baetyl/operator.token")
 }
@@ -160,7 +174,10 @@ async fn master_main(
         workdir.join(&cfg.otalog.path),
     ));
 
-    let operator = new_token();
+    let operator = match &cfg.server.operator_token_file {
+        None => new_token(),
+        Some(rel) => read_operator_token(&workdir.join(rel))?,
+    };
     let token_path = operator_token_path(&workdir);
     std::fs::write(&token_path, &operator).map_err(|e| MasterError::io(&token_path, e))?;
     std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))

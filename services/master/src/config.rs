@@ -70,6 +70,11 @@ pub struct ServerConfig {
     pub tcp: Option<String>,
     /// Longest time one API request may take.
     pub timeout: HumanDuration,
+    /// A file holding the operator token (user `baetyl-operator`), for a management tool that must know it in
+    /// advance (a development image's test harness); relative paths are under the work dir. Without it the
+    /// master makes a new random token at every start. Either way the token is written to
+    /// `var/run/baetyl/operator.token` (0600) for `baetyl inspect`.
+    pub operator_token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +83,7 @@ impl Default for ServerConfig {
             address: "unix://var/run/baetyl.sock".into(),
             tcp: None,
             timeout: HumanDuration::from_secs(30),
+            operator_token_file: None,
         }
     }
 }

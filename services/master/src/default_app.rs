@@ -8,7 +8,7 @@ use crate::error::{MasterError, Result};
 const APPLICATION: &str = include_str!("../../../examples/default/application.yml");
 
 /// (path under the work dir, content): the volumes' files.
-const FILES: &[(&str, &str)] = &[
+pub const FILES: &[(&str, &str)] = &[
     (
         "var/db/baetyl/conf/hub/service.yml",
         include_str!("../../../examples/default/conf/hub/service.yml"),
