@@ -1,9 +1,13 @@
 //! `cargo bench -p baetyl-hub --bench mqtt`: our hub against Debian's mosquitto, same machine, same run.
 //!
 //! Both brokers run as child processes on free ports with equivalent settings (password authentication,
-//! persistence directory). rumqttc clients measure, per scenario: messages/s, p50/p99 latency, and each
-//! broker's peak RSS (VmHWM). Scenarios: fan-in (4 publishers -> 1 subscriber) and fan-out (1 publisher ->
-//! 4 subscribers), QoS 0 and 1, 64 B and 1 KiB payloads. `BENCH_MESSAGES` sets messages per publisher.
+//! persistence directory, 16 messages in flight per client, Nagle's algorithm on: no TCP_NODELAY).
+//! The hub child is this binary re-executed, with the `baetyl` binary's allocator and the hub's own runtime
+//! ([`baetyl_hub::cli::runtime`]). rumqttc clients measure, per scenario: messages/s, p50/p99 latency; at the
+//! end each broker's peak RSS (VmHWM) and CPU time (user + system) over the whole run. Scenarios: fan-in
+//! (4 publishers -> 1 subscriber) and fan-out (1 publisher -> 4 subscribers), QoS 0 and 1, 64 B and 1 KiB
+//! payloads. `BENCH_MESSAGES` sets messages per publisher; `BENCH_ONLY=TEXT` runs only the scenarios whose
+//! label contains TEXT (e.g. `qos1`, `fan-in`).
 //!
 //! Needs `mosquitto` and `mosquitto_passwd` (Debian package `mosquitto`; stop its system daemon).
 
@@ -15,6 +19,10 @@ use anyhow::{Context, Result, bail};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+/// The same global allocator as the `baetyl` binary, so that the hub child runs as in production.
+#[global_allocator]
+static GLOBAL: baetyl_hub::alloc::Allocator = baetyl_hub::alloc::Allocator;
+
 const USER: &str = "bench";
 const PASS: &str = "bench-pw";
 
@@ -24,7 +32,7 @@ fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("--child-hub") {
         let path = args.get(2).context("--child-hub CONFIG")?;
         let cfg = baetyl_hub::HubConfig::load(Path::new(path))?;
-        let rt = tokio::runtime::Runtime::new()?;
+        let rt = baetyl_hub::cli::runtime()?;
         let r = rt.block_on(baetyl_hub::run(cfg, baetyl_hub::cli::shutdown_signal()));
         rt.shutdown_timeout(Duration::from_secs(2));
         return Ok(r?);
@@ -70,6 +78,19 @@ impl Broker {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// User + system CPU time the broker process has used so far, in milliseconds.
+    fn cpu_ms(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        (ticks(11) + ticks(12)) * 1000 / hz
     }
 }
 
@@ -130,7 +151,7 @@ async fn start_mosquitto(dir: &Path) -> Result<Broker> {
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence true\n\
-             persistence_location {}/\nmax_inflight_messages 16\nmax_queued_messages 100000\nlog_dest none\n",
+             persistence_location {}/\nmax_inflight_messages 16\nmax_queued_messages 100000\nlog_dest none\nset_tcp_nodelay false\n",
             pw.display(),
             data.display()
         ),
@@ -294,6 +315,11 @@ async fn bench(per_pub: usize) -> Result<()> {
             for size in [64usize, 1024] {
                 i += 1;
                 let label = format!("{name} qos{} {size}B", qos as u8);
+                if let Ok(only) = std::env::var("BENCH_ONLY")
+                    && !label.contains(&only)
+                {
+                    continue;
+                }
                 let h =
                     scenario(hub.port, &format!("h{i}"), pubs, subs, per_pub, qos, size).await?;
                 let m =
@@ -327,6 +353,13 @@ async fn bench(per_pub: usize) -> Result<()> {
         hub.peak_rss_kib(),
         mosq.name,
         mosq.peak_rss_kib()
+    );
+    println!(
+        "CPU time (user+sys, whole run): {} {} ms, {} {} ms",
+        hub.name,
+        hub.cpu_ms(),
+        mosq.name,
+        mosq.cpu_ms()
     );
     Ok(())
 }

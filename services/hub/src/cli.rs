@@ -62,11 +62,7 @@ pub fn run_cli(args: HubArgs) -> Result<(), HubError> {
     })
     .map_err(HubError::Logging)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hub")
-        .build()
-        .map_err(HubError::Runtime)?;
+    let runtime = runtime().map_err(HubError::Runtime)?;
     let result = runtime.block_on(async {
         let hub = crate::broker::start(&cfg).await?;
         tracing::info!(config = %args.config.display(), "hub started");
@@ -77,6 +73,18 @@ pub fn run_cli(args: HubArgs) -> Result<(), HubError> {
     }
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     result
+}
+
+/// The hub's tokio runtime, also used by the benchmark's hub child so that it measures the product.
+///
+/// Multi-threaded with one worker per core (tokio's default). Measured on 2 cores shared with the benchmark's
+/// clients, one worker or a current-thread runtime did not beat it, and on a bigger device more workers are
+/// what lets the hub use more than one core.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hub")
+        .build()
 }
 
 /// Completes on SIGTERM or SIGINT. If the handlers cannot be installed, it never completes and logs why.
