@@ -7,23 +7,50 @@
 #   e2fsprogs, fdisk    init tests: a real ext4 label and GPT growth checked with sfdisk
 #   mosquitto, mosquitto-clients  a real third-party broker and clients as outside peers in tests
 #                       (the package's daemon is kept from starting: tests start their own on free ports)
+# The OS image (`baetyl image build`) and its boot tests:
+#   genimage squashfs-tools mtools dosfstools kmod binutils   disk layout, read-only root, ESP, module order,
+#                       the unified kernel image (objcopy)
+#   ovmf qemu-efi-aarch64   UEFI firmware for QEMU; qemu-system-x86 qemu-system-arm from bookworm-backports
+#                       (bookworm's 7.2 conflicts with the machine's qemu-utils 10), added in a sources file of
+#                       our own
+#   arm64 architecture, rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
+#   libc6-dev-arm64-cross binutils-aarch64-linux-gnu   Debian's Rust cross toolchain for the aarch64 image
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_debs=(python3 python3-venv util-linux procps e2fsprogs fdisk protobuf-compiler mosquitto mosquitto-clients)
+need_debs=(python3 python3-venv util-linux procps e2fsprogs fdisk protobuf-compiler mosquitto mosquitto-clients
+    genimage squashfs-tools mtools dosfstools kmod binutils ovmf qemu-efi-aarch64
+    rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+    binutils-aarch64-linux-gnu)
+backports_debs=(qemu-system-x86 qemu-system-arm)
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+update=""
+backports=/etc/apt/sources.list.d/baetyl-backports.sources
+if [ ! -e "$backports" ]; then
+    echo "setup: adding bookworm-backports ($backports)" >&2
+    printf '%s\n' "# baetyl project: QEMU 10 comes from bookworm-backports (bookworm's qemu-system 7.2 conflicts with qemu-utils 10)" \
+        "Types: deb" "URIs: http://deb.debian.org/debian" "Suites: bookworm-backports" "Components: main" \
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" | $SUDO tee "$backports" >/dev/null
+    update=1
+fi
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    echo "setup: adding the arm64 architecture (cross toolchain for the aarch64 image)" >&2
+    $SUDO dpkg --add-architecture arm64
+    update=1
+fi
 
 missing=()
 for p in "${need_debs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-if ! command -v cargo >/dev/null 2>&1; then
-    # No rustup toolchain: Debian's own Rust (rustc-web) builds the workspace too.
-    missing+=(rustc-web cargo-web)
-fi
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: installing ${missing[*]}" >&2
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+missing_bp=()
+for p in "${backports_debs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing_bp+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bp[@]} -gt 0 ] || [ -n "$update" ]; then
+    echo "setup: installing ${missing[*]} ${missing_bp[*]}" >&2
     # Keep package scripts from starting daemons (mosquitto's would take port 1883).
     added_policy=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -32,7 +59,12 @@ if [ ${#missing[@]} -gt 0 ]; then
         added_policy=1
     fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ ${#missing[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ ${#missing_bp[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports "${missing_bp[@]}" >/dev/null
+    fi
     [ -z "$added_policy" ] || $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 

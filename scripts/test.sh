@@ -1,14 +1,38 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit, integration and end-to-end tests of every crate, then prints the totals.
+# Runs the whole test suite: unit, integration and end-to-end tests of every crate, then builds the OS images
+# for x86_64 and aarch64 (twice, to check that the build is reproducible) and boots them under QEMU; prints the
+# totals at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --workspace --all-targets --locked
+target=${CARGO_TARGET_DIR:-$PWD/target}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked -- --test-threads=4 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked -- --test-threads=4 --skip image_boots_ --skip image_builds_are 2>&1 | tee "$log" || status=$?
+
+# The OS images: a development build (the master API also on TCP 9990 with a known operator token, for the boot
+# tests), built twice into separate directories; the boot tests compare the two and boot the first.
+images=${BAETYL_IMAGES:-$target/images}
+mkdir -p "$images"
+[ -s "$images/operator.token" ] || head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$images/operator.token"
+for arch in x86_64 aarch64; do
+    start=$(date +%s)
+    for out in "$arch" "$arch.rebuild"; do
+        if ! "$target/debug/baetyl" image build --arch "$arch" --out "$images/$out" --dev-api 0.0.0.0:9990 \
+            --dev-api-token "$images/operator.token" > "$images/$out.log" 2>&1; then
+            cat "$images/$out.log"; echo "image build ($out) failed"; status=1; continue 2
+        fi
+    done
+    grep -E '^==>|^    [a-z.]+ +[0-9.]+ [KM]iB|disk layout' "$images/$arch.log" || true
+    echo "image $arch: two builds in $(( $(date +%s) - start )) s"
+done
+BAETYL_IMAGES=$images cargo test --locked -p baetyl --test os_image -- --ignored --test-threads=2 --nocapture \
+    2>&1 | tee -a "$log" || status=$?
+
 # One closing line for the whole run (cargo's own last line is a crate's doc-tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+grep -a '^BOOT ' "$log" || true
 exit "$status"

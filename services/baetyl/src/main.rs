@@ -42,6 +42,8 @@ enum Command {
     Timer(baetyl_remote::timer::TimerArgs),
     /// Run as PID 1 of the baetyl OS (mounts, modules, master supervision, orderly shutdown).
     Init(baetyl_init::InitArgs),
+    /// Build the OS image (kernel + initramfs, unified kernel image, squashfs root, GPT disk) for QEMU.
+    Image(baetyl_image::ImageArgs),
     /// Print version, git revision and build target.
     Version,
 }
@@ -95,6 +97,11 @@ fn main() -> ExitCode {
         }
         Command::Master(args) => baetyl_master::cli::run_master(args, software_info(), roles()),
         Command::Inspect(args) => baetyl_master::cli::run_inspect(args),
+        Command::Image(args) => match args.command {
+            baetyl_image::ImageCommand::Build(b) => {
+                baetyl_image::build(&b).map(|_| ()).map_err(Into::into)
+            }
+        },
         Command::Hub(args) => baetyl_hub::run_cli(args).map_err(Into::into),
         Command::Function(args) => baetyl_function::manager::run_cli(args).map_err(Into::into),
         Command::RuntimeSql(args) => {
