@@ -12,7 +12,8 @@
 //!
 //! Init switches from the initramfs to root-a (found by GPT partition name), mounts baetyl-data on
 //! /var/lib/baetyl and starts `/bin/baetyl master` there; the data partition ships with the application of
-//! `examples/image` (hub, timer, SQL function), whose hub keeps its sessions and retained messages on a volume.
+//! `examples/image` (hub, timer, SQL function; or the work-dir tree given with `--app`), whose hub keeps its
+//! sessions and retained messages on a volume.
 
 pub mod apt;
 pub mod disk;
@@ -67,6 +68,10 @@ pub struct BuildArgs {
         default_value = "/var/cache/baetyl-image"
     )]
     pub cache: PathBuf,
+    /// The application to ship instead of `examples/image`: a master work-dir tree holding
+    /// `var/db/baetyl/application.yml` and its volumes' files, copied onto the data partition (validated first).
+    #[arg(long, value_name = "DIR")]
+    pub app: Option<PathBuf>,
     /// Size of the data partition in the image, MiB (init grows it to fill a larger medium on first boot).
     #[arg(long, default_value_t = 64)]
     pub data_mib: u64,
@@ -341,22 +346,56 @@ fn sha256(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Copies a file tree into the initramfs entry list under `prefix`.
-fn stage_files(
-    run_root: &Path,
-    rel: &str,
-    into: &str,
-    mode: u32,
-    out: &mut Vec<Entry>,
-) -> Result<()> {
-    let data = read(&run_root.join(rel))?;
+/// Adds the file `dir/rel` to the initramfs entries as `into/rel`.
+fn push_file(dir: &Path, rel: &str, into: &str, mode: u32, out: &mut Vec<Entry>) -> Result<()> {
+    let data = read(&dir.join(rel))?;
     out.push(Entry::file(&format!("{into}/{rel}"), mode, data));
     Ok(())
 }
 
-/// The data partition's initial contents: the master's work dir with the image's application.
-fn stage_data(dir: &Path) -> Result<()> {
+/// Copies the tree `from` into `to` (regular files and directories; anything else is refused).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| ImageError::io(to, e))?;
+    for e in std::fs::read_dir(from).map_err(|e| ImageError::io(from, e))? {
+        let e = e.map_err(|err| ImageError::io(from, err))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ty = e.file_type().map_err(|err| ImageError::io(&src, err))?;
+        if ty.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if ty.is_file() {
+            std::fs::copy(&src, &dst).map_err(|err| ImageError::io(&src, err))?;
+        } else {
+            return Err(ImageError::Input(format!(
+                "{}: --app may hold only files and directories (no links or devices)",
+                src.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An `--app` tree must hold a valid application (checked with the master's own loader).
+fn check_app(app: &Path) -> Result<()> {
+    let file = app.join("var/db/baetyl/application.yml");
+    if !file.is_file() {
+        return Err(ImageError::Input(format!(
+            "--app {}: no var/db/baetyl/application.yml in it (the tree is copied as the master's work dir)",
+            app.display()
+        )));
+    }
+    baetyl_master::config::Application::load(&file)
+        .map(|_| ())
+        .map_err(|e| ImageError::Input(format!("--app: {e}")))
+}
+
+/// The data partition's initial contents: the master's work dir with `app` (a work-dir tree) or the image's
+/// default application.
+fn stage_data(dir: &Path, app: Option<&Path>) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
+    if let Some(app) = app {
+        check_app(app)?;
+        return copy_tree(app, dir);
+    }
     write(
         &dir.join("var/db/baetyl/application.yml"),
         include_str!("../../examples/image/application.yml"),
@@ -460,6 +499,9 @@ pub fn build_with(run: &dyn Runner, args: &BuildArgs) -> Result<Outputs> {
             args.data_mib
         )));
     }
+    if let Some(app) = &args.app {
+        check_app(app)?;
+    }
     let build_binaries = args.binary.is_none() || args.init_binary.is_none();
     check_tools(a, build_binaries)?;
     let out = args
@@ -556,7 +598,7 @@ pub fn build_with(run: &dyn Runner, args: &BuildArgs) -> Result<Outputs> {
         entries.push(Entry::dir(d));
     }
     for rel in &order {
-        stage_files(
+        push_file(
             &mdir,
             rel,
             &format!("lib/modules/{kver}"),
@@ -646,7 +688,7 @@ pub fn build_with(run: &dyn Runner, args: &BuildArgs) -> Result<Outputs> {
     touch_tree(&espdir, epoch)?;
     disk::esp(run, &parts.join("boot.vfat"), layout.boot_mib, &espdir)?;
     let datadir = work.join("data");
-    stage_data(&datadir)?;
+    stage_data(&datadir, args.app.as_deref())?;
     touch_tree(&datadir, epoch)?;
     disk::data_ext4(
         run,
@@ -749,7 +791,7 @@ mod tests {
     #[test]
     fn data_partition_holds_the_image_application() {
         let d = tempfile::tempdir().unwrap();
-        stage_data(d.path()).unwrap();
+        stage_data(d.path(), None).unwrap();
         let app = std::fs::read_to_string(d.path().join("var/db/baetyl/application.yml")).unwrap();
         assert!(app.contains("hub-data"));
         assert!(
@@ -765,5 +807,47 @@ mod tests {
             );
         }
         assert!(!d.path().join("var/db/baetyl/conf/function-python").exists());
+    }
+
+    #[test]
+    fn a_given_application_is_validated_and_copied() {
+        let app = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let err = stage_data(out.path(), Some(app.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no var/db/baetyl/application.yml"), "{err}");
+
+        let file = app.path().join("var/db/baetyl/application.yml");
+        write(
+            &file,
+            "version: v1\nservices:\n  a: {image: baetyl-hub, depends_on: [b]}\n",
+        )
+        .unwrap();
+        let err = stage_data(out.path(), Some(app.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("depends on `b`"), "{err}");
+
+        write(
+            &file,
+            "version: v1\nservices:\n  hub: {image: baetyl-hub}\n",
+        )
+        .unwrap();
+        write(
+            &app.path().join("var/db/baetyl/conf/hub/service.yml"),
+            "listen: [tcp://0.0.0.0:1883]\n",
+        )
+        .unwrap();
+        stage_data(out.path(), Some(app.path())).unwrap();
+        assert!(
+            out.path()
+                .join("var/db/baetyl/conf/hub/service.yml")
+                .is_file()
+        );
+        assert!(
+            !out.path().join("var/db/baetyl/conf/timer").exists(),
+            "only the given tree"
+        );
     }
 }
