@@ -121,7 +121,7 @@ pub fn data_ext4(
     )?;
     // mke2fs -d copies each file's ctime, which no tool can set on the staged tree: set them here.
     let mut script = format!("sif / ctime @{epoch}\n");
-    for rel in tree(dir, Path::new(""))? {
+    for (rel, _) in crate::tree(dir)? {
         script += &format!("sif /{} ctime @{epoch}\n", rel.display());
     }
     let cmds = out.with_extension("debugfs");
@@ -135,24 +135,6 @@ pub fn data_ext4(
             .env("E2FSPROGS_FAKE_TIME", epoch.to_string()),
     )?;
     Ok(())
-}
-
-/// Every path under `dir`, relative, sorted.
-fn tree(dir: &Path, rel: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir.join(rel))
-        .map_err(|e| ImageError::io(&dir.join(rel), e))?
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let r = rel.join(e.file_name());
-        out.push(r.clone());
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            out.extend(tree(dir, &r)?);
-        }
-    }
-    Ok(out)
 }
 
 /// Lays out the disk with genimage from the partition images in `input`; the result is `out/disk.img`.

@@ -26,6 +26,7 @@ pub mod uki;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use baetyl_sdk::config::human_bytes;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ImageError, Result};
@@ -331,14 +332,6 @@ pub fn master_config(dev_api: Option<&str>, with_token: bool) -> String {
     s
 }
 
-fn human(bytes: u64) -> String {
-    if bytes >= 10 * disk::MIB {
-        format!("{:.1} MiB", bytes as f64 / disk::MIB as f64)
-    } else {
-        format!("{:.0} KiB", bytes as f64 / 1024.0)
-    }
-}
-
 fn sha256(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
     let mut h = Sha256::new();
@@ -356,14 +349,12 @@ fn push_file(dir: &Path, rel: &str, into: &str, mode: u32, out: &mut Vec<Entry>)
 /// Copies the tree `from` into `to` (regular files and directories; anything else is refused).
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| ImageError::io(to, e))?;
-    for e in std::fs::read_dir(from).map_err(|e| ImageError::io(from, e))? {
-        let e = e.map_err(|err| ImageError::io(from, err))?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        let ty = e.file_type().map_err(|err| ImageError::io(&src, err))?;
+    for (rel, ty) in tree(from)? {
+        let (src, dst) = (from.join(&rel), to.join(&rel));
         if ty.is_dir() {
-            copy_tree(&src, &dst)?;
+            std::fs::create_dir_all(&dst).map_err(|e| ImageError::io(&dst, e))?;
         } else if ty.is_file() {
-            std::fs::copy(&src, &dst).map_err(|err| ImageError::io(&src, err))?;
+            std::fs::copy(&src, &dst).map_err(|e| ImageError::io(&src, e))?;
         } else {
             return Err(ImageError::Input(format!(
                 "{}: --app may hold only files and directories (no links or devices)",
@@ -459,26 +450,51 @@ fn stage_rootfs(dir: &Path, baetyl: &Path, args: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
-/// Sets every file's times in a tree to `epoch` (mksquashfs and mke2fs -d copy them).
+/// Every entry under `dir`: path relative to it and type, sorted, each directory before what it holds; symlinks
+/// are listed, not followed.
+pub(crate) fn tree(dir: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>> {
+    let mut out = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let here = dir.join(&rel);
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(&here).map_err(|e| ImageError::io(&here, e))? {
+            let e = e.map_err(|err| ImageError::io(&here, err))?;
+            let ty = e
+                .file_type()
+                .map_err(|err| ImageError::io(&e.path(), err))?;
+            entries.push((rel.join(e.file_name()), ty));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        pending.extend(
+            entries
+                .iter()
+                .rev()
+                .filter(|(_, t)| t.is_dir())
+                .map(|(p, _)| p.clone()),
+        );
+        out.extend(entries);
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Sets the times of `dir` and everything in it (symlinks aside) to `epoch`: mksquashfs, mke2fs -d and mcopy -m
+/// copy them.
 fn touch_tree(dir: &Path, epoch: u64) -> Result<()> {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
-    let entries = std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, e))?;
-    for e in entries {
-        let e = e.map_err(|err| ImageError::io(dir, err))?;
-        let p = e.path();
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            touch_tree(&p, epoch)?;
-        }
-        let f = std::fs::File::options()
-            .read(true)
-            .open(&p)
-            .map_err(|err| ImageError::io(&p, err))?;
-        f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
-            .map_err(|err| ImageError::io(&p, err))?;
+    let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
+    let entries = tree(dir)?;
+    let paths = entries
+        .iter()
+        .filter(|(_, ty)| !ty.is_symlink())
+        .map(|(rel, _)| dir.join(rel));
+    for p in std::iter::once(dir.to_path_buf()).chain(paths) {
+        std::fs::File::open(&p)
+            .and_then(|f| f.set_times(times))
+            .map_err(|e| ImageError::io(&p, e))?;
     }
-    let f = std::fs::File::open(dir).map_err(|err| ImageError::io(dir, err))?;
-    f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
-        .map_err(|err| ImageError::io(dir, err))
+    Ok(())
 }
 
 /// The paths and facts of a finished build.
@@ -724,7 +740,12 @@ pub fn build_with(run: &dyn Runner, args: &BuildArgs) -> Result<Outputs> {
             .len();
         let sum = sha256(&p)?;
         manifest += &format!("{name} {len} {sum}\n");
-        println!("    {:<16} {:>10}  sha256 {}", name, human(len), &sum[..16]);
+        println!(
+            "    {:<16} {:>10}  sha256 {}",
+            name,
+            human_bytes(len),
+            &sum[..16]
+        );
         files.push((name.to_string(), len, sum));
     }
     write(&out.join("manifest.txt"), manifest)?;
@@ -737,7 +758,7 @@ pub fn build_with(run: &dyn Runner, args: &BuildArgs) -> Result<Outputs> {
 
 fn show_size(p: &Path) -> String {
     std::fs::metadata(p)
-        .map(|m| human(m.len()))
+        .map(|m| human_bytes(m.len()))
         .unwrap_or_else(|_| "?".into())
 }
 
@@ -807,6 +828,36 @@ mod tests {
             );
         }
         assert!(!d.path().join("var/db/baetyl/conf/function-python").exists());
+    }
+
+    #[test]
+    fn tree_lists_parents_first_and_does_not_follow_links() {
+        let d = tempfile::tempdir().unwrap();
+        write(&d.path().join("b/c/f"), "x").unwrap();
+        write(&d.path().join("a"), "y").unwrap();
+        std::os::unix::fs::symlink("/", d.path().join("b/l")).unwrap();
+        let t: Vec<(String, bool)> = tree(d.path())
+            .unwrap()
+            .into_iter()
+            .map(|(p, ty)| (p.display().to_string(), ty.is_symlink()))
+            .collect();
+        let want = [
+            ("a", false),
+            ("b", false),
+            ("b/c", false),
+            ("b/c/f", false),
+            ("b/l", true),
+        ];
+        assert_eq!(t, want.map(|(p, l)| (p.to_string(), l)));
+        touch_tree(d.path(), 1_700_000_000).unwrap();
+        let m = std::fs::metadata(d.path().join("b/c/f"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(
+            m,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+        );
     }
 
     #[test]

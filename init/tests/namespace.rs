@@ -30,6 +30,15 @@ impl Run {
             None => panic!("`{needle}` not in the log:\n{}", self.all()),
         }
     }
+    /// Every needle is in the log, each after the one before it.
+    fn assert_in_order(&self, needles: &[&str]) {
+        let positions: Vec<usize> = needles.iter().map(|n| self.pos(n)).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "out of order {positions:?}:\n{}",
+            self.all()
+        );
+    }
 }
 
 /// Runs `cmd`, killing it after `timeout`; collects output in threads so a full pipe never blocks it.
@@ -400,12 +409,7 @@ fn shutdown_stops_master_first_then_the_rest_then_syncs_and_unmounts_in_reverse(
         "unmounted /proc",
         "shutdown 5/5: power off",
     ];
-    let positions: Vec<usize> = order.iter().map(|n| r.pos(n)).collect();
-    assert!(
-        positions.windows(2).all(|w| w[0] < w[1]),
-        "out of order {positions:?}:\n{}",
-        r.all()
-    );
+    r.assert_in_order(&order);
     // The master must be asked to stop before anything else receives a signal.
     assert!(
         r.pos("SIGTERM to master pid=") < r.pos("sending SIGTERM to"),
@@ -726,12 +730,7 @@ fn switch_root_into_a_read_only_squashfs_and_start_the_master_from_it() {
         "unmounted /proc\n",
         "shutdown 5/5: power off",
     ];
-    let positions: Vec<usize> = order.iter().map(|n| r.pos(n)).collect();
-    assert!(
-        positions.windows(2).all(|w| w[0] < w[1]),
-        "out of order {positions:?}:\n{}",
-        r.all()
-    );
+    r.assert_in_order(&order);
     assert!(
         !r.stderr.contains("re-root"),
         "no re-root after a switch:\n{}",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use baetyl_sdk::client::{Address, MasterClient};
+use baetyl_sdk::config::human_bytes;
 use baetyl_sdk::logging::{self, LogFormat, LogSetup};
 
 use crate::api::{self, ApiState, BuildInfo, OPERATOR};
@@ -423,19 +424,4 @@ pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
         v["hardware"]["disk_stats"]["used_percent"]
     );
     Ok(())
-}
-
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

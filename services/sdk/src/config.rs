@@ -150,6 +150,22 @@ impl FromStr for ByteSize {
     }
 }
 
+/// A size for people: `512 B`, `1.5 KiB`, `24.2 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let units = [
@@ -199,6 +215,13 @@ impl Serialize for ByteSize {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(25_412_816), "24.2 MiB");
+    }
     use super::*;
 
     #[derive(Debug, Deserialize)]
