@@ -8,12 +8,14 @@
 //! leaves a retained message, reads the memory of init, master and hub from the master API, reboots through
 //! the API, finds the retained message again after the reboot, and powers off through the API; QEMU must exit 0.
 
-use std::io::Read;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use baetyl_sdk::client::{Address, MasterClient};
+use common::test_dir;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
@@ -67,13 +69,8 @@ struct Vm {
 
 impl Vm {
     fn console(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("console.log")) {
-            let mut b = Vec::new();
-            let _ = f.read_to_end(&mut b);
-            s = String::from_utf8_lossy(&b).into_owned();
-        }
-        s
+        let bytes = std::fs::read(self.dir.path().join("console.log")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     fn port(&self, guest: u16) -> u16 {
@@ -96,25 +93,26 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::env::var_os("BAETYL_TEST_KEEP").is_some() {
-            let keep = self.dir.path().to_path_buf();
-            eprintln!("kept {}", keep.display());
-            std::mem::forget(std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("tempdir"),
-            ));
-        }
     }
 }
 
-fn boot(arch: &str, disk: &Path) -> Vm {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Boots a copy of `image` written to a larger medium (as when written to an SD card: init grows the data
+/// partition), in a directory that also holds the console log and the forwarded ports.
+fn boot(arch: &str, image: &Path) -> Vm {
+    let dir = test_dir("baetyl-vm-");
+    let disk = dir.path().join("disk.img");
+    std::fs::copy(image, &disk).expect("copy disk");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .and_then(|f| f.set_len(768 << 20))
+        .expect("grow medium");
     let started = Instant::now();
     let log = std::fs::File::create(dir.path().join("qemu.out")).expect("qemu.out");
     let child = Command::new(workspace().join("qemu/run"))
         .args(["--arch", arch, "--reboot", "--forward", "9990"])
         .arg("--disk")
-        .arg(disk)
+        .arg(&disk)
         .arg("--log")
         .arg(dir.path().join("console.log"))
         .arg("--ports-file")
@@ -212,7 +210,6 @@ fn mib(v: &Value) -> f64 {
 
 async fn boot_test(arch: &str) {
     let src = image_dir(arch);
-    let work = tempfile::tempdir().expect("tempdir");
 
     // No shell, getty, sshd or package manager in the root filesystem.
     let listing = rootfs_listing(&src.join("rootfs.squashfs"));
@@ -232,17 +229,7 @@ async fn boot_test(arch: &str) {
         "{listing:?}"
     );
 
-    // The image on a larger medium (as when written to an SD card): init grows the data partition.
-    let disk = work.path().join("disk.img");
-    std::fs::copy(src.join("disk.img"), &disk).expect("copy disk");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk)
-        .expect("disk");
-    f.set_len(768 << 20).expect("grow medium");
-    drop(f);
-
-    let vm = boot(arch, &disk);
+    let vm = boot(arch, &src.join("disk.img"));
     let mqtt = vm.port(1883);
     let api = vm.port(9990);
 

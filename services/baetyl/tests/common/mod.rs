@@ -36,24 +36,26 @@ pub struct Work {
     pub dir: tempfile::TempDir,
 }
 
-impl Drop for Work {
-    fn drop(&mut self) {
-        // BAETYL_TEST_KEEP=1 keeps work dirs (logs, configs) for a look after a failure.
-        if std::env::var_os("BAETYL_TEST_KEEP").is_some() {
-            eprintln!("kept work dir {}", self.dir.path().display());
-            let keep = tempfile::Builder::new().tempdir().expect("dir");
-            let _ = std::mem::replace(&mut self.dir, keep).keep();
-        }
+/// A temporary directory, removed at the end unless BAETYL_TEST_KEEP is set (logs, configs and consoles stay
+/// for a look after a failure; the path is printed).
+pub fn test_dir(prefix: &str) -> tempfile::TempDir {
+    let keep = std::env::var_os("BAETYL_TEST_KEEP").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("temp dir");
+    if keep {
+        eprintln!("keeping {}", dir.path().display());
     }
+    dir
 }
 
 impl Work {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("baetyl-test-")
-            .tempdir()
-            .expect("temp dir");
-        let w = Work { dir };
+        let w = Work {
+            dir: test_dir("baetyl-test-"),
+        };
         w.package("svc", SVC_SCRIPT);
         w.package("stubborn", STUBBORN_SCRIPT);
         w.write(
