@@ -107,6 +107,64 @@ pub fn resolve_kernel(run: &dyn Runner, meta: &str, debarch: &str) -> Result<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// apt and dpkg as the cache sees them: `apt-get download` leaves the file, `dpkg -x` unpacks a marker.
+    #[derive(Default)]
+    struct FakeApt {
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl Runner for FakeApt {
+        fn output(&self, cmd: &mut Command) -> Result<String> {
+            let line = crate::run::describe(cmd);
+            self.calls.borrow_mut().push(line.clone());
+            let args: Vec<String> = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            match args.first().map(String::as_str) {
+                Some("policy") => Ok(format!(
+                    "{}:\n  Installed: (none)\n  Candidate: 1:2.0-1\n",
+                    args[1]
+                )),
+                Some("download") => {
+                    let dir = cmd.get_current_dir().unwrap().to_path_buf();
+                    std::fs::write(dir.join("pkg_1%3a2.0-1_arm64.deb"), "deb").unwrap();
+                    Ok(String::new())
+                }
+                Some("-x") => {
+                    std::fs::write(Path::new(&args[2]).join("unpacked-file"), "x").unwrap();
+                    Ok(String::new())
+                }
+                _ => panic!("unexpected command {line}"),
+            }
+        }
+        fn status(&self, cmd: &mut Command) -> Result<()> {
+            panic!("unexpected command {}", crate::run::describe(cmd))
+        }
+    }
+
+    #[test]
+    fn second_fetch_comes_from_the_cache() {
+        let cache = tempfile::tempdir().unwrap();
+        let apt = FakeApt::default();
+        let first = fetch(&apt, cache.path(), "pkg", "arm64").unwrap();
+        assert!(!first.cached);
+        assert!(first.root.join("unpacked-file").is_file());
+        assert_eq!(apt.calls.borrow().len(), 3, "{:?}", apt.calls.borrow());
+        assert!(apt.calls.borrow()[1].contains("download -q pkg:arm64"));
+
+        let again = FakeApt::default();
+        let second = fetch(&again, cache.path(), "pkg", "arm64").unwrap();
+        assert!(second.cached);
+        assert_eq!(second.root, first.root);
+        assert_eq!(
+            again.calls.borrow().as_slice(),
+            ["apt-cache policy pkg:arm64"],
+            "only the version check: no download, no unpacking"
+        );
+    }
 
     #[test]
     fn parses_apt_outputs() {
