@@ -23,6 +23,7 @@ pub mod initramfs;
 pub mod run;
 pub mod uki;
 
+use baetyl_sdk::config::ConfigFile;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -3,6 +3,7 @@
 //! Each role lives in its own library crate; this file only parses the command line and dispatches.
 //! Roles that need no async runtime (init, check, version) never start one.
 
+use baetyl_sdk::config::ConfigFile;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

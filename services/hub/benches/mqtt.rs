@@ -11,6 +11,7 @@
 //!
 //! Needs `mosquitto` and `mosquitto_passwd` (Debian package `mosquitto`; stop its system daemon).
 
+use baetyl_sdk::config::ConfigFile;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

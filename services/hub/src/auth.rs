@@ -243,6 +243,7 @@ impl Handler for HubHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baetyl_sdk::config::ConfigFile;
 
     fn access(yaml: &str) -> Access {
         let cfg = HubConfig::parse(yaml, std::path::Path::new("t.yml")).unwrap();

@@ -1,5 +1,6 @@
 //! `baetyl hub`: the command-line entry the multi-call binary dispatches to.
 
+use baetyl_sdk::config::ConfigFile;
 use std::path::PathBuf;
 use std::time::Duration;
 

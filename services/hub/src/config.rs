@@ -19,7 +19,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use baetyl_sdk::ConfigError;
-use baetyl_sdk::config::{ByteSize, load_yaml, parse_yaml};
+use baetyl_sdk::config::{ByteSize, ConfigFile};
 use serde::Deserialize;
 
 use crate::topic;
@@ -251,27 +251,15 @@ pub fn parse_listen(url: &str) -> Result<ListenSpec, String> {
 }
 
 impl HubConfig {
-    /// Reads, parses and validates the config file at `path`.
-    pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
-        let cfg: HubConfig = load_yaml(path)?;
-        cfg.validate(path)?;
-        Ok(cfg)
-    }
-
-    /// Parses and validates YAML text; `origin` names the file in errors.
-    pub fn parse(text: &str, origin: &Path) -> Result<HubConfig, ConfigError> {
-        let cfg: HubConfig = parse_yaml(text, origin)?;
-        cfg.validate(origin)?;
-        Ok(cfg)
-    }
-
     /// The parsed listeners (valid after [`HubConfig::validate`]).
     pub fn listeners(&self) -> Result<Vec<ListenSpec>, String> {
         self.listen.iter().map(|u| parse_listen(u)).collect()
     }
+}
 
+impl ConfigFile for HubConfig {
     /// Checks everything serde cannot: URLs, files needed by TLS, principals, topic filters and routing loops.
-    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         let bad = |msg: String| ConfigError::invalid(file, msg);
         if self.listen.is_empty() {
             return Err(bad(

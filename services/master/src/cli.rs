@@ -1,5 +1,6 @@
 //! `baetyl master` and `baetyl inspect`: argument parsing, start-up and orderly shutdown.
 
+use baetyl_sdk::config::ConfigFile;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

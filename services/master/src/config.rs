@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use baetyl_sdk::ConfigError;
-use baetyl_sdk::config::{ByteSize, HumanDuration, load_yaml, parse_yaml};
+use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------- conf.yml
@@ -152,19 +152,7 @@ impl Default for InstanceLogConfig {
     }
 }
 
-impl MasterConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: MasterConfig = load_yaml(path)?;
-        cfg.validate(path)?;
-        Ok(cfg)
-    }
-
-    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let cfg: MasterConfig = parse_yaml(text, origin)?;
-        cfg.validate(origin)?;
-        Ok(cfg)
-    }
-
+impl ConfigFile for MasterConfig {
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         baetyl_sdk::client::Address::parse(&self.server.address).map_err(|_| {
             ConfigError::invalid(
@@ -518,20 +506,74 @@ pub struct PidsResources {
 }
 
 impl Application {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let app: Application = load_yaml(path)?;
-        app.validate(path)?;
-        Ok(app)
+    /// Service names in an order where every service comes after what it depends on (ties by name).
+    /// A cycle is an error naming the services on it.
+    pub fn start_order(&self) -> Result<Vec<String>, String> {
+        let mut indegree: BTreeMap<&str, usize> =
+            self.services.keys().map(|k| (k.as_str(), 0)).collect();
+        for (name, svc) in &self.services {
+            let deps: BTreeSet<&str> = svc.depends_on.iter().map(String::as_str).collect();
+            if let Some(d) = indegree.get_mut(name.as_str()) {
+                *d = deps
+                    .iter()
+                    .filter(|d| self.services.contains_key(**d))
+                    .count();
+            }
+        }
+        let mut ready: BTreeSet<&str> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut order = Vec::with_capacity(self.services.len());
+        while let Some(next) = ready.pop_first() {
+            order.push(next.to_string());
+            for (name, svc) in &self.services {
+                if svc.depends_on.iter().any(|d| d == next)
+                    && let Some(d) = indegree.get_mut(name.as_str())
+                {
+                    *d = d.saturating_sub(1);
+                    if *d == 0 {
+                        ready.insert(name.as_str());
+                    }
+                }
+            }
+        }
+        if order.len() < self.services.len() {
+            let stuck: Vec<&str> = indegree
+                .iter()
+                .filter(|(k, _)| !order.iter().any(|o| o == *k))
+                .map(|(k, _)| *k)
+                .collect();
+            return Err(format!(
+                "services {} depend on each other in a cycle (key `depends_on`); remove one of the dependencies",
+                stuck
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(order)
     }
 
-    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let app: Application = parse_yaml(text, origin)?;
-        app.validate(origin)?;
-        Ok(app)
+    /// The volume specs a service uses, by name, for change detection.
+    pub fn volumes_of(&self, service: &str) -> BTreeMap<String, Option<VolumeSpec>> {
+        self.services
+            .get(service)
+            .map(|s| {
+                s.volumes
+                    .iter()
+                    .map(|m| (m.source.clone(), self.volumes.get(&m.source).cloned()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
+}
 
+impl ConfigFile for Application {
     /// Checks what the schema cannot: names, references, dependency order, values.
-    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         let bad = |m: String| ConfigError::invalid(file, m);
         for (name, svc) in &self.services {
             if !valid_name(name) {
@@ -608,70 +650,6 @@ impl Application {
         }
         self.start_order().map_err(bad)?;
         Ok(())
-    }
-
-    /// Service names in an order where every service comes after what it depends on (ties by name).
-    /// A cycle is an error naming the services on it.
-    pub fn start_order(&self) -> Result<Vec<String>, String> {
-        let mut indegree: BTreeMap<&str, usize> =
-            self.services.keys().map(|k| (k.as_str(), 0)).collect();
-        for (name, svc) in &self.services {
-            let deps: BTreeSet<&str> = svc.depends_on.iter().map(String::as_str).collect();
-            if let Some(d) = indegree.get_mut(name.as_str()) {
-                *d = deps
-                    .iter()
-                    .filter(|d| self.services.contains_key(**d))
-                    .count();
-            }
-        }
-        let mut ready: BTreeSet<&str> = indegree
-            .iter()
-            .filter(|(_, d)| **d == 0)
-            .map(|(k, _)| *k)
-            .collect();
-        let mut order = Vec::with_capacity(self.services.len());
-        while let Some(next) = ready.pop_first() {
-            order.push(next.to_string());
-            for (name, svc) in &self.services {
-                if svc.depends_on.iter().any(|d| d == next)
-                    && let Some(d) = indegree.get_mut(name.as_str())
-                {
-                    *d = d.saturating_sub(1);
-                    if *d == 0 {
-                        ready.insert(name.as_str());
-                    }
-                }
-            }
-        }
-        if order.len() < self.services.len() {
-            let stuck: Vec<&str> = indegree
-                .iter()
-                .filter(|(k, _)| !order.iter().any(|o| o == *k))
-                .map(|(k, _)| *k)
-                .collect();
-            return Err(format!(
-                "services {} depend on each other in a cycle (key `depends_on`); remove one of the dependencies",
-                stuck
-                    .iter()
-                    .map(|s| format!("`{s}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        Ok(order)
-    }
-
-    /// The volume specs a service uses, by name, for change detection.
-    pub fn volumes_of(&self, service: &str) -> BTreeMap<String, Option<VolumeSpec>> {
-        self.services
-            .get(service)
-            .map(|s| {
-                s.volumes
-                    .iter()
-                    .map(|m| (m.source.clone(), self.volumes.get(&m.source).cloned()))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
 

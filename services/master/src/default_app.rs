@@ -57,6 +57,7 @@ pub fn install(workdir: &Path, app_file: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baetyl_sdk::config::ConfigFile;
 
     #[test]
     fn embedded_application_is_valid_and_its_volumes_hold_the_files() {

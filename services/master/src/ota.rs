@@ -7,6 +7,7 @@
 //! and the previous application runs again exactly as it was. Services whose config and volumes did not
 //! change are never touched. One update at a time: a second one is refused while the first runs.
 
+use baetyl_sdk::config::ConfigFile;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

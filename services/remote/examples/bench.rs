@@ -5,6 +5,7 @@
 //! p50/p99 latency from publish to receipt. "direct" is one mosquitto (publisher and subscriber on it); "bridge"
 //! is publisher -> mosquitto (hub) -> bridge (disk buffer, fsync per batch) -> mosquitto (remote) -> subscriber.
 
+use baetyl_sdk::config::ConfigFile;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

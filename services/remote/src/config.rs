@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baetyl_sdk::ConfigError;
-use baetyl_sdk::config::{ByteSize, HumanDuration, load_yaml};
+use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -255,15 +255,64 @@ fn check_qos(file: &Path, key: &str, qos: u8) -> Result<(), ConfigError> {
 }
 
 impl BridgeConfig {
-    /// Reads, parses and validates the file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: BridgeConfig = load_yaml(path)?;
-        cfg.validate(path)?;
-        Ok(cfg)
+    /// Rule pairs that can send a message in a circle: from a remote to the hub, and from the hub back to the
+    /// same remote on a topic that remote's subscriptions match again.
+    pub fn loop_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, back) in self.rules.iter().enumerate() {
+            for (j, out_rule) in self.rules.iter().enumerate() {
+                if out_rule.remote.name != back.remote.name {
+                    continue;
+                }
+                for rs in &back.remote.subscriptions {
+                    let on_hub = back.remote.rewrite.apply_filter(&rs.topic);
+                    for hs in &out_rule.hub.subscriptions {
+                        if !topic::overlap(&on_hub, &hs.topic) {
+                            continue;
+                        }
+                        let on_remote = out_rule.hub.rewrite.apply_filter(&hs.topic);
+                        if topic::overlap(&on_remote, &rs.topic) {
+                            out.push(format!(
+                                "rules[{i}] brings `{}` from remote `{}` to the hub as `{on_hub}`, and rules[{j}] sends                                  `{}` back to it as `{on_remote}`: messages may loop; use distinct topics or a rewrite",
+                                rs.topic, back.remote.name, hs.topic
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
+    /// The settings of the hub connection.
+    pub fn hub_endpoint(&self) -> Result<Endpoint, RemoteError> {
+        Endpoint::new(
+            "hub",
+            &self.hub,
+            "baetyl-remote",
+            self.max_message_size.0 as usize,
+        )
+    }
+
+    /// The settings of each remote connection, in config order.
+    pub fn remote_endpoints(&self) -> Result<Vec<Endpoint>, RemoteError> {
+        self.remotes
+            .iter()
+            .map(|r| {
+                Endpoint::new(
+                    &format!("remote `{}`", r.name),
+                    &r.connection(),
+                    &format!("baetyl-remote-{}", r.name),
+                    self.max_message_size.0 as usize,
+                )
+            })
+            .collect()
+    }
+}
+
+impl ConfigFile for BridgeConfig {
     /// Checks what the schema cannot: addresses, names, filters, QoS, limits.
-    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         let bad = |m: String| ConfigError::invalid(file, m);
         self.hub.check(file, "hub")?;
         if self.remotes.is_empty() {
@@ -332,60 +381,6 @@ impl BridgeConfig {
             return Err(bad("max_message_size: must be between 1 and 256m".into()));
         }
         Ok(())
-    }
-
-    /// Rule pairs that can send a message in a circle: from a remote to the hub, and from the hub back to the
-    /// same remote on a topic that remote's subscriptions match again.
-    pub fn loop_warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (i, back) in self.rules.iter().enumerate() {
-            for (j, out_rule) in self.rules.iter().enumerate() {
-                if out_rule.remote.name != back.remote.name {
-                    continue;
-                }
-                for rs in &back.remote.subscriptions {
-                    let on_hub = back.remote.rewrite.apply_filter(&rs.topic);
-                    for hs in &out_rule.hub.subscriptions {
-                        if !topic::overlap(&on_hub, &hs.topic) {
-                            continue;
-                        }
-                        let on_remote = out_rule.hub.rewrite.apply_filter(&hs.topic);
-                        if topic::overlap(&on_remote, &rs.topic) {
-                            out.push(format!(
-                                "rules[{i}] brings `{}` from remote `{}` to the hub as `{on_hub}`, and rules[{j}] sends                                  `{}` back to it as `{on_remote}`: messages may loop; use distinct topics or a rewrite",
-                                rs.topic, back.remote.name, hs.topic
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// The settings of the hub connection.
-    pub fn hub_endpoint(&self) -> Result<Endpoint, RemoteError> {
-        Endpoint::new(
-            "hub",
-            &self.hub,
-            "baetyl-remote",
-            self.max_message_size.0 as usize,
-        )
-    }
-
-    /// The settings of each remote connection, in config order.
-    pub fn remote_endpoints(&self) -> Result<Vec<Endpoint>, RemoteError> {
-        self.remotes
-            .iter()
-            .map(|r| {
-                Endpoint::new(
-                    &format!("remote `{}`", r.name),
-                    &r.connection(),
-                    &format!("baetyl-remote-{}", r.name),
-                    self.max_message_size.0 as usize,
-                )
-            })
-            .collect()
     }
 }
 

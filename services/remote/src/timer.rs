@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baetyl_sdk::ConfigError;
-use baetyl_sdk::config::{HumanDuration, load_yaml};
+use baetyl_sdk::config::{ConfigFile, HumanDuration};
 use baetyl_sdk::logging::LogFormat;
 use serde::Deserialize;
 use serde_json::Value;
@@ -69,14 +69,8 @@ fn default_payload() -> Value {
     Value::Object(serde_json::Map::new())
 }
 
-impl TimerConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: TimerConfig = load_yaml(path)?;
-        cfg.validate(path)?;
-        Ok(cfg)
-    }
-
-    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+impl ConfigFile for TimerConfig {
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         let bad = |m: String| ConfigError::invalid(file, m);
         self.hub.check(file, "hub")?;
         if self.timer.interval.get() < Duration::from_millis(1) {

@@ -2,6 +2,7 @@
 
 mod common;
 
+use baetyl_sdk::config::ConfigFile;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

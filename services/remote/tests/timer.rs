@@ -2,6 +2,7 @@
 
 mod common;
 
+use baetyl_sdk::config::ConfigFile;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -150,6 +150,27 @@ impl FromStr for ByteSize {
     }
 }
 
+/// A configuration file's type: read or parsed as YAML with errors that name the file and key, then checked
+/// with `validate` for what the schema cannot say.
+pub trait ConfigFile: DeserializeOwned {
+    /// Checks values and references; errors name `file`.
+    fn validate(&self, file: &Path) -> Result<(), ConfigError>;
+
+    /// Reads, parses and validates the file at `path`.
+    fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = load_yaml(path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates YAML text; `origin` names the file in errors.
+    fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = parse_yaml(text, origin)?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+}
+
 /// A size for people: `512 B`, `1.5 KiB`, `24.2 MiB`.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -2,6 +2,7 @@
 //! for packets a well-behaved client library refuses to send.
 #![allow(dead_code)]
 
+use baetyl_sdk::config::ConfigFile;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
