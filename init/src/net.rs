@@ -131,8 +131,8 @@ fn ioctl(
     }
 }
 
-/// Sets IFF_UP on `name`.
-pub fn link_up(name: &str) -> Result<(), SysError> {
+/// A socket and the interface request for `name` with its flags read (SIOCGIFFLAGS).
+fn read_flags(name: &str) -> Result<(OwnedFd, libc::ifreq), SysError> {
     let fd = socket()?;
     let mut req = ifreq(name)?;
     ioctl(
@@ -141,6 +141,12 @@ pub fn link_up(name: &str) -> Result<(), SysError> {
         (&mut req as *mut libc::ifreq).cast(),
         format!("get flags of {name}"),
     )?;
+    Ok((fd, req))
+}
+
+/// Sets IFF_UP on `name`.
+pub fn link_up(name: &str) -> Result<(), SysError> {
+    let (fd, mut req) = read_flags(name)?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
     ioctl(
@@ -153,14 +159,7 @@ pub fn link_up(name: &str) -> Result<(), SysError> {
 
 /// Whether `name` has IFF_UP set (in this process's network namespace).
 pub fn link_is_up(name: &str) -> Result<bool, SysError> {
-    let fd = socket()?;
-    let mut req = ifreq(name)?;
-    ioctl(
-        &fd,
-        libc::SIOCGIFFLAGS,
-        (&mut req as *mut libc::ifreq).cast(),
-        format!("get flags of {name}"),
-    )?;
+    let (_fd, req) = read_flags(name)?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     Ok(flags & libc::IFF_UP as libc::c_short != 0)
