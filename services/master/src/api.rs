@@ -16,6 +16,7 @@ use axum::routing::{get, put};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::error::MasterError;
 use crate::ota::Updater;
 use crate::stats::HostSampler;
 use crate::supervisor::{Supervisor, now_rfc3339};
@@ -83,22 +84,30 @@ async fn auth(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> 
         _ => false,
     };
     if !ok {
-        return (StatusCode::UNAUTHORIZED, "account unauthorized\n").into_response();
+        return MasterError::Unauthorized.into_response();
     }
     let caller = Caller(user.unwrap_or_default().to_string());
     req.extensions_mut().insert(caller);
     match tokio::time::timeout(st.timeout, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "request timed out (server.timeout)\n",
-        )
-            .into_response(),
+        Err(_) => MasterError::RequestTimeout.into_response(),
     }
 }
 
-fn bad_request(msg: impl std::fmt::Display) -> Response {
-    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+/// An empty 200 for success, the failure's own status and text otherwise.
+fn answer(result: Result<(), MasterError>) -> Response {
+    match result {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Parses a JSON request body; `what` says what it must be when it is not.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &'static str,
+) -> Result<T, MasterError> {
+    serde_json::from_slice(body).map_err(|source| MasterError::InvalidBody { what, source })
 }
 
 /// The resident memory of PID 1 (when the master runs under `baetyl init`) and of the master itself, so the
@@ -130,11 +139,7 @@ async fn inspect(State(st): State<Arc<ApiState>>) -> Response {
         .volumes
         .iter()
         .map(|(name, v)| {
-            let path = v
-                .path
-                .clone()
-                .unwrap_or_else(|| format!("var/db/baetyl/volumes/{name}"));
-            json!({"name": name, "path": path, "read_only": v.read_only})
+            json!({"name": name, "path": v.path_or_default(name), "read_only": v.read_only})
         })
         .collect();
     let body = json!({
@@ -169,53 +174,47 @@ struct UpdateRequest {
 }
 
 async fn update(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
-    let req: UpdateRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return bad_request(format!(
-                "update body is not {{\"type\":\"APP\",\"path\":\"...\",\"trace\":\"...\"}}: {e}"
-            ));
-        }
-    };
+    answer(submit_update(&st, &body))
+}
+
+fn submit_update(st: &ApiState, body: &[u8]) -> Result<(), MasterError> {
+    let req: UpdateRequest = json_body(
+        body,
+        r#"update body is not {"type":"APP","path":"...","trace":"..."}"#,
+    )?;
     match req.kind.to_ascii_uppercase().as_str() {
         "APP" | "" => {}
-        "MST" => {
-            return bad_request(
-                "type MST (replace the master binary) is not supported by this master: install the new baetyl binary and restart the master (on the OS image, through an image update)",
-            );
+        "MST" => return Err(MasterError::MasterUpdateUnsupported),
+        other => {
+            return Err(MasterError::UnknownUpdateType {
+                kind: other.to_string(),
+            });
         }
-        other => return bad_request(format!("update type `{other}` is unknown; use APP")),
     }
     if req.path.is_empty() {
-        return bad_request(
-            "update needs `path`: the new application.yml, or a directory holding one",
-        );
+        return Err(MasterError::MissingUpdatePath);
     }
-    match st.updater.submit(&req.path, &req.trace) {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
-    }
+    st.updater.submit(&req.path, &req.trace)
 }
 
 /// Asks `baetyl init` (the pid in BAETYL_INIT_PID) to reboot or power off: init stops this master, which
 /// stops every service, then syncs, unmounts and reboots.
-fn ask_init(signal: nix::sys::signal::Signal, what: &str) -> Response {
+fn ask_init(signal: nix::sys::signal::Signal, action: &'static str) -> Response {
     let pid = std::env::var(env::INIT_PID)
         .ok()
         .and_then(|p| p.parse::<i32>().ok());
     let Some(pid) = pid else {
-        return bad_request(format!(
-            "{what} needs baetyl init: this master was not started by it ({} is not set); {what} the host yourself",
-            env::INIT_PID
-        ));
-    };
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
-        Ok(()) => {
-            tracing::warn!("{what} requested through the API; asked init (pid {pid})");
-            StatusCode::OK.into_response()
+        return MasterError::NoInit {
+            action,
+            variable: env::INIT_PID,
         }
-        Err(e) => bad_request(format!("cannot signal init (pid {pid}): {e}")),
-    }
+        .into_response();
+    };
+    answer(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .map(|()| tracing::warn!("{action} requested through the API; asked init (pid {pid})"))
+            .map_err(|source| MasterError::SignalInit { pid, source }),
+    )
 }
 
 async fn reboot() -> Response {
@@ -229,7 +228,7 @@ async fn poweroff() -> Response {
 async fn available_port() -> Response {
     match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
         Ok(addr) => axum::Json(json!({"port": addr.port().to_string()})).into_response(),
-        Err(e) => bad_request(format!("no free port: {e}")),
+        Err(e) => MasterError::NoFreePort(e).into_response(),
     }
 }
 
@@ -241,29 +240,22 @@ async fn start_instance(
     let extra: BTreeMap<String, String> = if body.iter().all(u8::is_ascii_whitespace) {
         BTreeMap::new()
     } else {
-        match serde_json::from_slice(&body) {
+        match json_body(
+            &body,
+            "start body must be a JSON object of environment variables (strings)",
+        ) {
             Ok(m) => m,
-            Err(e) => {
-                return bad_request(format!(
-                    "start body must be a JSON object of environment variables (strings): {e}"
-                ));
-            }
+            Err(e) => return e.into_response(),
         }
     };
-    match st.sup.start_dynamic(&svc, &inst, extra).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => bad_request(e),
-    }
+    answer(st.sup.start_dynamic(&svc, &inst, extra).await)
 }
 
 async fn stop_instance(
     State(st): State<Arc<ApiState>>,
     Path((svc, inst)): Path<(String, String)>,
 ) -> Response {
-    match st.sup.stop_dynamic(&svc, &inst).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => bad_request(e),
-    }
+    answer(st.sup.stop_dynamic(&svc, &inst).await)
 }
 
 async fn report(
@@ -272,22 +264,21 @@ async fn report(
     Path((svc, inst)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
+    answer(report_stats(&st, &caller, &svc, &inst, &body))
+}
+
+fn report_stats(
+    st: &ApiState,
+    caller: &Caller,
+    svc: &str,
+    inst: &str,
+    body: &[u8],
+) -> Result<(), MasterError> {
     if caller.0 != svc && caller.0 != st.operator.0 {
-        return (
-            StatusCode::FORBIDDEN,
-            format!(
-                "service `{}` may only report for its own instances\n",
-                caller.0
-            ),
-        )
-            .into_response();
+        return Err(MasterError::NotPermitted {
+            caller: caller.0.clone(),
+        });
     }
-    let stats: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(m) => m,
-        Err(e) => return bad_request(format!("report body must be a JSON object: {e}")),
-    };
-    match st.sup.report(&svc, &inst, stats) {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => bad_request(e),
-    }
+    let stats: Map<String, Value> = json_body(body, "report body must be a JSON object")?;
+    st.sup.report(svc, inst, stats)
 }

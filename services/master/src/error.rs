@@ -1,26 +1,33 @@
+//! Everything that can go wrong in the master, one variant per failure, and the one place that says what
+//! each failure answers over the API ([`MasterError::status`]).
+
 use std::path::PathBuf;
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use baetyl_sdk::ConfigError;
 
-/// Everything that can go wrong in the master. Variants carry the service, instance or path involved.
+use crate::config::Cycle;
+
+/// Variants carry the service, instance, path or value involved; their text is what the API answers and
+/// the log says, so it tells the reader what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
+    /// A config file (conf.yml, an application, a package manifest) is invalid; names file and key.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("service `{service}`: {message}")]
-    Service { service: String, message: String },
-    #[error("instance `{service}/{instance}`: {message}")]
-    Instance {
-        service: String,
-        instance: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Cycle(#[from] Cycle),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path}: server.operator_token_file must hold one token of at least 16 printable ASCII characters (e.g. `openssl rand -hex 16`)"
+    )]
+    OperatorToken { path: PathBuf },
     #[error("another master is already running in {workdir} (lock {lock} is held); stop it first")]
     AlreadyRunning { workdir: PathBuf, lock: PathBuf },
     #[error("cannot serve the API on {address}: {source}")]
@@ -29,8 +36,115 @@ pub enum MasterError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Update(String),
+
+    // ---- services and instances
+    #[error("service `{service}`: is not defined in the application")]
+    UndefinedService { service: String },
+    #[error("service `{service}`: is not running (it must be part of the running application)")]
+    ServiceNotRunning { service: String },
+    #[error("instance `{service}/{instance}`: no such instance")]
+    UnknownInstance { service: String, instance: String },
+    #[error(
+        "instance `{service}/{instance}`: instance name must be letters, digits, `-`, `_` or `.`"
+    )]
+    InvalidInstanceName { service: String, instance: String },
+    #[error("instance `{service}/{instance}`: already running; stop it first")]
+    InstanceRunning { service: String, instance: String },
+    /// A dynamic start that the engine could not carry out; `reason` is the instance's last exit.
+    #[error("instance `{service}/{instance}`: {reason}")]
+    StartFailed {
+        service: String,
+        instance: String,
+        reason: String,
+    },
+    #[error("service `{service}`: key `environment`: {message}")]
+    Environment { service: String, message: String },
+    #[error(
+        "service `{service}`: image `{image}` resolves to no native package (looked for {searched}) and is not a role of this binary ({roles})"
+    )]
+    UnknownImage {
+        service: String,
+        image: String,
+        /// The package manifests looked for, comma-separated.
+        searched: String,
+        /// The roles of this binary, comma-separated (`none` without any).
+        roles: String,
+    },
+    #[error("service `{service}`: package {package}: entry `{entry}` does not exist")]
+    PackageEntryMissing {
+        service: String,
+        package: PathBuf,
+        entry: String,
+    },
+    #[error("instance `{service}/{instance}`: empty command")]
+    EmptyCommand { service: String, instance: String },
+    #[error(
+        "instance `{service}/{instance}`: cannot link volume at {link}: a real file or directory is in the way"
+    )]
+    VolumeInTheWay {
+        service: String,
+        instance: String,
+        link: PathBuf,
+    },
+    #[error("instance `{service}/{instance}`: cannot run {command}: {source}")]
+    Spawn {
+        service: String,
+        instance: String,
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "instance `{service}/{instance}`: did not stay up for the health window of {window} ({last_exit})"
+    )]
+    Unhealthy {
+        service: String,
+        instance: String,
+        window: String,
+        last_exit: String,
+    },
+
+    // ---- API requests
+    #[error("account unauthorized")]
+    Unauthorized,
+    #[error("service `{caller}` may only report for its own instances")]
+    NotPermitted { caller: String },
+    #[error("request timed out (server.timeout)")]
+    RequestTimeout,
+    /// A request body that is not the JSON the route takes; `what` says what it must be.
+    #[error("{what}: {source}")]
+    InvalidBody {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "an update is already in progress; retry when it has finished (see inspect and the OTA log)"
+    )]
+    UpdateInProgress,
+    #[error(
+        "type MST (replace the master binary) is not supported by this master: install the new baetyl binary and restart the master (on the OS image, through an image update)"
+    )]
+    MasterUpdateUnsupported,
+    #[error("update type `{kind}` is unknown; use APP")]
+    UnknownUpdateType { kind: String },
+    #[error("update needs `path`: the new application.yml, or a directory holding one")]
+    MissingUpdatePath,
+    #[error(
+        "{action} needs baetyl init: this master was not started by it ({variable} is not set); {action} the host yourself"
+    )]
+    NoInit {
+        action: &'static str,
+        variable: &'static str,
+    },
+    #[error("cannot signal init (pid {pid}): {source}")]
+    SignalInit {
+        pid: i32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("no free port: {0}")]
+    NoFreePort(#[source] std::io::Error),
 }
 
 impl MasterError {
@@ -40,12 +154,109 @@ impl MasterError {
             source,
         }
     }
-    pub fn service(service: &str, message: impl Into<String>) -> Self {
-        MasterError::Service {
-            service: service.to_string(),
-            message: message.into(),
+
+    /// The HTTP status this failure answers. v1 answers every refused request with 400 and a text body,
+    /// and its clients (and ours) rely on that, so only the failures v1 did not have get their own status.
+    pub fn status(&self) -> StatusCode {
+        use MasterError::*;
+        match self {
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            NotPermitted { .. } => StatusCode::FORBIDDEN,
+            UpdateInProgress => StatusCode::CONFLICT,
+            RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            // The master's own faults, not the request's.
+            Io { .. } | AlreadyRunning { .. } | Bind { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Config(_)
+            | OperatorToken { .. }
+            | Cycle(_)
+            | UndefinedService { .. }
+            | ServiceNotRunning { .. }
+            | UnknownInstance { .. }
+            | InvalidInstanceName { .. }
+            | InstanceRunning { .. }
+            | StartFailed { .. }
+            | Environment { .. }
+            | UnknownImage { .. }
+            | PackageEntryMissing { .. }
+            | EmptyCommand { .. }
+            | VolumeInTheWay { .. }
+            | Spawn { .. }
+            | Unhealthy { .. }
+            | InvalidBody { .. }
+            | MasterUpdateUnsupported
+            | UnknownUpdateType { .. }
+            | MissingUpdatePath
+            | NoInit { .. }
+            | SignalInit { .. }
+            | NoFreePort(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
 
+/// v1's answer to a failed request: the status, and the message as a text line.
+impl IntoResponse for MasterError {
+    fn into_response(self) -> Response {
+        (self.status(), format!("{self}\n")).into_response()
+    }
+}
+
 pub type Result<T, E = MasterError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_its_status_and_v1_text_body() {
+        let cases = [
+            (MasterError::Unauthorized, 401, "account unauthorized"),
+            (
+                MasterError::NotPermitted { caller: "a".into() },
+                403,
+                "service `a` may only report for its own instances",
+            ),
+            (
+                MasterError::UpdateInProgress,
+                409,
+                "an update is already in progress",
+            ),
+            (
+                MasterError::ServiceNotRunning {
+                    service: "ghost".into(),
+                },
+                400,
+                "service `ghost`: is not running",
+            ),
+            (
+                MasterError::UnknownInstance {
+                    service: "s".into(),
+                    instance: "i".into(),
+                },
+                400,
+                "instance `s/i`: no such instance",
+            ),
+            (
+                MasterError::Config(ConfigError::invalid("new/application.yml", "key `x`: bad")),
+                400,
+                "new/application.yml: key `x`: bad",
+            ),
+            (
+                MasterError::io("/w/x", std::io::Error::other("disk full")),
+                500,
+                "/w/x: disk full",
+            ),
+        ];
+        for (e, status, text) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+            let body = e.to_string();
+            assert!(body.starts_with(text), "{body}");
+            let resp = e.into_response();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(
+                resp.headers()["content-type"],
+                "text/plain; charset=utf-8",
+                "v1 answers errors as text"
+            );
+        }
+    }
+}

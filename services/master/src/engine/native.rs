@@ -125,14 +125,11 @@ impl NativeEngine {
                 let m: PackageManifest = baetyl_sdk::config::load_yaml(&manifest)?;
                 let entry = pkg.join(&m.entry);
                 if !entry.is_file() {
-                    return Err(MasterError::service(
-                        service,
-                        format!(
-                            "package {}: entry `{}` does not exist",
-                            pkg.display(),
-                            m.entry
-                        ),
-                    ));
+                    return Err(MasterError::PackageEntryMissing {
+                        service: service.to_string(),
+                        package: pkg,
+                        entry: m.entry,
+                    });
                 }
                 return Ok(Program {
                     entry,
@@ -154,18 +151,16 @@ impl NativeEngine {
             .map(|p| p.join(name).join("package.yml").display().to_string())
             .collect();
         let roles: Vec<&str> = self.roles.iter().map(|r| r.image.as_str()).collect();
-        Err(MasterError::service(
-            service,
-            format!(
-                "image `{image}` resolves to no native package (looked for {}) and is not a role of this binary ({})",
-                searched.join(", "),
-                if roles.is_empty() {
-                    "none".to_string()
-                } else {
-                    roles.join(", ")
-                }
-            ),
-        ))
+        Err(MasterError::UnknownImage {
+            service: service.to_string(),
+            image: image.to_string(),
+            searched: searched.join(", "),
+            roles: if roles.is_empty() {
+                "none".to_string()
+            } else {
+                roles.join(", ")
+            },
+        })
     }
 
     fn argv(&self, program: &Program, spec: &ServiceSpec) -> Vec<String> {
@@ -214,13 +209,10 @@ impl NativeEngine {
                     std::fs::remove_file(&link).map_err(|e| MasterError::io(&link, e))?
                 }
                 Ok(_) => {
-                    return Err(MasterError::Instance {
+                    return Err(MasterError::VolumeInTheWay {
                         service: spec.service.clone(),
                         instance: spec.instance.clone(),
-                        message: format!(
-                            "cannot link volume at {}: a real file or directory is in the way",
-                            link.display()
-                        ),
+                        link,
                     });
                 }
                 Err(_) => {}
@@ -287,11 +279,6 @@ impl Engine for NativeEngine {
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Running>> {
         let program = self.resolve(&spec.service, &spec.spec.image)?;
         let argv = self.argv(&program, &spec.spec);
-        let inst_err = |message: String| MasterError::Instance {
-            service: spec.service.clone(),
-            instance: spec.instance.clone(),
-            message,
-        };
         let dir = self
             .workdir
             .join("var/run/baetyl/services")
@@ -311,7 +298,10 @@ impl Engine for NativeEngine {
 
         let (first, rest) = argv
             .split_first()
-            .ok_or_else(|| inst_err("empty command".into()))?;
+            .ok_or_else(|| MasterError::EmptyCommand {
+                service: spec.service.clone(),
+                instance: spec.instance.clone(),
+            })?;
         let mut cmd = tokio::process::Command::new(first);
         cmd.args(rest)
             .current_dir(&dir)
@@ -414,10 +404,11 @@ impl NativeEngine {
                 if let Some(cg) = &cgroup {
                     cg.remove().await;
                 }
-                return Err(MasterError::Instance {
+                return Err(MasterError::Spawn {
                     service: spec.service.clone(),
                     instance: spec.instance.clone(),
-                    message: format!("cannot run {}: {e}", argv.join(" ")),
+                    command: argv.join(" "),
+                    source: e,
                 });
             }
         };

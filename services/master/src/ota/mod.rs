@@ -64,9 +64,11 @@ impl Updater {
 
     /// Accepts an update and runs it in the background. Refused (Err) while another update runs.
     pub fn submit(self: &Arc<Self>, path: &str, trace: &str) -> Result<()> {
-        let guard = self.busy.clone().try_lock_owned().map_err(|_| {
-            MasterError::Update("an update is already in progress; retry when it has finished (see inspect and the OTA log)".into())
-        })?;
+        let guard = self
+            .busy
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| MasterError::UpdateInProgress)?;
         let trace = if trace.is_empty() {
             crate::supervisor::new_token()[..8].to_string()
         } else {
@@ -198,8 +200,7 @@ impl Updater {
         }
         self.sup.set_app(new.clone());
         let started: Vec<String> = new
-            .start_order()
-            .map_err(MasterError::Update)?
+            .start_order()?
             .into_iter()
             .filter(|n| d.changed.contains(n) || d.added.contains(n))
             .collect();
@@ -213,15 +214,13 @@ impl Updater {
                 && (st.status == Status::Running
                     || (st.status == Status::Exited && st.last_exit_success));
             if !healthy {
-                return Err(MasterError::Instance {
+                return Err(MasterError::Unhealthy {
                     service,
                     instance: st.name,
-                    message: format!(
-                        "did not stay up for the health window of {} ({})",
-                        self.sup.config().update.health,
-                        st.last_exit
-                            .unwrap_or_else(|| format!("{:?}", st.status).to_lowercase())
-                    ),
+                    window: self.sup.config().update.health.to_string(),
+                    last_exit: st
+                        .last_exit
+                        .unwrap_or_else(|| format!("{:?}", st.status).to_lowercase()),
                 });
             }
         }

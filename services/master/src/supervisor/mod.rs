@@ -5,18 +5,19 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::backoff::Backoff;
-use crate::config::{Application, MasterConfig, Policy, ServiceSpec, valid_name};
-use crate::engine::{Engine, Exit, InstanceSpec, ResolvedMount, Running, RunningInfo};
+use crate::config::{Application, MasterConfig, ServiceSpec, valid_name};
+use crate::engine::{Engine, Exit, InstanceSpec, Running, RunningInfo};
 use crate::error::{MasterError, Result};
+use crate::restart::{Decision, Streak, decide};
 use baetyl_sdk::env;
 
 /// Facts about the host and the master that every instance's environment carries.
@@ -154,41 +155,35 @@ impl Supervisor {
             .is_some_and(|t| bool::from(t.as_bytes().ct_eq(password.as_bytes())))
     }
 
-    /// Starts every service of `app` in dependency order (services already running are skipped).
-    pub async fn start_app(&self, app: &Application) -> Result<()> {
-        let order = app.start_order().map_err(MasterError::Update)?;
-        for name in order {
-            if lock(&self.services).contains_key(&name) {
-                continue;
+    /// Makes `app` the application and starts its services in dependency order. A service that cannot
+    /// start does not stop the others: the failure is logged and shows in inspect's `error`.
+    pub async fn run_app(&self, app: Application) {
+        self.set_app(app.clone());
+        for name in app.start_order().unwrap_or_default() {
+            if let Err(e) = self.start_service(&app, &name).await {
+                tracing::error!(service = %name, "cannot start: {e}");
+                self.set_error(format!("cannot start service `{name}`: {e}"));
             }
-            self.start_service(app, &name).await?;
         }
-        Ok(())
     }
 
     /// Stops every service, in reverse dependency order of the current application.
     pub async fn stop_all(&self) {
-        let app = self.app();
-        let mut order = app.start_order().unwrap_or_default();
-        // Services no longer in the app (should not happen) go first.
         let running: Vec<String> = lock(&self.services).keys().cloned().collect();
-        for r in running {
-            if !order.contains(&r) {
-                order.insert(0, r);
-            }
-        }
-        for name in order.iter().rev() {
-            self.stop_service(name).await;
+        for name in self.app().stop_order(&running) {
+            self.stop_service(&name).await;
         }
     }
 
     /// Starts one service's `replica` instances, waiting until each was started (or failed to start).
     pub async fn start_service(&self, app: &Application, name: &str) -> Result<()> {
-        let spec = app
-            .services
-            .get(name)
-            .cloned()
-            .ok_or_else(|| MasterError::service(name, "is not defined in the application"))?;
+        let spec =
+            app.services
+                .get(name)
+                .cloned()
+                .ok_or_else(|| MasterError::UndefinedService {
+                    service: name.to_string(),
+                })?;
         self.engine.prepare(name, &spec).await?;
         let token = new_token();
         lock(&self.tokens).insert(name.to_string(), token.clone());
@@ -236,28 +231,25 @@ impl Supervisor {
         extra: BTreeMap<String, String>,
     ) -> Result<()> {
         if !valid_name(instance) {
-            return Err(MasterError::Instance {
+            return Err(MasterError::InvalidInstanceName {
                 service: service.into(),
                 instance: instance.into(),
-                message: "instance name must be letters, digits, `-`, `_` or `.`".into(),
             });
         }
         let app = self.app();
         let spec = {
             let services = lock(&self.services);
-            let run = services.get(service).ok_or_else(|| {
-                MasterError::service(
-                    service,
-                    "is not running (it must be part of the running application)",
-                )
-            })?;
+            let run = services
+                .get(service)
+                .ok_or_else(|| MasterError::ServiceNotRunning {
+                    service: service.into(),
+                })?;
             if let Some(h) = run.instances.get(instance) {
                 let status = h.state.borrow().status;
                 if !matches!(status, Status::Exited | Status::Failed | Status::Stopped) {
-                    return Err(MasterError::Instance {
+                    return Err(MasterError::InstanceRunning {
                         service: service.into(),
                         instance: instance.into(),
-                        message: "already running; stop it first".into(),
                     });
                 }
             }
@@ -279,10 +271,10 @@ impl Supervisor {
         let _ = w.wait_for(|s| s.status != Status::Starting).await;
         let state = w.borrow().clone();
         if state.starts == 0 {
-            return Err(MasterError::Instance {
+            return Err(MasterError::StartFailed {
                 service: service.into(),
                 instance: instance.into(),
-                message: state.last_exit.unwrap_or_else(|| "could not start".into()),
+                reason: state.last_exit.unwrap_or_else(|| "could not start".into()),
             });
         }
         Ok(())
@@ -293,13 +285,14 @@ impl Supervisor {
             let mut services = lock(&self.services);
             let run = services
                 .get_mut(service)
-                .ok_or_else(|| MasterError::service(service, "is not running"))?;
+                .ok_or_else(|| MasterError::ServiceNotRunning {
+                    service: service.into(),
+                })?;
             run.instances
                 .remove(instance)
-                .ok_or_else(|| MasterError::Instance {
+                .ok_or_else(|| MasterError::UnknownInstance {
                     service: service.into(),
                     instance: instance.into(),
-                    message: "no such instance".into(),
                 })?
         };
         stop_handle(handle).await;
@@ -312,10 +305,9 @@ impl Supervisor {
         let h = services
             .get(service)
             .and_then(|r| r.instances.get(instance))
-            .ok_or_else(|| MasterError::Instance {
+            .ok_or_else(|| MasterError::UnknownInstance {
                 service: service.into(),
                 instance: instance.into(),
-                message: "no such instance".into(),
             })?;
         lock(&h.reported).extend(stats);
         Ok(())
@@ -392,7 +384,10 @@ impl Supervisor {
         let mut envs = spec
             .environment
             .to_map()
-            .map_err(|e| MasterError::service(service, e))?;
+            .map_err(|message| MasterError::Environment {
+                service: service.to_string(),
+                message,
+            })?;
         let contract = [
             (env::HOST_ID, self.host.host_id.clone()),
             (env::HOST_OS, std::env::consts::OS.to_string()),
@@ -406,26 +401,7 @@ impl Supervisor {
         for (k, v) in contract.into_iter().chain(extra.iter().cloned()) {
             envs.insert(k.to_string(), v);
         }
-        let mounts = spec
-            .volumes
-            .iter()
-            .map(|m| match app.volumes.get(&m.source) {
-                Some(vol) => ResolvedMount {
-                    host: self.workdir.join(
-                        vol.path
-                            .clone()
-                            .unwrap_or_else(|| format!("var/db/baetyl/volumes/{}", m.source)),
-                    ),
-                    target: m.target.clone(),
-                    read_only: m.read_only || vol.read_only,
-                },
-                None => ResolvedMount {
-                    host: self.workdir.join(m.source.trim_start_matches("./")),
-                    target: m.target.clone(),
-                    read_only: m.read_only,
-                },
-            })
-            .collect();
+        let mounts = app.resolve_mounts(&spec.volumes, &self.workdir);
         Ok(InstanceSpec {
             service: service.to_string(),
             instance: instance.to_string(),
@@ -498,8 +474,7 @@ async fn run_instance(
     mut stop: watch::Receiver<bool>,
 ) {
     let policy = ispec.spec.restart.clone();
-    let mut backoff = Backoff::new(&policy.backoff);
-    let mut failures_in_row: u32 = 0;
+    let mut streak = Streak::new(&policy);
     let (svc, inst) = (ispec.service.clone(), ispec.instance.clone());
     loop {
         if *stop.borrow() {
@@ -544,36 +519,34 @@ async fn run_instance(
             s.last_exit = Some(exit.to_string());
             s.last_exit_success = exit.success();
         });
-        if began.elapsed() >= backoff.healthy_after() {
-            backoff.reset();
-            failures_in_row = 0;
-        }
-        let restart = match policy.policy {
-            Policy::Always => true,
-            Policy::OnFailure => !exit.success(),
-            Policy::No => false,
+        let delay = match decide(&policy, &exit, began.elapsed(), streak) {
+            Decision::Leave { success } => {
+                tracing::info!(service = %svc, instance = %inst, "instance {exit}; not restarted (restart policy {:?})", policy.policy);
+                state.send_modify(|s| {
+                    s.status = if success {
+                        Status::Exited
+                    } else {
+                        Status::Failed
+                    }
+                });
+                return;
+            }
+            Decision::GiveUp => {
+                tracing::error!(
+                    service = %svc, instance = %inst,
+                    "instance {exit}; giving up after {} restarts in a row (restart.retry.max)", policy.retry.max
+                );
+                state.send_modify(|s| s.status = Status::Failed);
+                return;
+            }
+            Decision::Restart {
+                delay,
+                streak: next,
+            } => {
+                streak = next;
+                delay
+            }
         };
-        if !restart {
-            tracing::info!(service = %svc, instance = %inst, "instance {exit}; not restarted (restart policy {:?})", policy.policy);
-            state.send_modify(|s| {
-                s.status = if exit.success() {
-                    Status::Exited
-                } else {
-                    Status::Failed
-                }
-            });
-            return;
-        }
-        failures_in_row += 1;
-        if policy.retry.max > 0 && failures_in_row > policy.retry.max {
-            tracing::error!(
-                service = %svc, instance = %inst,
-                "instance {exit}; giving up after {} restarts in a row (restart.retry.max)", policy.retry.max
-            );
-            state.send_modify(|s| s.status = Status::Failed);
-            return;
-        }
-        let delay = backoff.next_delay();
         let limit = if policy.retry.max > 0 {
             policy.retry.max.to_string()
         } else {
@@ -581,8 +554,8 @@ async fn run_instance(
         };
         tracing::warn!(
             service = %svc, instance = %inst,
-            "instance {exit}; restarting in {} (restart {failures_in_row} of {limit}, policy {:?})",
-            humantime::format_duration(delay), policy.policy
+            "instance {exit}; restarting in {} (restart {} of {limit}, policy {:?})",
+            humantime::format_duration(delay), streak.restarts, policy.policy
         );
         state.send_modify(|s| {
             s.status = Status::Restarting;

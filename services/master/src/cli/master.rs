@@ -1,0 +1,136 @@
+//! `baetyl master`: parses the arguments, takes the work dir's lock, sets up logging, builds the engine,
+//! binds the API listeners and hands over to [`crate::run`] until SIGTERM or SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use baetyl_sdk::logging::{self, LogFormat, LogSetup};
+use nix::fcntl::{Flock, FlockArg};
+
+use super::load_config;
+use crate::api::BuildInfo;
+use crate::config::{MasterConfig, Mode};
+use crate::engine::Engine;
+use crate::engine::native::{NativeEngine, Role};
+use crate::error::MasterError;
+use crate::server::{Listeners, Setup};
+
+#[derive(Debug, clap::Args)]
+pub struct MasterArgs {
+    /// The work dir: etc/baetyl/conf.yml, var/db/baetyl/application.yml, var/log, var/run live under it.
+    #[arg(short = 'w', long, default_value = ".")]
+    pub workdir: PathBuf,
+    /// The master config (default: etc/baetyl/conf.yml in the work dir; built-in defaults when absent).
+    #[arg(short = 'c', long)]
+    pub config: Option<PathBuf>,
+    /// Override logger.format: human or json.
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+}
+
+fn config_path(workdir: &Path, config: &Option<PathBuf>) -> PathBuf {
+    match config {
+        Some(c) if c.is_absolute() => c.clone(),
+        Some(c) => std::env::current_dir()
+            .map(|d| d.join(c))
+            .unwrap_or_else(|_| c.clone()),
+        None => workdir.join("etc/baetyl/conf.yml"),
+    }
+}
+
+/// `baetyl master`: runs until SIGTERM/SIGINT, then stops every service and exits.
+pub fn run_master(args: MasterArgs, build: BuildInfo, roles: Vec<Role>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.workdir)
+        .with_context(|| format!("cannot create work dir {}", args.workdir.display()))?;
+    let workdir = args
+        .workdir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve work dir {}", args.workdir.display()))?;
+    let cfg_path = config_path(&workdir, &args.config);
+    let cfg = load_config(&cfg_path)?;
+    let log_file = cfg.logger.path.as_ref().map(|p| workdir.join(p));
+    logging::init(&LogSetup {
+        service: "master",
+        instance: "master",
+        level: &cfg.logger.level,
+        format: args.log_format.unwrap_or(cfg.logger.format),
+        file: log_file.as_deref(),
+    })
+    .map_err(anyhow::Error::msg)?;
+    if !cfg_path.exists() {
+        tracing::info!("no {}: using the built-in defaults", cfg_path.display());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let _lock = lock_workdir(&workdir)?;
+        let engine = engine(&workdir, &cfg, roles)?;
+        let listeners = Listeners::bind(&workdir, &cfg.server).await?;
+        let setup = Setup {
+            workdir,
+            config: cfg,
+            build,
+        };
+        crate::run(setup, engine, listeners, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// One master per work dir: an exclusive lock on `var/run/baetyl/master.lock`, held while the master runs.
+fn lock_workdir(workdir: &Path) -> Result<Flock<std::fs::File>, MasterError> {
+    let run_dir = workdir.join("var/run/baetyl");
+    std::fs::create_dir_all(&run_dir).map_err(|e| MasterError::io(&run_dir, e))?;
+    let lock_path = run_dir.join("master.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| MasterError::io(&lock_path, e))?;
+    Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        MasterError::AlreadyRunning {
+            workdir: workdir.to_path_buf(),
+            lock: lock_path,
+        }
+    })
+}
+
+/// The engine `mode` names.
+fn engine(workdir: &Path, cfg: &MasterConfig, roles: Vec<Role>) -> anyhow::Result<Arc<dyn Engine>> {
+    match cfg.mode {
+        Mode::Native => Ok(Arc::new(NativeEngine::new(
+            workdir,
+            &cfg.native.packages,
+            roles,
+            cfg.instance_log.clone(),
+        )?)),
+        Mode::Containerd => bail!(
+            "mode `containerd` is not available in this build yet; set `mode: native` in conf.yml"
+        ),
+    }
+}
+
+// TODO(kit): replace with the sdk service kit's one shutdown signal when it lands (the lead swaps it in at
+// merge); this one keeps the master's behaviour: SIGTERM or SIGINT, each logged.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot listen for signals; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

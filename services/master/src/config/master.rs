@@ -1,0 +1,305 @@
+//! `etc/baetyl/conf.yml`: how the master runs (engine, API listeners, logging, update health window,
+//! instance logs). Values with a syntax of their own (addresses, durations, sizes) are typed and parsed once,
+//! when the file is loaded, so a mistake is reported with its key path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use baetyl_sdk::ConfigError;
+use baetyl_sdk::client::Address;
+use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
+use serde::{Deserialize, Serialize};
+
+/// `etc/baetyl/conf.yml`. Every key has a default, so an absent file is a valid config.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterConfig {
+    /// The engine that runs services: `native` (processes) or `containerd`.
+    pub mode: Mode,
+    pub server: ServerConfig,
+    pub logger: LoggerConfig,
+    pub otalog: OtaLogConfig,
+    /// How long a stopped instance gets between SIGTERM and SIGKILL.
+    pub grace: HumanDuration,
+    /// A file holding the device's serial number (given to services as BAETYL_HOST_SN).
+    pub snfile: Option<PathBuf>,
+    pub update: UpdateConfig,
+    pub native: NativeConfig,
+    /// Rotation of each instance's stdout/stderr log.
+    pub instance_log: InstanceLogConfig,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            mode: Mode::Native,
+            server: ServerConfig::default(),
+            logger: LoggerConfig::default(),
+            otalog: OtaLogConfig::default(),
+            grace: HumanDuration::from_secs(30),
+            snfile: None,
+            update: UpdateConfig::default(),
+            native: NativeConfig::default(),
+            instance_log: InstanceLogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Native,
+    Containerd,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Native => "native",
+            Mode::Containerd => "containerd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The API address: `unix://PATH` (relative paths are under the work dir) or `tcp://127.0.0.1:PORT`.
+    pub address: ApiAddress,
+    /// An optional second, TCP listener (e.g. `127.0.0.1:50050`), for tools that cannot speak unix sockets.
+    #[serde(with = "optional_socket_addr")]
+    pub tcp: Option<SocketAddr>,
+    /// Longest time one API request may take.
+    pub timeout: HumanDuration,
+    /// A file holding the operator token (user `baetyl-operator`), for a management tool that must know it in
+    /// advance (a development image's test harness); relative paths are under the work dir. Without it the
+    /// master makes a new random token at every start. Either way the token is written to
+    /// `var/run/baetyl/operator.token` (0600) for `baetyl inspect`.
+    pub operator_token_file: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            address: ApiAddress(Address::Unix(PathBuf::from("var/run/baetyl.sock"))),
+            tcp: None,
+            timeout: HumanDuration::from_secs(30),
+            operator_token_file: None,
+        }
+    }
+}
+
+pub use baetyl_sdk::logging::LoggerConfig;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtaLogConfig {
+    pub path: PathBuf,
+}
+
+impl Default for OtaLogConfig {
+    fn default() -> Self {
+        OtaLogConfig {
+            path: PathBuf::from("var/db/baetyl/ota.log"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// After an update starts new or changed services, they must stay up this long or the update rolls back.
+    pub health: HumanDuration,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            health: HumanDuration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NativeConfig {
+    /// Directories searched for native packages (`<dir>/<image name>/package.yml`), relative to the work dir.
+    pub packages: Vec<PathBuf>,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        NativeConfig {
+            packages: vec![PathBuf::from("lib/baetyl/packages")],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceLogConfig {
+    /// Rotate an instance's log when it would grow past this size.
+    pub max_size: ByteSize,
+    /// How many rotated files to keep (`<inst>.log.1` ... `.N`).
+    pub backups: u32,
+}
+
+impl Default for InstanceLogConfig {
+    fn default() -> Self {
+        InstanceLogConfig {
+            max_size: ByteSize(10 << 20),
+            backups: 3,
+        }
+    }
+}
+
+impl ConfigFile for MasterConfig {
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        if tracing_level_ok(&self.logger.level).is_err() {
+            return Err(ConfigError::invalid(
+                file,
+                format!(
+                    "key `logger.level`: `{}` is not a level; use error, warn, info, debug or trace",
+                    self.logger.level
+                ),
+            ));
+        }
+        if self.instance_log.max_size.0 < 4096 {
+            return Err(ConfigError::invalid(
+                file,
+                "key `instance_log.max_size`: must be at least 4k",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn tracing_level_ok(level: &str) -> Result<(), ()> {
+    // A plain level or a directive list (`info,baetyl_master=debug`): each part must end in a level.
+    let levels = ["error", "warn", "info", "debug", "trace", "off"];
+    for part in level.split(',') {
+        let lvl = part
+            .rsplit('=')
+            .next()
+            .unwrap_or(part)
+            .trim()
+            .to_ascii_lowercase();
+        if !levels.contains(&lvl.as_str()) {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// `server.address`: where the API listens and what services dial (`BAETYL_MASTER_API_ADDRESS`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ApiAddress(pub Address);
+
+impl ApiAddress {
+    /// The address with a relative socket path resolved under `workdir`.
+    pub fn under(&self, workdir: &Path) -> Address {
+        match &self.0 {
+            Address::Unix(p) => Address::Unix(workdir.join(p)),
+            a => a.clone(),
+        }
+    }
+}
+
+impl TryFrom<String> for ApiAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Address::parse(&s).map(ApiAddress).map_err(|_| {
+            format!(
+                "`{s}` is not an API address; write unix://var/run/baetyl.sock or tcp://127.0.0.1:50050"
+            )
+        })
+    }
+}
+
+impl From<ApiAddress> for String {
+    fn from(a: ApiAddress) -> String {
+        a.0.to_string()
+    }
+}
+
+impl std::fmt::Display for ApiAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `server.tcp`: absent, or `HOST:PORT` with a numeric host.
+mod optional_socket_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    D::Error::custom(format!(
+                        "`{s}` is not HOST:PORT; write e.g. 127.0.0.1:50050"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        v.map(|a| a.to_string()).serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(text: &str) -> Result<MasterConfig, String> {
+        MasterConfig::parse(text, Path::new("conf.yml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_errors_name_the_key() {
+        let c = conf("").unwrap();
+        assert_eq!(c.mode, Mode::Native);
+        assert_eq!(c.grace.get().as_secs(), 30);
+        assert_eq!(c.server.address.to_string(), "unix://var/run/baetyl.sock");
+        let e = conf("mode: docker\n").unwrap_err();
+        assert!(
+            e.contains("conf.yml") && e.contains("mode") && e.contains("native"),
+            "{e}"
+        );
+        let e = conf("logger: {level: loud}\n").unwrap_err();
+        assert!(e.contains("logger.level"), "{e}");
+        let e = conf("grace: forever\n").unwrap_err();
+        assert!(e.contains("grace"), "{e}");
+    }
+
+    #[test]
+    fn addresses_are_parsed_at_load() {
+        let c = conf("server: {address: \"tcp://127.0.0.1:50050\", tcp: \"127.0.0.1:9990\"}\n")
+            .unwrap();
+        assert_eq!(c.server.address.0, Address::Tcp("127.0.0.1:50050".into()));
+        assert_eq!(c.server.tcp, Some("127.0.0.1:9990".parse().unwrap()));
+        let c = conf("server: {address: \"unix://run/api.sock\"}\n").unwrap();
+        assert_eq!(
+            c.server.address.under(Path::new("/w")),
+            Address::Unix(PathBuf::from("/w/run/api.sock"))
+        );
+        let e = conf("server: {address: http://x}\n").unwrap_err();
+        assert!(
+            e.contains("key `server.address`") && e.contains("`http://x` is not an API address"),
+            "{e}"
+        );
+        let e = conf("server: {tcp: \"localhost\"}\n").unwrap_err();
+        assert!(
+            e.contains("key `server.tcp`") && e.contains("`localhost` is not HOST:PORT"),
+            "{e}"
+        );
+        // What loads is what is written back.
+        let text = serde_yaml_ng::to_string(&c).unwrap();
+        assert_eq!(conf(&text).unwrap(), c);
+    }
+}

@@ -1,0 +1,186 @@
+//! Volumes: the application's named volumes (`volumes:`), how a service mounts them (`services.*.volumes`,
+//! short `source:target[:ro]` or long form), and where each one lives on the host.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::Application;
+use crate::engine::ResolvedMount;
+
+/// A volume mounted into a service: `"source:target[:ro|:rw]"` or `{source, target, read_only}`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+impl<'de> Deserialize<'de> for VolumeMount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Long {
+            source: String,
+            target: String,
+            #[serde(default)]
+            read_only: bool,
+        }
+        #[derive(Deserialize)]
+        #[serde(
+            untagged,
+            expecting = "\"source:target[:ro]\" or {source, target, read_only}"
+        )]
+        enum Form {
+            Short(String),
+            Long(Long),
+        }
+        match Form::deserialize(d)? {
+            Form::Long(l) => Ok(VolumeMount {
+                source: l.source,
+                target: l.target,
+                read_only: l.read_only,
+            }),
+            Form::Short(s) => parse_short_mount(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_short_mount(s: &str) -> Result<VolumeMount, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (source, target, mode) = match parts.as_slice() {
+        [src, dst] => (*src, *dst, "rw"),
+        [src, dst, mode] => (*src, *dst, *mode),
+        _ => {
+            return Err(format!(
+                "volume `{s}` is not \"source:target\" or \"source:target:ro\""
+            ));
+        }
+    };
+    if source.is_empty() || target.is_empty() {
+        return Err(format!("volume `{s}` has an empty source or target"));
+    }
+    let read_only = match mode {
+        "ro" => true,
+        "rw" => false,
+        other => {
+            return Err(format!(
+                "volume `{s}`: mode `{other}` is unknown; use ro or rw"
+            ));
+        }
+    };
+    Ok(VolumeMount {
+        source: source.to_string(),
+        target: target.to_string(),
+        read_only,
+    })
+}
+
+/// A named volume of the application: a directory on the device.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Where its data lives, relative to the work dir; default `var/db/baetyl/volumes/<name>`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A dataset: mounted read-only into every service that uses it.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl VolumeSpec {
+    /// Where the volume `name` keeps its data, relative to the work dir.
+    pub fn path_or_default(&self, name: &str) -> String {
+        self.path
+            .clone()
+            .unwrap_or_else(|| format!("var/db/baetyl/volumes/{name}"))
+    }
+}
+
+/// Whether a mount's source is a path (`./dir`, `/dir`, `a/b`) rather than the name of a volume.
+pub(super) fn looks_like_path(s: &str) -> bool {
+    s.starts_with('/') || s.starts_with("./") || s.starts_with("../") || s.contains('/')
+}
+
+impl Application {
+    /// The volume specs a service uses, by name, for change detection.
+    pub fn volumes_of(&self, service: &str) -> BTreeMap<String, Option<VolumeSpec>> {
+        self.services
+            .get(service)
+            .map(|s| {
+                s.volumes
+                    .iter()
+                    .map(|m| (m.source.clone(), self.volumes.get(&m.source).cloned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The host directories of the mounts of `mounts` (a service of this application), under `workdir`.
+    /// A declared volume that is read-only is mounted read-only whatever the service asks.
+    pub fn resolve_mounts(&self, mounts: &[VolumeMount], workdir: &Path) -> Vec<ResolvedMount> {
+        mounts
+            .iter()
+            .map(|m| match self.volumes.get(&m.source) {
+                Some(vol) => ResolvedMount {
+                    host: workdir.join(vol.path_or_default(&m.source)),
+                    target: m.target.clone(),
+                    read_only: m.read_only || vol.read_only,
+                },
+                None => ResolvedMount {
+                    host: workdir.join(m.source.trim_start_matches("./")),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                },
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::test_app as app;
+
+    #[test]
+    fn short_mounts_take_an_optional_mode() {
+        let m = |s: &str| parse_short_mount(s);
+        assert_eq!(
+            m("data:/d:ro"),
+            Ok(VolumeMount {
+                source: "data".into(),
+                target: "/d".into(),
+                read_only: true
+            })
+        );
+        assert!(!m("data:/d").unwrap().read_only);
+        assert!(m("data:/d:rx").unwrap_err().contains("mode `rx`"));
+        assert!(m(":/d").unwrap_err().contains("empty source"));
+    }
+
+    #[test]
+    fn mounts_resolve_under_the_work_dir_and_datasets_stay_read_only() {
+        let a = app(
+            "services:\n  s:\n    image: x\n    volumes: [\"data:/data\", \"set:/set\", \"./raw:/raw:ro\"]\nvolumes:\n  data: {}\n  set: {path: var/db/sets/one, read_only: true}\n",
+        )
+        .unwrap();
+        let got = a.resolve_mounts(&a.services["s"].volumes, Path::new("/w"));
+        let want = [
+            ("/w/var/db/baetyl/volumes/data", "/data", false),
+            ("/w/var/db/sets/one", "/set", true),
+            ("/w/raw", "/raw", true),
+        ];
+        let got: Vec<(PathBuf, &str, bool)> = got
+            .iter()
+            .map(|m| (m.host.clone(), m.target.as_str(), m.read_only))
+            .collect();
+        let want: Vec<(PathBuf, &str, bool)> = want
+            .iter()
+            .map(|(h, t, r)| (PathBuf::from(h), *t, *r))
+            .collect();
+        assert_eq!(got, want);
+    }
+}

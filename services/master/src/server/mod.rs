@@ -1,0 +1,303 @@
+//! The master as a library: [`run`] takes a config, an engine, the already-bound API [`Listeners`] and a
+//! shutdown future, and runs the master until that future completes (mini-redis's `server::run` shape), so
+//! tests run a whole master in-process on a socket in a temp dir with the engine of their choice.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baetyl_sdk::client::Address;
+use baetyl_sdk::config::ConfigFile;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState, BuildInfo, OPERATOR};
+use crate::config::{Application, MasterConfig, ServerConfig};
+use crate::engine::Engine;
+use crate::error::{MasterError, Result};
+use crate::ota::{Updater, app_file};
+use crate::stats::HostSampler;
+use crate::supervisor::{HostFacts, Supervisor, new_token};
+
+/// What a master runs with: its work dir (absolute), its `conf.yml`, and the build it reports in inspect.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub workdir: PathBuf,
+    pub config: MasterConfig,
+    pub build: BuildInfo,
+}
+
+/// The API's listeners, bound before [`run`] (so a test can bind free ones and a failure to bind is the
+/// caller's to report). The first one's address is what services get in `BAETYL_MASTER_API_ADDRESS`.
+pub struct Listeners {
+    /// `server.address`.
+    pub api: ApiListener,
+    /// `server.tcp`: a second, TCP listener for tools that cannot speak unix sockets.
+    pub tcp: Option<TcpListener>,
+}
+
+pub enum ApiListener {
+    /// A unix socket and its path (removed when the master stops).
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+impl Listeners {
+    /// Binds what `server` asks for: the socket (relative paths under `workdir`; a stale socket file is
+    /// replaced; mode 0660 so that only the owner and its group reach the API) and the optional TCP one.
+    pub async fn bind(workdir: &Path, server: &ServerConfig) -> Result<Listeners> {
+        let api = match server.address.under(workdir) {
+            Address::Unix(path) => Self::unix(&path)?.api,
+            Address::Tcp(host) => ApiListener::Tcp(bind_tcp(&host).await?),
+        };
+        let tcp = match server.tcp {
+            Some(addr) => Some(bind_tcp(&addr.to_string()).await?),
+            None => None,
+        };
+        Ok(Listeners { api, tcp })
+    }
+
+    /// A unix socket alone at `path`.
+    pub fn unix(path: &Path) -> Result<Listeners> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| MasterError::io(dir, e))?;
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).map_err(|source| MasterError::Bind {
+            address: Address::Unix(path.to_path_buf()).to_string(),
+            source,
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| MasterError::io(path, e))?;
+        Ok(Listeners {
+            api: ApiListener::Unix(listener, path.to_path_buf()),
+            tcp: None,
+        })
+    }
+
+    /// The address services dial: the socket's path, or the TCP listener's bound address.
+    pub fn address(&self) -> Result<Address> {
+        Ok(match &self.api {
+            ApiListener::Unix(_, path) => Address::Unix(path.clone()),
+            ApiListener::Tcp(l) => Address::Tcp(local_addr(l)?),
+        })
+    }
+}
+
+async fn bind_tcp(host: &str) -> Result<TcpListener> {
+    TcpListener::bind(host)
+        .await
+        .map_err(|source| MasterError::Bind {
+            address: format!("tcp://{host}"),
+            source,
+        })
+}
+
+fn local_addr(l: &TcpListener) -> Result<String> {
+    l.local_addr()
+        .map(|a| a.to_string())
+        .map_err(|source| MasterError::Bind {
+            address: "the TCP listener".into(),
+            source,
+        })
+}
+
+/// Where the master writes the operator token for local tools (`baetyl inspect`).
+pub fn operator_token_path(workdir: &Path) -> PathBuf {
+    workdir.join("var/run/baetyl/operator.token")
+}
+
+/// Runs the master until `shutdown` completes: stops what a previous master left, makes the operator token,
+/// serves the API, loads and starts the application; then stops everything in the reverse order.
+pub async fn run(
+    setup: Setup,
+    engine: Arc<dyn Engine>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let Setup {
+        workdir,
+        config: cfg,
+        build,
+    } = setup;
+    let leftovers = engine.recover(cfg.grace.get()).await?;
+    if !leftovers.is_empty() {
+        tracing::warn!(
+            "stopped {} instance(s) left by a previous master: {}",
+            leftovers.len(),
+            leftovers.join(", ")
+        );
+    }
+
+    let address = listeners.address()?;
+    let host = HostFacts {
+        host_id: host_id(),
+        host_sn: cfg
+            .snfile
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(workdir.join(p)).ok())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        api_address: address.to_string(),
+    };
+    let sup = Arc::new(Supervisor::new(workdir.clone(), cfg.clone(), engine, host));
+    let updater = Arc::new(Updater::new(
+        sup.clone(),
+        app_file(&workdir),
+        workdir.join(&cfg.otalog.path),
+    ));
+
+    let token_path = operator_token_path(&workdir);
+    let operator = write_operator_token(&workdir, &cfg, &token_path)?;
+    let state = Arc::new(ApiState {
+        sup: sup.clone(),
+        updater,
+        build,
+        operator: (OPERATOR.to_string(), operator),
+        sampler: HostSampler::default(),
+        timeout: cfg.server.timeout.get(),
+    });
+    let (stop_api, api_stopped) = watch::channel(false);
+    let servers = serve(listeners, api::router(state), api_stopped);
+    tracing::info!(api = %address, "API listening");
+
+    let app = load_application(&workdir, &sup);
+    sup.run_app(app.clone()).await;
+    tracing::info!(
+        services = app.services.len(),
+        app_version = %app.app_version,
+        "master ready; inspect with: baetyl inspect -w {}",
+        workdir.display()
+    );
+
+    shutdown.await;
+    tracing::info!("stopping services");
+    sup.stop_all().await;
+    let _ = stop_api.send(true);
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    if let Address::Unix(path) = &address {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(&token_path);
+    tracing::info!("master stopped");
+    Ok(())
+}
+
+/// The operator token: the configured one (`server.operator_token_file`) or a new random one, written to
+/// `path` (0600) for local tools.
+fn write_operator_token(workdir: &Path, cfg: &MasterConfig, path: &Path) -> Result<String> {
+    let token = match &cfg.server.operator_token_file {
+        None => new_token(),
+        Some(rel) => read_operator_token(&workdir.join(rel))?,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| MasterError::io(dir, e))?;
+    }
+    std::fs::write(path, &token).map_err(|e| MasterError::io(path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| MasterError::io(path, e))?;
+    Ok(token)
+}
+
+/// Reads a configured operator token: at least 16 visible characters, surrounding whitespace ignored.
+fn read_operator_token(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| MasterError::io(path, e))?;
+    let token = text.trim();
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(MasterError::OperatorToken {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(token.to_string())
+}
+
+/// Serves `router` on every listener until `stop` turns true.
+fn serve(
+    listeners: Listeners,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut servers = vec![match listeners.api {
+        ApiListener::Unix(l, _) => spawn_server(l, router.clone(), stop.clone()),
+        ApiListener::Tcp(l) => spawn_server(l, router.clone(), stop.clone()),
+    }];
+    if let Some(l) = listeners.tcp {
+        servers.push(spawn_server(l, router, stop));
+    }
+    servers
+}
+
+fn spawn_server<L>(
+    listener: L,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    tokio::spawn(async move {
+        let _ = server.await;
+    })
+}
+
+/// The application to run at start: the installed one; the previous one if it is broken; the built-in
+/// example in a fresh work dir. A broken application never stops the master: the API stays up so the
+/// cloud can send a good one, and inspect says what is wrong.
+fn load_application(workdir: &Path, sup: &Supervisor) -> Application {
+    let file = app_file(workdir);
+    if !file.exists() {
+        match crate::default_app::install(workdir, &file) {
+            Ok(()) => tracing::info!(
+                "fresh work dir: installed the built-in example application into {}",
+                file.display()
+            ),
+            Err(e) => tracing::error!("cannot install the built-in example application: {e}"),
+        }
+    }
+    match Application::load(&file) {
+        Ok(app) => app,
+        Err(e) => {
+            let old = file.with_extension("yml.old");
+            let msg = format!("the application is invalid: {e}");
+            tracing::error!("{msg}");
+            match Application::load(&old) {
+                Ok(app) => {
+                    sup.set_error(format!(
+                        "{msg}; running the previous application from {}",
+                        old.display()
+                    ));
+                    app
+                }
+                Err(_) => {
+                    sup.set_error(format!(
+                        "{msg}; no service is running until a valid application is installed"
+                    ));
+                    Application::default()
+                }
+            }
+        }
+    }
+}
+
+fn host_id() -> String {
+    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default()
+}
