@@ -2,11 +2,12 @@
 //! serves the v1 REST API and applies application updates with rollback.
 //!
 //! [`run`] is the master as a library: config, engine, bound listeners and a shutdown future in, so a test
-//! runs a whole master in-process with the engine of its choice.
+//! runs a whole master in-process with the engine of its choice (`engine::fake` for this crate's tests and,
+//! under the `testing` feature, for other crates').
 //!
 //! Layout: [`server`] (`run`, the listeners, start-up and orderly stop), [`config`] (conf.yml,
 //! application.yml, volumes, the dependency graph), [`engine`] (the `Engine` trait; the native engine:
-//! processes, cgroups, logs, leftovers), [`supervisor`] (instances, dynamic instances, inspect
+//! processes, cgroups, logs, leftovers; the fake one), [`supervisor`] (instances, dynamic instances, inspect
 //! data), [`restart`] (the restart decision: policy, backoff, `retry.max`), [`ota`] (application updates
 //! and rollback), [`api`] (the HTTP routes), [`error`] (every failure and its HTTP status), [`stats`] (host
 //! and process figures), [`cli`] (`baetyl master` and `baetyl inspect`), [`default_app`] (the embedded
@@ -22,6 +23,8 @@ pub mod restart;
 pub mod server;
 pub mod stats;
 pub mod supervisor;
+#[cfg(test)]
+mod test_rig;
 
 pub use api::BuildInfo;
 pub use error::MasterError;

@@ -3,6 +3,8 @@
 //! supervisor and pass the same tests.
 
 pub mod cgroup;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 pub mod logfile;
 pub mod native;
 

@@ -89,6 +89,11 @@ impl Updater {
         Ok(())
     }
 
+    /// Completes when no update is running (at once when none is).
+    pub async fn wait_idle(&self) {
+        let _idle = self.busy.lock().await;
+    }
+
     /// Runs an update to completion.
     async fn run(&self, source: &Path, trace: &str) {
         self.log(trace, "UPDATING", "validating the new application", None);
@@ -259,3 +264,6 @@ impl Updater {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -301,3 +301,6 @@ fn host_id() -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

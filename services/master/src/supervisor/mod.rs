@@ -327,6 +327,22 @@ impl Supervisor {
             .collect()
     }
 
+    /// Waits until the state of `service/instance` satisfies `pred`; answers that state, or None when there
+    /// is no such instance or it ended in a state that does not.
+    pub async fn wait_for_state(
+        &self,
+        service: &str,
+        instance: &str,
+        pred: impl Fn(&InstanceState) -> bool,
+    ) -> Option<InstanceState> {
+        let mut rx = lock(&self.services)
+            .get(service)
+            .and_then(|r| r.instances.get(instance))
+            .map(|h| h.state.clone())?;
+        let state = rx.wait_for(|s| pred(s)).await.ok()?.clone();
+        Some(state)
+    }
+
     /// The `services` part of inspect.
     pub fn inspect_services(&self) -> Value {
         let all = lock(&self.services);
@@ -570,3 +586,6 @@ async fn run_instance(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Application updates on the fake engine under tokio's paused clock: unchanged services keep their very
+//! instance objects, a changed service that fails within `update.health` rolls back to exactly the
+//! previous application (file and services), one update at a time, invalid updates change nothing.
+
+use std::sync::Arc;
+
+use super::{Updater, app_file};
+use crate::engine::fake::{Behaviour, What};
+use crate::error::MasterError;
+use crate::test_rig::{Rig, app, ms};
+
+const THREE: &str = r#"
+app_version: v1
+services:
+  a: {image: svc}
+  b: {image: svc, environment: {VERSION: "1"}, volumes: ["data:/data"]}
+  c: {image: svc, depends_on: [a]}
+volumes:
+  data: {path: var/db/baetyl/data}
+"#;
+
+/// A master's work dir running THREE from its application file, with an updater.
+async fn three() -> (Rig, Arc<Updater>) {
+    let r = Rig::new("update: {health: 5s}\n");
+    let file = app_file(r.dir.path());
+    write(&r, "var/db/baetyl/application.yml", THREE);
+    let updater = Arc::new(Updater::new(
+        r.sup.clone(),
+        file,
+        r.dir.path().join("var/db/baetyl/ota.log"),
+    ));
+    r.run(THREE).await;
+    (r, updater)
+}
+
+fn write(r: &Rig, rel: &str, text: &str) {
+    let path = r.dir.path().join(rel);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    std::fs::write(path, text).expect("write");
+}
+
+fn read(r: &Rig, rel: &str) -> String {
+    std::fs::read_to_string(r.dir.path().join(rel)).unwrap_or_default()
+}
+
+/// The OTA log's steps for `trace`.
+fn steps(r: &Rig, trace: &str) -> Vec<String> {
+    read(r, "var/db/baetyl/ota.log")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["trace"] == trace)
+        .map(|v| v["step"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn ids(r: &Rig) -> Vec<Option<u64>> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|s| r.fake.live_id(s, s))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_restarts_only_what_changed_and_one_runs_at_a_time() {
+    let (r, updater) = three().await;
+    let before = ids(&r);
+    write(
+        &r,
+        "new/application.yml",
+        &THREE
+            .replace("app_version: v1", "app_version: v2")
+            .replace("VERSION: \"1\"", "VERSION: \"2\""),
+    );
+    let began = tokio::time::Instant::now();
+    updater.submit("new", "t-keep").expect("accepted");
+    let second = updater.submit("new", "t-second");
+    assert!(
+        matches!(&second, Err(e @ MasterError::UpdateInProgress) if e.status() == 409),
+        "{second:?}"
+    );
+    updater.wait_idle().await;
+    assert!(began.elapsed() >= ms(5000), "the health window was waited");
+    assert_eq!(
+        steps(&r, "t-keep"),
+        ["RECEIVED", "UPDATING", "UPDATED", "RESTARTING", "RESTARTED"]
+    );
+    assert!(steps(&r, "t-second").is_empty());
+    let after = ids(&r);
+    assert_eq!(
+        (after[0], after[2]),
+        (before[0], before[2]),
+        "a and c are unchanged: the same instance objects run"
+    );
+    assert_eq!((r.fake.starts("a", "a"), r.fake.starts("c", "c")), (1, 1));
+    assert_ne!(after[1], before[1]);
+    assert_eq!(r.fake.spec_of("b", "b").expect("b").env["VERSION"], "2");
+    assert_eq!(r.sup.app().app_version, "v2");
+    assert_eq!(r.sup.error(), "");
+    assert_eq!(read(&r, "var/db/baetyl/application.yml.old"), THREE);
+    assert!(read(&r, "var/db/baetyl/application.yml").contains("app_version: v2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_service_failing_within_the_health_window_rolls_back_exactly() {
+    let (r, updater) = three().await;
+    let before = ids(&r);
+    let old_app = r.sup.app();
+    r.fake.behave(
+        "bad",
+        Behaviour::Exit {
+            code: 1,
+            after: ms(100),
+        },
+    );
+    // b's new version exits soon after its start; new services d (fails too) and d2 (fine) come with it.
+    let broken = r#"
+app_version: v2
+services:
+  a: {image: svc}
+  b: {image: bad, environment: {VERSION: "2"}, volumes: ["data:/data"]}
+  c: {image: svc, depends_on: [a]}
+  d: {image: bad}
+  d2: {image: svc}
+volumes:
+  data: {path: var/db/baetyl/data}
+"#;
+    write(&r, "bad/application.yml", broken);
+    updater.submit("bad", "t-bad").expect("accepted");
+    updater.wait_idle().await;
+    assert_eq!(
+        steps(&r, "t-bad"),
+        [
+            "RECEIVED",
+            "UPDATING",
+            "UPDATED",
+            "RESTARTING",
+            "ROLLINGBACK",
+            "ROLLEDBACK",
+            "FAILURE"
+        ]
+    );
+    // Exactly the previous application: the file byte for byte, the services and their specs.
+    assert_eq!(read(&r, "var/db/baetyl/application.yml"), THREE);
+    assert_eq!(r.sup.app(), old_app);
+    let running: Vec<String> = r
+        .sup
+        .inspect_services()
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(running, ["a", "b", "c"], "d and d2 are gone again");
+    assert_eq!(r.fake.live(), ["a/a", "b/b", "c/c"]);
+    let after = ids(&r);
+    assert_eq!(
+        (after[0], after[2]),
+        (before[0], before[2]),
+        "a and c untouched"
+    );
+    let b = r.fake.spec_of("b", "b").expect("b");
+    assert_eq!(
+        (b.spec.image.as_str(), b.env["VERSION"].as_str()),
+        ("svc", "1")
+    );
+    // b ran the original, then the bad version three times in the 5 s window (at 0, 1.1 s and 3.2 s: it
+    // ends after 100 ms and restarts after 1 s, then 2 s), then the original again.
+    assert_eq!(r.fake.starts("b", "b"), 5);
+    let e = r.sup.error();
+    assert!(
+        e.contains("t-bad") && e.contains("rolled back") && e.contains("did not stay up"),
+        "{e}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_update_is_refused_before_anything_changes() {
+    let (r, updater) = three().await;
+    let events = r.fake.events().len();
+    write(
+        &r,
+        "worse/application.yml",
+        "services:\n  a: {image: svc, replicas: 2}\n",
+    );
+    updater.submit("worse", "t-worse").expect("accepted");
+    updater.wait_idle().await;
+    assert_eq!(steps(&r, "t-worse"), ["RECEIVED", "UPDATING", "FAILURE"]);
+    let e = r.sup.error();
+    assert!(
+        e.contains("worse/application.yml") && e.contains("services.a") && e.contains("replicas"),
+        "{e}"
+    );
+    // An image the engine cannot find is refused the same way.
+    r.fake.unresolvable("ghost");
+    write(
+        &r,
+        "ghost/application.yml",
+        &THREE.replace("image: svc, environment", "image: ghost, environment"),
+    );
+    updater.submit("ghost", "t-ghost").expect("accepted");
+    updater.wait_idle().await;
+    assert_eq!(steps(&r, "t-ghost"), ["RECEIVED", "UPDATING", "FAILURE"]);
+    assert!(r.sup.error().contains("image `ghost`"), "{}", r.sup.error());
+    assert_eq!(
+        r.fake.events().len(),
+        events,
+        "nothing was started or stopped"
+    );
+    assert_eq!(read(&r, "var/db/baetyl/application.yml"), THREE);
+    assert_eq!(r.sup.app(), app(THREE));
+    assert!(
+        r.fake.events().iter().all(|e| e.what != What::Terminated),
+        "nothing stopped"
+    );
+}

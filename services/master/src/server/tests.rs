@@ -1,0 +1,237 @@
+//! A whole master ([`crate::run`]) in-process on the fake engine, its API on a unix socket in a temp dir:
+//! start-up and orderly stop, credentials, reports, the inspect document, and the API's answers to bad
+//! requests.
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::Value;
+
+use crate::engine::fake::{FakeEngine, What};
+use crate::test_rig::{Master, call};
+
+const TWO: &str = "app_version: v7\nservices:\n  a: {image: svc}\n  b: {image: svc, depends_on: [a], volumes: [\"data:/data\"]}\nvolumes:\n  data: {}\n";
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn run_recovers_first_serves_and_stops_everything_in_reverse_order() {
+    let fake = FakeEngine::new();
+    fake.leave_over(&["old/old"]);
+    let m = Master::start("grace: 1s", TWO, fake.clone(), &["a/a", "b/b"]).await;
+    let events = fake.events();
+    assert_eq!(events[0].what, What::Recovered, "{events:?}");
+    assert_eq!(fake.keys_of(&What::Started), ["a/a", "b/b"]);
+    let token = crate::server::operator_token_path(m.dir.path());
+    assert_eq!(mode(&token), 0o600);
+    assert_eq!(mode(&m.socket), 0o660);
+    // Services get the socket's address.
+    let env = fake.spec_of("b", "b").expect("b").env;
+    assert_eq!(
+        env[baetyl_sdk::env::MASTER_API_ADDRESS],
+        format!("unix://{}", m.socket.display())
+    );
+    // The TCP listener serves the same API.
+    let tcp =
+        baetyl_sdk::client::MasterClient::new(baetyl_sdk::client::Address::Tcp(m.tcp.to_string()))
+            .with_credentials(
+                crate::api::OPERATOR,
+                std::fs::read_to_string(&token).expect("token").trim(),
+            );
+    assert_eq!(
+        tcp.inspect().await.expect("inspect over TCP")["software"]["conf_version"],
+        "v7"
+    );
+
+    let socket = m.socket.clone();
+    m.stop().await.expect("run ends cleanly");
+    assert_eq!(fake.keys_of(&What::Terminated), ["b/b", "a/a"]);
+    assert!(fake.live().is_empty());
+    assert!(!socket.exists(), "the socket is removed");
+    assert!(!token.exists(), "the operator token is removed");
+}
+
+#[tokio::test]
+async fn the_api_wants_credentials_and_a_service_reports_for_itself_only() {
+    let m = Master::start("", TWO, FakeEngine::new(), &["a/a", "b/b"]).await;
+    let inspect = "/v1/system/inspect";
+    assert_eq!(
+        call(&m.anonymous(), "GET", inspect, "").await,
+        (401, "account unauthorized".to_string())
+    );
+    let wrong = m
+        .anonymous()
+        .with_credentials("a", "0123456789abcdef0123456789abcdef");
+    assert_eq!(call(&wrong, "GET", inspect, "").await.0, 401);
+    // b's token is not a's.
+    let b_env = m.fake.spec_of("b", "b").expect("b").env;
+    let borrowed = m
+        .anonymous()
+        .with_credentials("a", &b_env[baetyl_sdk::env::SERVICE_TOKEN]);
+    assert_eq!(call(&borrowed, "GET", inspect, "").await.0, 401);
+
+    let a = m.service("a");
+    assert_eq!(call(&a, "GET", inspect, "").await.0, 200);
+    assert_eq!(
+        call(
+            &a,
+            "PUT",
+            "/v1/services/a/instances/a/report",
+            r#"{"messages": 42}"#
+        )
+        .await,
+        (200, String::new())
+    );
+    assert_eq!(
+        call(&a, "PUT", "/v1/services/b/instances/b/report", "{}").await,
+        (
+            403,
+            "service `a` may only report for its own instances".to_string()
+        )
+    );
+    assert_eq!(
+        call(&a, "PUT", "/v1/services/a/instances/a.i9/report", "{}").await,
+        (400, "instance `a/a.i9`: no such instance".to_string())
+    );
+    let (status, body) = call(&a, "PUT", "/v1/services/a/instances/a/report", "[1]").await;
+    assert!(
+        status == 400 && body.starts_with("report body must be a JSON object"),
+        "{status} {body}"
+    );
+    let v = m.operator().inspect().await.expect("inspect");
+    assert_eq!(v["services"][0]["instances"][0]["messages"], 42);
+    m.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn inspect_has_the_v1_shape() {
+    let m = Master::start("", TWO, FakeEngine::new(), &["a/a", "b/b"]).await;
+    let v = m.operator().inspect().await.expect("inspect");
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&v),
+        [
+            "error",
+            "hardware",
+            "processes",
+            "services",
+            "software",
+            "time",
+            "volumes"
+        ]
+    );
+    assert_eq!(
+        keys(&v["software"]),
+        [
+            "arch",
+            "bin_version",
+            "build_target",
+            "conf_version",
+            "git_revision",
+            "mode",
+            "os",
+            "pwd"
+        ]
+    );
+    assert_eq!(v["software"]["mode"], "fake");
+    assert_eq!(v["software"]["bin_version"], "0.0.0-test");
+    assert_eq!(
+        keys(&v["hardware"]),
+        [
+            "cpu_stats",
+            "disk_stats",
+            "host_stats",
+            "mem_stats",
+            "net_stats"
+        ]
+    );
+    assert!(v["processes"]["master"]["rss"].as_u64().unwrap_or(0) > 0);
+    let services = v["services"].as_array().expect("services");
+    assert_eq!(
+        services.iter().map(keys).collect::<Vec<_>>(),
+        vec![["image", "instances", "name", "replica"]; 2]
+    );
+    let inst = &services[1]["instances"][0];
+    assert_eq!(
+        keys(inst),
+        [
+            "cpu_stats",
+            "dynamic",
+            "last_exit",
+            "mem_stats",
+            "name",
+            "process",
+            "processes",
+            "restarts",
+            "start_time",
+            "status"
+        ]
+    );
+    assert_eq!(
+        (&inst["name"], &inst["status"], &inst["dynamic"]),
+        (&"b".into(), &"running".into(), &false.into())
+    );
+    assert_eq!(keys(&inst["process"]), ["id", "name", "pid"]);
+    assert_eq!(
+        v["volumes"],
+        serde_json::json!([{"name": "data", "path": "var/db/baetyl/volumes/data", "read_only": false}])
+    );
+    m.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn refused_requests_answer_v1_statuses_with_the_reason() {
+    let app = "services:\n  m: {image: svc}\n  rt: {image: svc, replica: 0}\n";
+    let m = Master::start("update: {health: 100ms}", app, FakeEngine::new(), &["m/m"]).await;
+    let c = m.service("m");
+    let start = "/v1/services/rt/instances/rt-1/start";
+    assert_eq!(call(&c, "PUT", start, "").await, (200, String::new()));
+    let (status, body) = call(&c, "PUT", start, "").await;
+    assert!(status == 400 && body.contains("already running"), "{body}");
+    let (status, body) = call(&c, "PUT", "/v1/services/ghost/instances/g/start", "").await;
+    assert!(status == 400 && body.contains("ghost"), "{body}");
+    let (status, body) = call(&c, "PUT", start, "[\"A=1\"]").await;
+    assert!(
+        status == 400 && body.starts_with("start body must be a JSON object"),
+        "{body}"
+    );
+    assert_eq!(
+        call(&c, "PUT", "/v1/services/rt/instances/rt-1/stop", "").await,
+        (200, String::new())
+    );
+
+    let update = "/v1/system/update";
+    for (body, says) in [
+        ("nonsense", "update body is not"),
+        (r#"{"type":"MST","path":"x"}"#, "type MST"),
+        (r#"{"type":"OS","path":"x"}"#, "update type `OS` is unknown"),
+        (r#"{"type":"APP"}"#, "update needs `path`"),
+    ] {
+        let (status, text) = call(&c, "PUT", update, body).await;
+        assert!(
+            status == 400 && text.contains(says),
+            "{body}: {status} {text}"
+        );
+    }
+    std::fs::write(m.path("same.yml"), app).expect("write");
+    let same = r#"{"type":"APP","path":"same.yml","trace":"t1"}"#;
+    assert_eq!(call(&c, "PUT", update, same).await.0, 200);
+    let (status, text) = call(&c, "PUT", update, same).await;
+    assert!(
+        status == 409 && text.contains("already in progress"),
+        "{status} {text}"
+    );
+    m.stop().await.expect("stop");
+}
