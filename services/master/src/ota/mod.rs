@@ -31,6 +31,17 @@ pub fn app_file(workdir: &Path) -> PathBuf {
     workdir.join("var/db/baetyl/application.yml")
 }
 
+/// The steps the OTA log at `ota_log` records for the update `trace`, in order (empty when there is no log).
+pub fn steps_of(ota_log: &Path, trace: &str) -> Vec<String> {
+    std::fs::read_to_string(ota_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["trace"] == trace)
+        .filter_map(|v| v["step"].as_str().map(str::to_string))
+        .collect()
+}
+
 impl Updater {
     pub fn new(sup: Arc<Supervisor>, app_file: PathBuf, ota_log: PathBuf) -> Self {
         Updater {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Updater, app_file};
+use super::{Updater, app_file, steps_of};
 use crate::engine::fake::{Behaviour, What};
 use crate::error::MasterError;
 use crate::test_rig::{Rig, app, ms};
@@ -43,14 +43,8 @@ fn read(r: &Rig, rel: &str) -> String {
     std::fs::read_to_string(r.dir.path().join(rel)).unwrap_or_default()
 }
 
-/// The OTA log's steps for `trace`.
 fn steps(r: &Rig, trace: &str) -> Vec<String> {
-    read(r, "var/db/baetyl/ota.log")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["trace"] == trace)
-        .map(|v| v["step"].as_str().unwrap_or_default().to_string())
-        .collect()
+    steps_of(&r.dir.path().join("var/db/baetyl/ota.log"), trace)
 }
 
 fn ids(r: &Rig) -> Vec<Option<u64>> {
