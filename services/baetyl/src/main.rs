@@ -9,10 +9,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// jemalloc, with large blocks left to the system allocator (see `baetyl_hub::alloc`): measured faster than
-/// glibc's malloc on the hub's message path without raising its resident memory.
+mod alloc;
+
+/// jemalloc, with large blocks left to the system allocator (see [`alloc`]): measured faster than glibc's
+/// malloc on the hub's message path without raising its resident memory.
 #[global_allocator]
-static GLOBAL: baetyl_hub::alloc::Allocator = baetyl_hub::alloc::Allocator;
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 #[derive(Parser)]
 #[command(name = "baetyl", version = version_line(), about = "baetyl: an edge computing system (master, hub, functions, OS)")]

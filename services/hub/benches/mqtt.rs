@@ -20,9 +20,12 @@ use anyhow::{Context, Result, bail};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
-/// The same global allocator as the `baetyl` binary, so that the hub child runs as in production.
+/// The `baetyl` binary's global allocator (the same source file), so that the hub child runs as in production.
+#[path = "../../baetyl/src/alloc.rs"]
+#[allow(unused_imports)] // its unit test module is compiled without its test here (harness = false)
+mod alloc;
 #[global_allocator]
-static GLOBAL: baetyl_hub::alloc::Allocator = baetyl_hub::alloc::Allocator;
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 const USER: &str = "bench";
 const PASS: &str = "bench-pw";

@@ -12,10 +12,8 @@
 //! - [`auth`]: our rmqtt hook handler: authentication, ACL, publish checks, routing trigger, counters.
 //! - [`routing`]: the routing rules and their loop detection.
 //! - [`broker`]: engine setup (plugins, listeners), [`start`]/[`run`], statistics and master reports.
-//! - [`alloc`]: the global allocator of the `baetyl` binary (jemalloc, with large blocks left to the system).
 //! - [`cli`]: `baetyl hub -c FILE` ([`HubArgs`], [`run_cli`]).
 //! - [`error`]: the crate's error type, [`HubError`], whose messages are written for the operator.
-pub mod alloc;
 pub mod auth;
 pub mod broker;
 pub mod cli;

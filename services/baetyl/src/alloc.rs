@@ -1,4 +1,5 @@
-//! The process's global allocator, for the `baetyl` binary (every role) and the hub benchmark.
+//! The process's global allocator, for the `baetyl` binary (every role) and the hub benchmark
+//! (`services/hub/benches/mqtt.rs` includes this file, so that it measures the product's allocator).
 //!
 //! jemalloc for the small, short-lived allocations that dominate the hub's message path (faster than glibc's
 //! malloc under many threads), and the system allocator for blocks of [`LARGE`] bytes and more. The split keeps
@@ -16,7 +17,7 @@ use tikv_jemallocator::Jemalloc;
 /// Blocks of this size and above come from the system allocator.
 pub const LARGE: usize = 256 * 1024;
 
-/// Install with `#[global_allocator] static GLOBAL: baetyl_hub::alloc::Allocator = baetyl_hub::alloc::Allocator;`.
+/// Install with `#[global_allocator] static GLOBAL: alloc::Allocator = alloc::Allocator;`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Allocator;
 
