@@ -1,5 +1,5 @@
 //! The init binary run for real as PID 1 of a PID namespace (`unshare --pid --fork --mount-proc`), with
-//! `probe` or small shell scripts standing in for `baetyl master`. Needs root (unshare) and /bin/sh.
+//! `baetyl-probe` or small shell scripts standing in for `baetyl master`. Needs root (unshare) and /bin/sh.
 //!
 //! Two modes are exercised: `--dry` (side effects logged, exit status tells the action) and `--root DIR` (real
 //! mounts under DIR in the namespace's private mount table, real sethostname in a UTS namespace, and a real
@@ -12,6 +12,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_baetyl-init");
+/// The stand-in for `baetyl master` (`--signal SIG`: ask init to reboot or power off once it has reported).
+const PROBE: &str = env!("CARGO_BIN_EXE_baetyl-probe");
 
 struct Run {
     status: ExitStatus,
@@ -296,7 +298,7 @@ fn real_reboot_syscall_ends_the_namespace_with_the_mapped_signal() {
         let s = Setup::new();
         let root = s.path("root");
         std::fs::create_dir(&root).expect("mkdir");
-        let (cfg, cmdline) = s.config(&[BIN, "probe", "--signal", sig], "");
+        let (cfg, cmdline) = s.config(&[PROBE, "--signal", sig], "");
         std::fs::write(
             &cfg,
             std::fs::read_to_string(&cfg)
@@ -496,7 +498,7 @@ fn kernel_command_line_overrides_the_config_file() {
     let (cfg, _) = s.config(&["/bin/sleep", "1000"], "");
     let cmdline = s.write(
         "cmdline.override",
-        &format!("console=ttyS0 baetyl.hostname=from-cmdline baetyl.master.command={BIN},probe,--signal,SIGPWR baetyl.nope=1\n"),
+        &format!("console=ttyS0 baetyl.hostname=from-cmdline baetyl.master.command={PROBE},--signal,SIGPWR baetyl.nope=1\n"),
     );
     let r = run(
         init_cmd(true, &cfg, &cmdline, &["--root", &root.to_string_lossy()]),
@@ -517,7 +519,7 @@ fn loopback_is_brought_up_in_a_fresh_network_namespace() {
     let s = Setup::new();
     let root = s.path("root");
     std::fs::create_dir(&root).expect("mkdir");
-    let (cfg, cmdline) = s.config(&[BIN, "probe", "--signal", "SIGUSR2"], "");
+    let (cfg, cmdline) = s.config(&[PROBE, "--signal", "SIGUSR2"], "");
     let mut cmd = Command::new("unshare");
     cmd.args([
         "--net",
@@ -539,7 +541,7 @@ fn loopback_is_brought_up_in_a_fresh_network_namespace() {
     assert!(r.stdout.contains(" lo_up=true "), "{}", r.all());
     // Control: the same probe in a fresh network namespace without init sees lo down.
     let mut control = Command::new("unshare");
-    control.args(["--net", BIN, "probe"]);
+    control.args(["--net", PROBE]);
     let c = {
         let mut child = control.stdout(Stdio::piped()).spawn().expect("spawn");
         // The probe waits to be stopped like a master; read its one report line, then stop it.
@@ -625,7 +627,7 @@ fn squashfs_on_loop(s: &Setup, dirs: &[&str]) -> Loop {
     for d in dirs {
         std::fs::create_dir_all(tree.join(d)).expect("mkdir");
     }
-    copy_with_libraries(Path::new(BIN), &tree, "/bin/baetyl-squashfs-probe");
+    copy_with_libraries(Path::new(PROBE), &tree, "/bin/baetyl-squashfs-probe");
     let img = s.path("root.squashfs");
     let out = Command::new("mksquashfs")
         .arg(&tree)
@@ -651,8 +653,8 @@ fn switch_root_into_a_read_only_squashfs_and_start_the_master_from_it() {
         return;
     }
     let s = Setup::new();
-    // The root filesystem image: the mount points init needs, and the "master" (this init binary's probe, which
-    // reports what / is) under a name that exists nowhere but in the image.
+    // The root filesystem image: the mount points init needs, and the "master" (the probe, which reports what /
+    // is) under a name that exists nowhere but in the image.
     let loop_dev = squashfs_on_loop(
         &s,
         &["proc", "sys", "dev", "run", "tmp", "etc", "var/lib/baetyl"],
@@ -670,7 +672,7 @@ fn switch_root_into_a_read_only_squashfs_and_start_the_master_from_it() {
     std::fs::create_dir(&root).expect("mkdir");
 
     let (cfg, cmdline) = s.config(
-        &["/bin/baetyl-squashfs-probe", "probe", "--signal", "SIGUSR2"],
+        &["/bin/baetyl-squashfs-probe", "--signal", "SIGUSR2"],
         &format!(
             "root: {{device: {}, wait: 2s}}\nvolumes:\n  - name: hub\n    target: /opt/not-in-image\n",
             loop_dev.0
@@ -795,7 +797,7 @@ fn root_that_cannot_be_used_leaves_init_booting_from_the_initramfs() {
     let root = s.path("root");
     std::fs::create_dir(&root).expect("mkdir");
     let (cfg, cmdline) = s.config(
-        &[BIN, "probe", "--signal", "SIGUSR2"],
+        &[PROBE, "--signal", "SIGUSR2"],
         &format!("root: {{device: {}, wait: 1s}}\n", loop_dev.0),
     );
     let r = run(
@@ -847,7 +849,7 @@ fn root_device_that_never_appears_is_reported_and_boot_goes_on() {
     let root = s.path("root");
     std::fs::create_dir(&root).expect("mkdir");
     let (cfg, cmdline) = s.config(
-        &[BIN, "probe", "--signal", "SIGUSR2"],
+        &[PROBE, "--signal", "SIGUSR2"],
         "root: {label: baetyl-no-such-root, wait: 300ms}\n",
     );
     let r = run(
