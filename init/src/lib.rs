@@ -1,20 +1,21 @@
 //! baetyl's PID 1: everything between the kernel starting `/init` and `baetyl master` running, and the orderly
 //! way back to reboot(2).
 //!
-//! Boot, in order ([`boot::Init::boot`]): re-root out of the initramfs (so runc can pivot_root later), mount the
-//! API filesystems (/proc, /sys, /dev, /dev/pts, /run, /tmp, cgroup2), load the image's kernel modules with
-//! finit_module in the listed (dependency) order (with a `root` configured: /proc, /sys, /dev, the modules, then
-//! switch_root into the read-only root partition instead of the re-root, then the other mounts), set the hostname, bring up loopback and a static IPv4
-//! interface, mount the data partition found by GPT name or ext4 label (growing partition and filesystem to the
-//! end of a larger medium), then the datasets (read-only) and volumes (read-write) of the config. Then start
-//! `baetyl master`, restart it with backoff when it exits, and reap every orphan ([`boot::Init::run`]). On
-//! SIGTERM/SIGINT (reboot) or SIGPWR/SIGUSR2 (power off) it shuts down in order ([`boot::Init::shutdown`]):
-//! master first (SIGTERM, grace, SIGKILL), then every other process, sync, unmount in reverse order, reboot(2).
+//! Boot, in order ([`boot::Init::boot`]): re-root out of the initramfs (so runc can pivot_root later), mount the API
+//! filesystems (/proc, /sys, /dev, /dev/pts, /run, /tmp, cgroup2), load the image's kernel modules with finit_module in
+//! the listed (dependency) order (with a `root` configured: /proc, /sys, /dev, the modules, then switch_root into the
+//! read-only root partition instead of the re-root, then the other mounts), set the hostname, bring up loopback and a
+//! static IPv4 interface, mount the data partition found by GPT name or ext4 label (growing partition and filesystem to
+//! the end of a larger medium), then the datasets (read-only) and volumes (read-write) of the config. Then start
+//! `baetyl master`, restart it with backoff when it exits, and reap every orphan ([`master::Master::supervise`]). On
+//! SIGTERM/SIGINT (reboot) or SIGPWR/SIGUSR2 (power off) it shuts down in order ([`boot::Init::shutdown`]): master
+//! first (SIGTERM, grace, SIGKILL), then every other process, sync, unmount in reverse order, reboot(2).
 //!
 //! Layout: [`config`] (YAML file + `baetyl.*` kernel parameters), [`sys`] (the side effects behind the
 //! [`sys::System`] trait: the kernel, a dry-run logger, a recorder in tests), [`mounts`] and [`modules`] (what to
 //! mount and load), [`gpt`] (growing the data partition), [`net`] (loopback, static IPv4), [`process`] (signals,
-//! reaping, backoff), [`boot`] (the steps in order), [`log`] (console + /dev/kmsg).
+//! reaping, backoff), [`boot`] (the boot and shutdown steps in order), [`master`] (the master's supervision:
+//! start, restart with backoff, stop), [`log`] (console + /dev/kmsg).
 //!
 //! PID 1 must not die: nothing here unwraps, errors are logged and the boot goes on, and [`run_cli`] catches a
 //! panic as a last resort. Outside a VM, `--dry` (log side effects, keep processes real) and `--root DIR` (real
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod gpt;
 pub mod log;
+pub mod master;
 pub mod modules;
 pub mod mounts;
 pub mod net;
@@ -37,8 +39,9 @@ use std::time::Duration;
 pub use error::{InitError, SysError};
 pub use sys::PowerAction;
 
-use boot::{Init, Master, Mode};
+use boot::{Init, Mode};
 use log::{error, info, warning};
+use master::Master;
 use process::SignalWatch;
 use sys::{DrySystem, LinuxSystem, System};
 
@@ -180,7 +183,7 @@ fn run_with<S: System>(
         reopen_console_if_closed();
     }
     info!("boot done; supervising");
-    let action = init.run(signals, &mut master);
+    let action = master.supervise(signals);
     init.shutdown(action, signals, &mut master);
     action
 }

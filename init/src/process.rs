@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -208,6 +208,14 @@ impl Backoff {
         self.failures = self.failures.saturating_add(1);
         self.min.saturating_mul(factor).min(self.max)
     }
+}
+
+/// `start + d`, without the panic `Instant + Duration` has on overflow (a config can say `grace: 1000000000h`).
+pub fn after(start: Instant, d: Duration) -> Instant {
+    start
+        .checked_add(d)
+        .or_else(|| start.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(start)
 }
 
 #[cfg(test)]
