@@ -121,7 +121,7 @@ pub fn data_ext4(
     )?;
     // mke2fs -d copies each file's ctime, which no tool can set on the staged tree: set them here.
     let mut script = format!("sif / ctime @{epoch}\n");
-    for (rel, _) in crate::tree(dir)? {
+    for (rel, _) in crate::fs::tree(dir)? {
         script += &format!("sif /{} ctime @{epoch}\n", rel.display());
     }
     let cmds = out.with_extension("debugfs");

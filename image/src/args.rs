@@ -1,0 +1,61 @@
+//! The command line of `baetyl image`: what to build, for which architecture, from which binaries and
+//! application, and where.
+
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Build the kernel + initramfs, the unified kernel image, the squashfs root and the GPT disk image.
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BuildArgs {
+    /// Target architecture: x86_64 or aarch64.
+    #[arg(long, default_value = "x86_64")]
+    pub arch: String,
+    /// Output directory (default: out/<arch> under the current directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A static `baetyl` binary for the target; without it, it is built from --source with cargo.
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// A static `baetyl-init` binary for the target; without it, it is built from --source with cargo.
+    #[arg(long)]
+    pub init_binary: Option<PathBuf>,
+    /// The baetyl source tree to build the binaries from (default: the tree this binary was built from).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// The package cache (apt downloads and their unpacked trees), reused by later builds.
+    #[arg(
+        long,
+        env = "BAETYL_IMAGE_CACHE",
+        default_value = "/var/cache/baetyl-image"
+    )]
+    pub cache: PathBuf,
+    /// The application to ship instead of `examples/image`: a master work-dir tree holding
+    /// `var/db/baetyl/application.yml` and its volumes' files, copied onto the data partition (validated first).
+    #[arg(long, value_name = "DIR")]
+    pub app: Option<PathBuf>,
+    /// Size of the data partition in the image, MiB (init grows it to fill a larger medium on first boot).
+    #[arg(long, default_value_t = 64)]
+    pub data_mib: u64,
+    /// The device's hostname.
+    #[arg(long, default_value = "baetyl")]
+    pub hostname: String,
+    /// Development images only: also serve the master API on this TCP address (e.g. 0.0.0.0:9990).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dev_api: Option<String>,
+    /// Development images only: the operator token for --dev-api (a file with one token of 16+ characters).
+    #[arg(long, value_name = "FILE", requires = "dev_api")]
+    pub dev_api_token: Option<PathBuf>,
+    /// Timestamp of every file in the outputs (reproducible builds).
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 1_700_000_000)]
+    pub source_date_epoch: u64,
+}
