@@ -439,7 +439,7 @@ impl<'a> Build<'a> {
             .map_err(|e| ImageError::io(&parts, e))?;
         disk::genimage(
             self.run,
-            &disk::genimage_config(self.arch.tag, layout),
+            &disk::genimage_env(self.arch.tag, layout),
             &parts,
             &self.out,
             &self.work,
