@@ -31,6 +31,11 @@ fn opt(s: &str) -> Option<&str> {
     if s.is_empty() { None } else { Some(s) }
 }
 
+/// `mount --move FROM TO`: the mount at `from` (with its submounts) now sits at `to`.
+fn move_mount(from: &Path, to: &Path) -> nix::Result<()> {
+    mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+}
+
 impl System for LinuxSystem {
     fn host_path(&self, path: &Path) -> PathBuf {
         match path.strip_prefix("/") {
@@ -165,8 +170,7 @@ impl System for LinuxSystem {
         )
         .map_err(err("bind / on new root"))?;
         nix::unistd::chdir(newroot).map_err(err("chdir"))?;
-        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(err("move onto /"))?;
+        move_mount(Path::new("."), Path::new("/")).map_err(err("move onto /"))?;
         nix::unistd::chroot(".").map_err(err("chroot"))?;
         nix::unistd::chdir("/").map_err(err("chdir /"))?;
         Ok(())
@@ -202,13 +206,7 @@ impl System for LinuxSystem {
         let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
         let undo = |moved: &mut Vec<(PathBuf, PathBuf)>| {
             while let Some((from, to)) = moved.pop() {
-                if let Err(e) = mount(
-                    Some(&to),
-                    &from,
-                    None::<&str>,
-                    MsFlags::MS_MOVE,
-                    None::<&str>,
-                ) {
+                if let Err(e) = move_mount(&to, &from) {
                     crate::log::error!(
                         "switch root: moving {} back to {}: {e}",
                         to.display(),
@@ -219,13 +217,7 @@ impl System for LinuxSystem {
         };
         for m in moves {
             let (from, to) = (self.host_path(m), under_new(m));
-            if let Err(errno) = mount(
-                Some(&from),
-                &to,
-                None::<&str>,
-                MsFlags::MS_MOVE,
-                None::<&str>,
-            ) {
+            if let Err(errno) = move_mount(&from, &to) {
                 undo(&mut moved);
                 return Err(fail(
                     format!("move {} to {}", from.display(), to.display()),
@@ -250,13 +242,7 @@ impl System for LinuxSystem {
             undo(&mut moved);
             return Err(fail("chdir".into(), errno));
         }
-        if let Err(errno) = mount(
-            Some("."),
-            &old_root,
-            None::<&str>,
-            MsFlags::MS_MOVE,
-            None::<&str>,
-        ) {
+        if let Err(errno) = move_mount(Path::new("."), &old_root) {
             let _ = nix::unistd::chdir("/");
             undo(&mut moved);
             return Err(fail(format!("move onto {}", old_root.display()), errno));
