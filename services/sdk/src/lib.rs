@@ -7,11 +7,14 @@
 //!   service's token.
 //! - [`topic`]: MQTT topic names and filters: validation, matching, permission coverage.
 //! - [`logging`]: tracing setup (human or JSON lines, level, optional file) with service/instance on every line.
+//! - [`mqtt`]: what every MQTT client shares: broker addresses (tcp, ssl, ws, wss), QoS, TLS, connection
+//!   options turned into rumqttc's.
 pub mod client;
 pub mod config;
 pub mod env;
 pub mod error;
 pub mod logging;
+pub mod mqtt;
 pub mod topic;
 
 pub use error::{ClientError, ConfigError};
