@@ -2,9 +2,12 @@
 
 use baetyl_sdk::config::ConfigFile;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use baetyl_sdk::logging::{self, LogFormat, LogSetup};
+use baetyl_sdk::logging::{LogFormat, LoggerConfig};
+use baetyl_sdk::service::{Kit, ServiceError};
+
+/// The one shutdown signal of every role (kept here by name for the hub's benchmark).
+pub use baetyl_sdk::service::shutdown_signal;
 
 use crate::config::{DEFAULT_CONFIG_PATH, HubConfig};
 use crate::error::HubError;
@@ -19,10 +22,6 @@ pub struct HubArgs {
     #[arg(long = "log-format", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 }
-
-/// How long the runtime may take to wind down after the hub stopped; a store's background task must not keep
-/// the process alive (rmqtt trap 1).
-const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// The engine logs whole CONNECT packets (passwords included) at debug level: whatever level the config asks
 /// for, its crates stay at `info` or quieter. (`RUST_LOG`, when set, replaces the filter entirely.)
@@ -47,33 +46,25 @@ pub fn capped_level(level: &str) -> String {
     out
 }
 
-/// Loads the config, sets up logging, runs the hub until SIGTERM or SIGINT.
+/// Loads the config, sets up logging, runs the hub until SIGTERM or SIGINT. The kit shuts the runtime down
+/// with a timeout: a store's background task must not keep the process alive (rmqtt trap 1).
 pub fn run_cli(args: HubArgs) -> Result<(), HubError> {
     let cfg = HubConfig::load(&args.config)?;
-    let service =
-        std::env::var(baetyl_sdk::env::SERVICE_NAME).unwrap_or_else(|_| "hub".to_string());
-    let instance =
-        std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| service.clone());
-    logging::init(&LogSetup {
-        service: &service,
-        instance: &instance,
-        level: &capped_level(&cfg.logger.level),
-        format: args.log_format.unwrap_or(cfg.logger.format),
-        file: cfg.logger.path.as_deref(),
-    })
-    .map_err(HubError::Logging)?;
-
-    let runtime = runtime().map_err(HubError::Runtime)?;
-    let result = runtime.block_on(async {
+    let logger = LoggerConfig {
+        level: capped_level(&cfg.logger.level),
+        ..cfg.logger.clone()
+    };
+    let service = Kit::new("hub")
+        .init(&logger, args.log_format)
+        .map_err(|e| match e {
+            ServiceError::Logging(e) => HubError::Logging(e.to_string()),
+            ServiceError::Runtime(e) => HubError::Runtime(e),
+        })?;
+    service.block_on(async {
         let hub = crate::broker::start(&cfg).await?;
         tracing::info!(config = %args.config.display(), "hub started");
         hub.serve(shutdown_signal()).await
-    });
-    if let Err(e) = &result {
-        tracing::error!("{e}");
-    }
-    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
-    result
+    })
 }
 
 /// The hub's tokio runtime, also used by the benchmark's hub child so that it measures the product.
@@ -82,31 +73,7 @@ pub fn run_cli(args: HubArgs) -> Result<(), HubError> {
 /// clients, one worker or a current-thread runtime did not beat it, and on a bigger device more workers are
 /// what lets the hub use more than one core.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hub")
-        .build()
-}
-
-/// Completes on SIGTERM or SIGINT. If the handlers cannot be installed, it never completes and logs why.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (term, int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!("cannot install signal handlers: {e}; stop the hub with SIGKILL");
-            std::future::pending::<()>().await;
-            return;
-        }
-    };
-    let (mut term, mut int) = (term, int);
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    baetyl_sdk::service::runtime("hub", None)
 }
 
 #[cfg(test)]

@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use baetyl_sdk::mqtt::Qos;
 use rumqttc::QoS;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{BridgeConfig, qos_of};
+use crate::config::BridgeConfig;
 use crate::error::RemoteError;
 use crate::link::{Incoming, Link};
 use crate::store::{Limits, Record, Store};
@@ -101,19 +102,26 @@ pub struct Bridge {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn dedup_subscriptions(subs: impl Iterator<Item = (String, u8)>) -> Vec<(String, QoS)> {
-    let mut m: BTreeMap<String, u8> = BTreeMap::new();
+fn dedup_subscriptions(subs: impl Iterator<Item = (String, Qos)>) -> Vec<(String, QoS)> {
+    let mut m: BTreeMap<String, Qos> = BTreeMap::new();
     for (t, q) in subs {
         let e = m.entry(t).or_insert(q);
         *e = (*e).max(q);
     }
-    m.into_iter().map(|(t, q)| (t, qos_of(q))).collect()
+    m.into_iter().map(|(t, q)| (t, q.into())).collect()
 }
 
-fn qos_u8(q: QoS) -> u8 {
-    match q {
-        QoS::AtMostOnce => 0,
-        _ => 1,
+/// The QoS a buffered record keeps: what it arrived with, at most 1 (the bridge's subscriptions ask no more).
+fn record_qos(q: QoS) -> u8 {
+    Qos::from(q).min(Qos::AtLeastOnce).into()
+}
+
+/// The QoS a buffered record is sent with; anything but 0 is 1, as written by [`record_qos`].
+fn sent_qos(stored: u8) -> QoS {
+    if stored == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
     }
 }
 
@@ -161,7 +169,7 @@ impl Bridge {
             let dir = cfg.buffer.dir.join(&r.name);
             let store = tokio::task::spawn_blocking(move || Store::open(&dir, limits))
                 .await
-                .map_err(|e| RemoteError::Task(e.to_string()))?
+                .map_err(RemoteError::Task)?
                 .map_err(|source| RemoteError::Store {
                     remote: r.name.clone(),
                     source,
@@ -326,7 +334,7 @@ async fn ingest(
             for (i, t) in targets {
                 per_remote[i].push(Record {
                     topic: t,
-                    qos: qos_u8(m.qos),
+                    qos: record_qos(m.qos),
                     payload: m.payload.clone(),
                 });
             }
@@ -406,7 +414,7 @@ async fn forward(shared: Arc<Shared>, idx: usize, mut shutdown: watch::Receiver<
                     Ok(Some((seq, rec))) => {
                         match remote
                             .link
-                            .publish(&rec.topic, qos_of(rec.qos), rec.payload)
+                            .publish(&rec.topic, sent_qos(rec.qos), rec.payload)
                         {
                             Ok(rx) => {
                                 inflight.push_back((seq, rx));

@@ -3,20 +3,21 @@
 //!
 //! ```yaml
 //! hub:                                   # the local hub
-//!   address: tcp://127.0.0.1:1883        # tcp:// (or mqtt://) | ssl:// (or tls://, mqtts://); port 1883/8883 by default
+//!   address: tcp://127.0.0.1:1883        # tcp:// (mqtt://), ssl:// (tls://, mqtts://), ws://, wss://: baetyl_sdk::mqtt
 //!   clientid: baetyl-remote              # default
 //!   username: u                          # optional, with password
 //!   password: p
-//!   ca: ca.pem                           # ssl:// only: CA(s) the server must chain to (system roots if absent)
-//!   cert: client.pem                     # ssl:// only: client certificate + key for two-way TLS (both or neither)
+//!   ca: ca.pem                           # ssl:// and wss://: CA(s) the server must chain to (system roots if absent)
+//!   cert: client.pem                     # ssl:// and wss://: client certificate + key for two-way TLS (both or neither)
 //!   key: client.key
+//!   insecure_skip_verify: false          # default; true accepts any server certificate (v1: insecureSkipVerify)
 //!   keepalive: 30s                       # default; 0 = off, else at least 1s
 //!   clean_session: false                 # default (v1 spelling `cleansession` accepted)
 //! remotes:                               # one or more, names unique ([A-Za-z0-9_-])
 //!   - name: cloud
 //!     address: 'ssl://cloud.example:8883'
 //!     clientid: edge-1                   # default baetyl-remote-<name>
-//!     # username, password, ca, cert, key, keepalive, clean_session: as for the hub
+//!     # username, password, ca, cert, key, insecure_skip_verify, keepalive, clean_session: as for the hub
 //! rules:
 //!   - hub:                               # hub -> remote `remote.name`
 //!       subscriptions: [{topic: 'sensors/#', qos: 1}]   # qos 0 or 1 (default 0)
@@ -41,14 +42,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use baetyl_sdk::ConfigError;
 use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
-use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use baetyl_sdk::mqtt::{ClientOptions, Qos};
 use serde::Deserialize;
 
 use crate::error::RemoteError;
@@ -78,71 +75,10 @@ pub struct BridgeConfig {
 }
 
 /// A connection to the hub (or, in the timer, the hub it publishes to).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Connection {
-    /// `tcp://host:port` or `ssl://host:port`.
-    pub address: String,
-    #[serde(default)]
-    pub clientid: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    /// CA certificate(s) (PEM) the server must chain to; the system roots when absent.
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// Client certificate and key (PEM) for two-way TLS.
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    #[serde(default)]
-    pub key: Option<PathBuf>,
-    #[serde(default = "default_keepalive")]
-    pub keepalive: HumanDuration,
-    /// Default false: the broker keeps our subscriptions and unacknowledged QoS 1 messages while we are away.
-    #[serde(default, alias = "cleansession")]
-    pub clean_session: bool,
-}
+pub use baetyl_sdk::mqtt::Connection;
 
-/// One remote broker. Same keys as [`Connection`] plus its `name`, which rules refer to.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoteConnection {
-    pub name: String,
-    pub address: String,
-    #[serde(default)]
-    pub clientid: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    #[serde(default)]
-    pub key: Option<PathBuf>,
-    #[serde(default = "default_keepalive")]
-    pub keepalive: HumanDuration,
-    #[serde(default, alias = "cleansession")]
-    pub clean_session: bool,
-}
-
-impl RemoteConnection {
-    fn connection(&self) -> Connection {
-        Connection {
-            address: self.address.clone(),
-            clientid: self.clientid.clone(),
-            username: self.username.clone(),
-            password: self.password.clone(),
-            ca: self.ca.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            keepalive: self.keepalive,
-            clean_session: self.clean_session,
-        }
-    }
-}
+/// One remote broker: the keys of [`Connection`] plus its `name`, which rules refer to.
+pub type RemoteConnection = Connection<String>;
 
 /// A rule: what goes from the hub to one remote, and what comes back from it.
 #[derive(Debug, Clone, Deserialize)]
@@ -180,8 +116,9 @@ pub struct RemoteSide {
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     pub topic: String,
+    /// 0 or 1.
     #[serde(default)]
-    pub qos: u8,
+    pub qos: Qos,
 }
 
 /// The on-disk store that keeps hub -> remote messages until the remote acknowledged them.
@@ -215,9 +152,6 @@ impl Default for BufferConfig {
 }
 
 pub use baetyl_sdk::logging::LoggerConfig;
-fn default_keepalive() -> HumanDuration {
-    HumanDuration::from_secs(30)
-}
 fn default_max_message_size() -> ByteSize {
     ByteSize(1 << 20)
 }
@@ -235,23 +169,6 @@ fn default_max_size() -> ByteSize {
 }
 fn default_true() -> bool {
     true
-}
-
-pub(crate) fn qos_of(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        _ => QoS::AtLeastOnce,
-    }
-}
-
-fn check_qos(file: &Path, key: &str, qos: u8) -> Result<(), ConfigError> {
-    if qos > 1 {
-        return Err(ConfigError::invalid(
-            file,
-            format!("{key}: qos {qos} is not supported by the bridge; use 0 or 1"),
-        ));
-    }
-    Ok(())
 }
 
 impl BridgeConfig {
@@ -284,26 +201,21 @@ impl BridgeConfig {
         out
     }
 
-    /// The settings of the hub connection.
-    pub fn hub_endpoint(&self) -> Result<Endpoint, RemoteError> {
-        Endpoint::new(
-            "hub",
-            &self.hub,
-            "baetyl-remote",
-            self.max_message_size.0 as usize,
-        )
+    /// The options of the hub connection (its TLS config built).
+    pub fn hub_endpoint(&self) -> Result<ClientOptions, RemoteError> {
+        endpoint("hub", &self.hub, "baetyl-remote", self.max_message_size)
     }
 
-    /// The settings of each remote connection, in config order.
-    pub fn remote_endpoints(&self) -> Result<Vec<Endpoint>, RemoteError> {
+    /// The options of each remote connection, in config order.
+    pub fn remote_endpoints(&self) -> Result<Vec<ClientOptions>, RemoteError> {
         self.remotes
             .iter()
             .map(|r| {
-                Endpoint::new(
+                endpoint(
                     &format!("remote `{}`", r.name),
-                    &r.connection(),
+                    r,
                     &format!("baetyl-remote-{}", r.name),
-                    self.max_message_size.0 as usize,
+                    self.max_message_size,
                 )
             })
             .collect()
@@ -324,11 +236,15 @@ impl ConfigFile for BridgeConfig {
         let mut names = BTreeSet::new();
         for (i, r) in self.remotes.iter().enumerate() {
             let key = format!("remotes[{i}]");
-            if r.name.is_empty()
-                || !r
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            if r.name.is_empty() {
+                return Err(bad(format!(
+                    "{key}.name: missing; every remote needs a name (letters, digits, `-`, `_`) for rules to refer to"
+                )));
+            }
+            if !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(bad(format!(
                     "{key}.name: `{}` is not a valid name; use letters, digits, `-` and `_`",
@@ -341,7 +257,7 @@ impl ConfigFile for BridgeConfig {
                     r.name
                 )));
             }
-            r.connection().check(file, &key)?;
+            r.check(file, &key)?;
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let key = format!("rules[{i}]");
@@ -365,7 +281,9 @@ impl ConfigFile for BridgeConfig {
                     let skey = format!("{key}.{side}.subscriptions[{j}]");
                     topic::validate_filter(&s.topic)
                         .map_err(|m| bad(format!("{skey}.topic: {m}")))?;
-                    check_qos(file, &format!("{skey}.qos"), s.qos)?;
+                    s.qos
+                        .require_0_or_1()
+                        .map_err(|e| bad(format!("{skey}.qos: {e}")))?;
                 }
                 rw.validate()
                     .map_err(|m| bad(format!("{key}.{side}.rewrite: {m}")))?;
@@ -384,241 +302,19 @@ impl ConfigFile for BridgeConfig {
     }
 }
 
-impl Connection {
-    /// Validation shared by every connection: address, keep alive, TLS files given in pairs.
-    pub fn check(&self, file: &Path, key: &str) -> Result<(), ConfigError> {
-        let bad = |m: String| ConfigError::invalid(file, m);
-        parse_address(&self.address).map_err(|m| bad(format!("{key}.address: {m}")))?;
-        let ka = self.keepalive.get();
-        if !ka.is_zero() && ka < Duration::from_secs(1) {
-            return Err(bad(format!(
-                "{key}.keepalive: {} is too short; use 0 (off) or at least 1s",
-                self.keepalive
-            )));
-        }
-        if self.cert.is_some() != self.key.is_some() {
-            return Err(bad(format!(
-                "{key}: `cert` and `key` go together (two-way TLS needs both)"
-            )));
-        }
-        if let Some(id) = &self.clientid
-            && id.is_empty()
-        {
-            return Err(bad(format!(
-                "{key}.clientid: cannot be empty; leave it out for the default"
-            )));
-        }
-        if self.password.is_some() && self.username.is_none() {
-            return Err(bad(format!("{key}: a password needs a username")));
-        }
-        Ok(())
-    }
-}
-
-/// The parsed form of an address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Address {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-}
-
-/// Parses `tcp://host:port` (also `mqtt://`) or `ssl://host:port` (also `tls://`, `mqtts://`).
-pub fn parse_address(s: &str) -> Result<Address, String> {
-    let usage = "write tcp://host:1883 or ssl://host:8883";
-    let (scheme, rest) = s
-        .split_once("://")
-        .ok_or_else(|| format!("`{s}` has no scheme; {usage}"))?;
-    let tls = match scheme {
-        "tcp" | "mqtt" => false,
-        "ssl" | "tls" | "mqtts" => true,
-        other => return Err(format!("scheme `{other}` is not supported; {usage}")),
-    };
-    let rest = rest.trim_end_matches('/');
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("`{s}`: unclosed `[` in the host"))?;
-        match after.strip_prefix(':') {
-            Some(p) => (h.to_string(), Some(p)),
-            None if after.is_empty() => (h.to_string(), None),
-            None => return Err(format!("`{s}`: unexpected `{after}` after the host")),
-        }
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("`{s}` has no host; {usage}"));
-    }
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{s}`: `{p}` is not a port"))?,
-        None => default_port,
-    };
-    Ok(Address { host, port, tls })
-}
-
-/// Everything needed to open one MQTT connection.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// For logs and errors: `hub`, `remote \`cloud\``.
-    pub name: String,
-    pub address: Address,
-    pub clientid: String,
-    pub credentials: Option<(String, String)>,
-    pub keepalive: Duration,
-    pub clean_session: bool,
-    pub max_packet_size: usize,
-    tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-impl Endpoint {
-    pub fn new(
-        name: &str,
-        c: &Connection,
-        default_clientid: &str,
-        max_message_size: usize,
-    ) -> Result<Self, RemoteError> {
-        let err = |message: String| RemoteError::Endpoint {
-            name: name.to_string(),
-            message,
-        };
-        let address = parse_address(&c.address).map_err(err)?;
-        let tls = if address.tls {
-            Some(Arc::new(tls_config(name, c)?))
-        } else {
-            None
-        };
-        Ok(Endpoint {
-            name: name.to_string(),
-            address,
-            clientid: c
-                .clientid
-                .clone()
-                .unwrap_or_else(|| default_clientid.to_string()),
-            credentials: c
-                .username
-                .clone()
-                .map(|u| (u, c.password.clone().unwrap_or_default())),
-            keepalive: c.keepalive.get(),
-            clean_session: c.clean_session,
-            max_packet_size: max_message_size + 64 * 1024,
-            tls,
-        })
-    }
-
-    /// rumqttc options for this endpoint; values were validated at load, so nothing here can panic.
-    pub fn mqtt_options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(
-            self.clientid.clone(),
-            self.address.host.clone(),
-            self.address.port,
-        );
-        let ka = if self.keepalive.is_zero() || self.keepalive >= Duration::from_secs(1) {
-            self.keepalive
-        } else {
-            Duration::from_secs(1)
-        };
-        o.set_keep_alive(ka);
-        o.set_clean_session(self.clean_session || self.clientid.is_empty());
-        o.set_manual_acks(true);
-        o.set_max_packet_size(self.max_packet_size, self.max_packet_size);
-        o.set_request_channel_capacity(4096);
-        o.set_inflight(crate::link::MAX_INFLIGHT);
-        if let Some((u, p)) = &self.credentials {
-            o.set_credentials(u.clone(), p.clone());
-        }
-        if let Some(tls) = &self.tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
-        }
-        o
-    }
-}
-
-fn read_file(name: &str, what: &'static str, file: &Path) -> Result<Vec<u8>, RemoteError> {
-    std::fs::read(file).map_err(|source| RemoteError::TlsFile {
-        name: name.to_string(),
-        what,
-        file: file.to_path_buf(),
-        source,
-    })
-}
-
-/// A rustls client config on the aws-lc-rs provider (the one the whole workspace uses), built here instead of by
-/// rumqttc so that it never depends on a process-wide default provider.
-fn tls_config(name: &str, c: &Connection) -> Result<rustls::ClientConfig, RemoteError> {
-    let err = |message: String| RemoteError::Endpoint {
-        name: name.to_string(),
-        message,
-    };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+/// A connection's options with room for the largest message plus the packet's own bytes.
+pub(crate) fn endpoint<Name>(
+    name: &str,
+    c: &Connection<Name>,
+    default_clientid: &str,
+    max_message_size: ByteSize,
+) -> Result<ClientOptions, RemoteError> {
+    let max_packet_size = usize::try_from(max_message_size.0).unwrap_or(usize::MAX) + 64 * 1024;
+    c.client_options(name, default_clientid, max_packet_size)
         .map_err(|source| RemoteError::Tls {
             name: name.to_string(),
             source,
-        })?;
-    let mut roots = rustls::RootCertStore::empty();
-    match &c.ca {
-        Some(ca) => {
-            let pem = read_file(name, "ca", ca)?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| err(format!("ca file {}: {e}", ca.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| err(format!("ca file {}: {e}", ca.display())))?;
-            }
-            if roots.is_empty() {
-                return Err(err(format!(
-                    "ca file {} holds no PEM certificate",
-                    ca.display()
-                )));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-            if roots.is_empty() {
-                return Err(err(
-                    "no `ca` given and no system root certificates found; set `ca`".into(),
-                ));
-            }
-        }
-    }
-    let builder = builder.with_root_certificates(roots);
-    match (&c.cert, &c.key) {
-        (Some(cert), Some(key)) => {
-            let pem = read_file(name, "cert", cert)?;
-            let chain = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| err(format!("cert file {}: {e}", cert.display())))?;
-            if chain.is_empty() {
-                return Err(err(format!(
-                    "cert file {} holds no PEM certificate",
-                    cert.display()
-                )));
-            }
-            let key_pem = read_file(name, "key", key)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-                .map_err(|e| err(format!("key file {}: {e}", key.display())))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|source| RemoteError::Tls {
-                    name: name.to_string(),
-                    source,
-                })
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
+        })
 }
 
 #[cfg(test)]
@@ -645,13 +341,10 @@ mod tests {
         assert_eq!(cfg.buffer.max_messages, 100_000);
         assert!(!cfg.hub.clean_session);
         assert!(cfg.rules[0].hub.rewrite.is_identity());
+        let remote = &cfg.remotes[0].address;
         assert_eq!(
-            parse_address(&cfg.remotes[0].address).unwrap(),
-            Address {
-                host: "host".into(),
-                port: 8883,
-                tls: true
-            }
+            (remote.host(), remote.port(), remote.is_tls()),
+            ("host", 8883, true)
         );
     }
 
@@ -684,6 +377,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hub.address"), "{e}");
+        let e = parse("hub: {address: 'tcp://h'}\nremotes: [{address: 'tcp://r'}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("remotes[0].name: missing"), "{e}");
+        let e =
+            parse("hub: {address: 'tcp://h', name: x}\nremotes: [{name: c, address: 'tcp://r'}]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("key `hub.name`") && e.contains("no name"), "{e}");
         let e = parse(&format!("{base}bufer: {{}}\n"))
             .unwrap_err()
             .to_string();
@@ -724,39 +426,37 @@ mod tests {
     }
 
     #[test]
-    fn addresses_parse() {
+    fn every_transport_is_accepted_and_bad_addresses_name_their_key() {
+        let cfg = parse(
+            "hub: {address: 'ws://127.0.0.1:8080/mqtt'}\n\
+             remotes: [{name: a, address: 'wss://cloud.example'}, {name: b, address: 'mqtts://[::1]'}]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.hub.address.to_string(), "ws://127.0.0.1:8080/mqtt");
         assert_eq!(
-            parse_address("tcp://127.0.0.1:1884").unwrap(),
-            Address {
-                host: "127.0.0.1".into(),
-                port: 1884,
-                tls: false
-            }
+            cfg.remotes[0].address.to_string(),
+            "wss://cloud.example:8884/mqtt"
         );
-        assert_eq!(parse_address("mqtts://h").unwrap().port, 8883);
-        assert_eq!(parse_address("tcp://[::1]:99").unwrap().host, "::1");
-        assert!(parse_address("h:1883").is_err());
-        assert!(parse_address("tcp://h:x").is_err());
-        assert!(parse_address("tcp://:1883").is_err());
-        assert!(parse_address("ws://h:1").is_err());
+        assert_eq!(cfg.remotes[1].address.to_string(), "ssl://[::1]:8883");
+        let e = parse("hub: {address: 'tcp://h'}\nremotes: [{name: c, address: 'tcp://r:x'}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `remotes[0].address`") && e.contains("`x` is not a port"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_tls_file_is_named() {
-        let c = Connection {
-            address: "ssl://h:8883".into(),
-            clientid: None,
-            username: None,
-            password: None,
-            ca: Some(PathBuf::from("/nonexistent/ca.pem")),
-            cert: None,
-            key: None,
-            keepalive: default_keepalive(),
-            clean_session: false,
-        };
-        let e = Endpoint::new("remote `x`", &c, "id", 1024)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let cfg = parse(
+            "hub: {address: 'tcp://h'}\nremotes: [{name: x, address: 'ssl://h:8883', ca: /nonexistent/ca.pem}]\n",
+        )
+        .unwrap();
+        let e = cfg.remote_endpoints().unwrap_err().to_string();
+        assert!(
+            e.contains("remote `x`") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
     }
 }

@@ -5,34 +5,26 @@ use std::path::PathBuf;
 pub enum RemoteError {
     #[error(transparent)]
     Config(#[from] baetyl_sdk::ConfigError),
-    #[error("{name}: {message}")]
-    Endpoint { name: String, message: String },
-    #[error("{name}: cannot read {what} file {file}: {source}")]
-    TlsFile {
-        name: String,
-        what: &'static str,
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{name}: TLS setup: {source}")]
+    /// A connection's TLS material cannot be used (`name`: `hub`, ``remote `cloud` ``).
+    #[error("{name}: {source}")]
     Tls {
         name: String,
         #[source]
-        source: rustls::Error,
+        source: baetyl_sdk::mqtt::TlsError,
     },
+    /// The timer's payload template (checked at load, so only a config built by hand gets here).
+    #[error("publish.payload: {0}")]
+    Template(String),
     #[error("buffer of remote `{remote}`: {source}")]
     Store {
         remote: String,
         #[source]
         source: StoreError,
     },
-    #[error("cannot set up logging: {0}")]
-    Logging(String),
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Service(#[from] baetyl_sdk::service::ServiceError),
     #[error("a bridge task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// A failure of the on-disk message buffer.

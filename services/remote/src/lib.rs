@@ -6,8 +6,8 @@
 //! `remote.subscriptions` come back to the hub. Each direction of a rule may rewrite topics: `rewrite:
 //! {strip_prefix: a/, add_prefix: b/}` removes `strip_prefix` when the topic starts with it, then prepends
 //! `add_prefix` (`hub.rewrite` applies on the way to the remote, `remote.rewrite` on the way to the hub).
-//! Connections are `tcp://` or `ssl://` (rustls on aws-lc-rs; `ca` for the server, `cert` + `key` for two-way
-//! TLS).
+//! Connections take every address of `baetyl_sdk::mqtt`: `tcp://`, `ssl://`, `ws://`, `wss://` (rustls on
+//! aws-lc-rs; `ca` for the server, `cert` + `key` for two-way TLS).
 //!
 //! Delivery: hub -> remote messages are **stored and forwarded**. A batch the hub delivers is appended to each
 //! target remote's on-disk buffer and synced before the batch is acknowledged to the hub; the remote's forwarder
@@ -22,9 +22,9 @@
 //!
 //! **The timer** (module [`timer`]) publishes a templated payload to a hub topic on an interval. It lives in
 //! this crate because it is a small hub client that needs exactly the connection code the bridge has
-//! (addresses, TLS, credentials, reconnects in [`link`]); a crate of its own would duplicate or split that.
+//! (reconnects and acknowledgement tracking in [`link`]); a crate of its own would duplicate or split that.
 //!
-//! Layout: [`config`] (schema, validation, endpoints and TLS), [`topic`] (filters, matching, rewrite),
+//! Layout: [`config`] (schema and validation; addresses, QoS and TLS come from `baetyl_sdk::mqtt`), [`topic`] (filters, matching, rewrite),
 //! [`link`] (one MQTT connection with acknowledgement tracking), [`store`] (the segment log buffer),
 //! [`bridge`] (the tasks and stats), [`cli`] (`baetyl remote`), [`timer`] (`baetyl timer`).
 pub mod bridge;

@@ -10,10 +10,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use baetyl_sdk::mqtt::ClientOptions;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
-
-use crate::config::Endpoint;
 
 /// Outgoing QoS 1 publishes rumqttc may have in flight; callers keep their window below it, so packet ids
 /// never collide.
@@ -62,12 +61,17 @@ impl Link {
     /// Starts the connection task. Messages delivered on `subscriptions` go to `incoming` (QoS 0 ones are
     /// dropped when it is full, QoS 1 ones wait). The task ends when `shutdown` becomes true.
     pub fn start(
-        endpoint: &Endpoint,
+        endpoint: &ClientOptions,
         subscriptions: Vec<(String, QoS)>,
         incoming: Option<mpsc::Sender<Incoming>>,
         shutdown: watch::Receiver<bool>,
     ) -> (Link, tokio::task::JoinHandle<()>) {
-        let (client, eventloop) = AsyncClient::new(endpoint.mqtt_options(), 4096);
+        let mut options = endpoint.mqtt_options();
+        options
+            .set_manual_acks(true)
+            .set_request_channel_capacity(4096)
+            .set_inflight(MAX_INFLIGHT);
+        let (client, eventloop) = AsyncClient::new(options, 4096);
         let shared = Arc::new(Mutex::new(Shared {
             connected: false,
             generation: 0,
@@ -82,7 +86,7 @@ impl Link {
         };
         let driver = Driver {
             name: endpoint.name.clone(),
-            address: format!("{}:{}", endpoint.address.host, endpoint.address.port),
+            address: endpoint.address().to_string(),
             client,
             shared,
             state: state_tx,

@@ -23,13 +23,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baetyl_sdk::ConfigError;
-use baetyl_sdk::config::{ConfigFile, HumanDuration};
+use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
 use baetyl_sdk::logging::LogFormat;
+use baetyl_sdk::mqtt::Qos;
+use baetyl_sdk::service::{Kit, shutdown_signal};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::config::{Connection, DEFAULT_CONFIG_PATH, Endpoint, LoggerConfig, qos_of};
+use crate::config::{Connection, DEFAULT_CONFIG_PATH, LoggerConfig, endpoint};
 use crate::error::RemoteError;
 use crate::link::Link;
 use crate::topic;
@@ -56,8 +58,9 @@ pub struct TimerSection {
 #[serde(deny_unknown_fields)]
 pub struct PublishSection {
     pub topic: String,
+    /// 0 or 1.
     #[serde(default)]
-    pub qos: u8,
+    pub qos: Qos,
     #[serde(default = "default_payload")]
     pub payload: Value,
 }
@@ -78,12 +81,10 @@ impl ConfigFile for TimerConfig {
         }
         topic::validate_topic(&self.publish.topic)
             .map_err(|m| bad(format!("publish.topic: {m}")))?;
-        if self.publish.qos > 1 {
-            return Err(bad(format!(
-                "publish.qos: {} is not supported; use 0 or 1",
-                self.publish.qos
-            )));
-        }
+        self.publish
+            .qos
+            .require_0_or_1()
+            .map_err(|e| bad(format!("publish.qos: {e}")))?;
         Payload::new(&self.publish.payload).map_err(|m| bad(format!("publish.payload: {m}")))?;
         Ok(())
     }
@@ -265,14 +266,10 @@ pub struct TimerArgs {
 /// Loads the config, sets up logging, runs the timer until SIGTERM or SIGINT.
 pub fn run_cli(args: TimerArgs) -> Result<(), RemoteError> {
     let cfg = TimerConfig::load(&args.config)?;
-    crate::cli::init_logging("timer", &cfg.logger, args.log_format)?;
-    let runtime = crate::cli::build_runtime("timer")?;
-    let result = runtime.block_on(run(cfg, crate::cli::shutdown_signal()));
-    if let Err(e) = &result {
-        tracing::error!("{e}");
-    }
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    result
+    Kit::new("timer")
+        .worker_threads(2)
+        .init(&cfg.logger, args.log_format)?
+        .block_on(run(cfg, shutdown_signal()))
 }
 
 #[derive(Default)]
@@ -284,11 +281,8 @@ struct Counters {
 
 /// Publishes until `shutdown` completes.
 pub async fn run(cfg: TimerConfig, shutdown: impl Future<Output = ()>) -> Result<(), RemoteError> {
-    let endpoint = Endpoint::new("hub", &cfg.hub, "baetyl-timer", 1 << 20)?;
-    let payload = Payload::new(&cfg.publish.payload).map_err(|message| RemoteError::Endpoint {
-        name: "publish.payload".into(),
-        message,
-    })?;
+    let endpoint = endpoint("hub", &cfg.hub, "baetyl-timer", ByteSize(1 << 20))?;
+    let payload = Payload::new(&cfg.publish.payload).map_err(RemoteError::Template)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (link, driver) = Link::start(&endpoint, Vec::new(), None, stop_rx.clone());
     let counters = Arc::new(Counters::default());
@@ -301,7 +295,7 @@ pub async fn run(cfg: TimerConfig, shutdown: impl Future<Output = ()>) -> Result
                 stop_rx.clone(),
             ))
         });
-    let qos = qos_of(cfg.publish.qos);
+    let qos = cfg.publish.qos.into();
     tokio::pin!(shutdown);
     // The first tick waits for the first connection; later outages skip ticks.
     let mut stopped = tokio::select! {
@@ -324,7 +318,7 @@ pub async fn run(cfg: TimerConfig, shutdown: impl Future<Output = ()>) -> Result
             now: SystemTime::now(),
             seq: seq + 1,
             topic: &cfg.publish.topic,
-            clientid: &endpoint.clientid,
+            clientid: &endpoint.client_id,
         };
         match link.publish(&cfg.publish.topic, qos, payload.render(&ctx)) {
             Ok(ack) => {

@@ -7,6 +7,8 @@
 //!   service's token.
 //! - [`topic`]: MQTT topic names and filters: validation, matching, permission coverage.
 //! - [`logging`]: tracing setup (human or JSON lines, level, optional file) with service/instance on every line.
+//! - [`service`]: the service kit every role starts with: logging from `logger:` and `--log-format`, the tokio
+//!   runtime, the one shutdown signal, an orderly end.
 //! - [`mqtt`]: what every MQTT client shares: broker addresses (tcp, ssl, ws, wss), QoS, TLS, connection
 //!   options turned into rumqttc's.
 pub mod client;
@@ -15,6 +17,7 @@ pub mod env;
 pub mod error;
 pub mod logging;
 pub mod mqtt;
+pub mod service;
 pub mod topic;
 
 pub use error::{ClientError, ConfigError};

@@ -70,11 +70,39 @@ pub struct LogSetup<'a> {
     pub file: Option<&'a Path>,
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log level `{level}` is not valid: {source}")]
+    Level {
+        level: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot create log directory {}: {source}", dir.display())]
+    Directory {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open log file {}: {source}", file.display())]
+    File {
+        file: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("logging was already set up: {0}")]
+    AlreadySet(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
 /// Installs the global subscriber. Call once, early in `main`.
-pub fn init(setup: &LogSetup<'_>) -> Result<(), String> {
+pub fn init(setup: &LogSetup<'_>) -> Result<(), LogError> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(setup.level))
-        .map_err(|e| format!("log level `{}` is not valid: {e}", setup.level))?;
+        .map_err(|source| LogError::Level {
+            level: setup.level.to_string(),
+            source,
+        })?;
     let format = LineFormat {
         service: setup.service.to_string(),
         instance: setup.instance.to_string(),
@@ -86,19 +114,24 @@ pub fn init(setup: &LogSetup<'_>) -> Result<(), String> {
     let result = match setup.file {
         Some(path) => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir).map_err(|source| LogError::Directory {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
             }
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+                .map_err(|source| LogError::File {
+                    file: path.to_path_buf(),
+                    source,
+                })?;
             builder.with_writer(Mutex::new(file)).try_init()
         }
         None => builder.with_writer(std::io::stderr).try_init(),
     };
-    result.map_err(|e| format!("logging was already set up: {e}"))
+    result.map_err(LogError::AlreadySet)
 }
 
 struct LineFormat {
