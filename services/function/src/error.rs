@@ -3,22 +3,88 @@
 pub enum FunctionError {
     #[error(transparent)]
     Config(#[from] baetyl_sdk::ConfigError),
+    /// A SQL handler that cannot be compiled.
     #[error("SQL `{sql}`: {message}")]
     Sql { sql: String, message: String },
-    #[error("{0}")]
-    Eval(String),
-    #[error("{0}")]
-    Payload(String),
+    /// A SQL handler failed on a message (or, at load, on the probe row every handler is checked with).
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// A SQL function's input is not JSON.
+    #[error("the payload is not JSON: {0}")]
+    Payload(#[source] serde_json::Error),
     #[error("function `{0}` is not served by this runtime")]
     UnknownFunction(String),
-    #[error("function `{function}`: {message}")]
-    Pool { function: String, message: String },
-    #[error("cannot listen on {address}: {message}")]
-    Listen { address: String, message: String },
-    #[error("MQTT: {0}")]
-    Mqtt(String),
+    /// A rule names a function that has no pool (the config check prevents it).
+    #[error("rule `{rule}`: function `{function}` is not defined")]
+    UndefinedFunction { rule: String, function: String },
+    #[error(
+        "`{address}` is not an address to serve on: {source}; write HOST:PORT or tcp://HOST:PORT"
+    )]
+    ListenAddress {
+        address: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error(
+        "no address to serve on: pass --listen HOST:PORT or set {}",
+        baetyl_sdk::env::SERVICE_INSTANCE_ADDRESS
+    )]
+    NoListenAddress,
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Serve(#[source] tonic::transport::Error),
+    /// The hub connection's TLS material cannot be used.
+    #[error("hub: {0}")]
+    Tls(#[from] baetyl_sdk::mqtt::TlsError),
+    #[error("cannot publish to {topic}: {source}")]
+    Publish {
+        topic: String,
+        #[source]
+        source: rumqttc::ClientError,
+    },
     #[error(transparent)]
     Client(#[from] baetyl_sdk::ClientError),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Service(#[from] baetyl_sdk::service::ServiceError),
+    /// The Python runtime's config could not be handed over as JSON.
+    #[error("cannot pass the config to the Python runtime: {0}")]
+    ConfigJson(#[source] serde_json::Error),
+    #[error(
+        "cannot run the Python runtime with `{python}`: {source} (set BAETYL_PYTHON to a Python 3 with grpcio)"
+    )]
+    Python {
+        python: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a SQL handler cannot evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("unsupported {what} `{text}`")]
+    Unsupported { what: &'static str, text: String },
+    #[error("bad number {0}")]
+    Number(String),
+    #[error("only IN (value, ...) lists are supported, not `{0}`")]
+    InTarget(String),
+    #[error("unsupported argument `{argument}` to {function}()")]
+    Argument { function: String, argument: String },
+    #[error("subqueries are not supported in {0}()")]
+    Subquery(String),
+    #[error("{function}() needs {needed} argument(s), got {got}")]
+    Arity {
+        function: String,
+        needed: usize,
+        got: usize,
+    },
+    #[error(
+        "unknown function {0}(); use topic, qos, clientid, timestamp, functionname, upper, lower, length, trim, concat, substring, replace, startswith, endswith, abs, ceil, floor, round, sqrt, power, mod, exp, ln, log10, coalesce, now"
+    )]
+    UnknownFunction(String),
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, Publish, QoS};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Mutex, oneshot};
@@ -19,8 +19,12 @@ use tokio::sync::{Mutex, oneshot};
 use crate::error::FunctionError;
 use crate::pool::{CallError, Pool};
 use crate::proto::FunctionMessage;
+use baetyl_sdk::ConfigError;
 use baetyl_sdk::client::MasterClient;
-use baetyl_sdk::config::HumanDuration;
+use baetyl_sdk::config::{ConfigFile, HumanDuration};
+use baetyl_sdk::logging::{LogFormat, LoggerConfig};
+use baetyl_sdk::mqtt::{ClientOptions, Connection, Qos, TlsError};
+use baetyl_sdk::service::{Kit, shutdown_signal};
 
 /// `etc/baetyl/service.yml` of the function manager (v1 schema).
 #[derive(Debug, Clone, Deserialize)]
@@ -29,18 +33,21 @@ pub struct ManagerConfig {
     pub hub: HubConfig,
     pub rules: Vec<Rule>,
     pub functions: Vec<FunctionConfig>,
+    #[serde(default)]
+    pub logger: LoggerConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HubConfig {
-    /// `tcp://host:port`.
-    pub address: String,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
+/// The hub the rules connect to: the keys of every MQTT client connection (`baetyl_sdk::mqtt::Connection`),
+/// but each rule brings its own `clientid` and keeps a persistent session.
+pub type HubConfig = Connection;
+
+/// The hub connection every rule shares (TLS built once); each rule sets its own client id.
+pub fn hub_options(hub: &HubConfig) -> Result<ClientOptions, TlsError> {
+    hub.client_options("hub", "", MAX_PACKET_SIZE)
 }
+
+/// The largest message a rule takes in or sends out.
+const MAX_PACKET_SIZE: usize = 64 << 20;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,8 +62,9 @@ pub struct Rule {
 #[serde(deny_unknown_fields)]
 pub struct TopicQos {
     pub topic: String,
+    /// 0 or 1.
     #[serde(default)]
-    pub qos: u8,
+    pub qos: Qos,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,11 +111,24 @@ impl Default for InstanceConfig {
     }
 }
 
-impl ManagerConfig {
-    pub fn load(path: &Path) -> Result<Self, FunctionError> {
-        let cfg: ManagerConfig = baetyl_sdk::config::load_yaml(path)?;
-        let bad = |m: String| FunctionError::Config(baetyl_sdk::ConfigError::invalid(path, m));
-        parse_hub_address(&cfg.hub.address).map_err(|e| bad(format!("key `hub.address`: {e}")))?;
+impl ConfigFile for ManagerConfig {
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let cfg = self;
+        let bad = |m: String| ConfigError::invalid(path, m);
+        cfg.hub.check(path, "hub")?;
+        if cfg.hub.clientid.is_some() {
+            return Err(bad(
+                "key `hub.clientid`: each rule connects with its own `clientid`; remove it here"
+                    .into(),
+            ));
+        }
+        if cfg.hub.clean_session {
+            return Err(bad(
+                "key `hub.clean_session`: rules keep persistent sessions, so that the hub redelivers what a \
+                 stopped manager had not finished; remove it"
+                    .into(),
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, f) in cfg.functions.iter().enumerate() {
             if !names.insert(f.name.as_str()) {
@@ -131,8 +152,9 @@ impl ManagerConfig {
                     r.function.name
                 )));
             }
-            if r.subscribe.qos > 1 || r.publish.qos > 1 {
-                return Err(bad(format!("key `rules[{i}]`: qos must be 0 or 1")));
+            for (side, q) in [("subscribe", r.subscribe.qos), ("publish", r.publish.qos)] {
+                q.require_0_or_1()
+                    .map_err(|e| bad(format!("key `rules[{i}].{side}.qos`: {e}")))?;
             }
             if !ids.insert(r.clientid.as_str()) || r.clientid.is_empty() {
                 return Err(bad(format!(
@@ -146,28 +168,7 @@ impl ManagerConfig {
                 )));
             }
         }
-        Ok(cfg)
-    }
-}
-
-fn parse_hub_address(address: &str) -> Result<(String, u16), String> {
-    let rest = address
-        .strip_prefix("tcp://")
-        .ok_or_else(|| format!("`{address}` is not tcp://HOST:PORT"))?;
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{address}` has no port"))?;
-    let port = port
-        .parse()
-        .map_err(|_| format!("`{address}`: port is not a number"))?;
-    Ok((host.to_string(), port))
-}
-
-fn qos(n: u8) -> QoS {
-    if n == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
+        Ok(())
     }
 }
 
@@ -206,7 +207,10 @@ impl Publisher {
         self.client
             .publish(topic, q, false, payload)
             .await
-            .map_err(|e| FunctionError::Mqtt(format!("publish to {topic}: {e}")))?;
+            .map_err(|source| FunctionError::Publish {
+                topic: topic.to_string(),
+                source,
+            })?;
         Ok(rx)
     }
 
@@ -224,6 +228,7 @@ pub async fn run(
     master: MasterClient,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), FunctionError> {
+    let hub = hub_options(&cfg.hub)?;
     let mut pools: BTreeMap<String, Arc<Pool>> = BTreeMap::new();
     for f in &cfg.functions {
         let pool = Arc::new(Pool::new(f.clone(), master.clone()));
@@ -242,21 +247,15 @@ pub async fn run(
     let mut stats = BTreeMap::new();
     let mut tasks = Vec::new();
     for rule in &cfg.rules {
-        let pool = pools
-            .get(&rule.function.name)
-            .cloned()
-            .ok_or_else(|| FunctionError::Pool {
+        let pool = pools.get(&rule.function.name).cloned().ok_or_else(|| {
+            FunctionError::UndefinedFunction {
+                rule: rule.clientid.clone(),
                 function: rule.function.name.clone(),
-                message: "not defined".into(),
-            })?;
+            }
+        })?;
         let st = Arc::new(RuleStats::default());
         stats.insert(rule.clientid.clone(), st.clone());
-        tasks.push(tokio::spawn(run_rule(
-            cfg.hub.clone(),
-            rule.clone(),
-            pool,
-            st,
-        )));
+        tasks.push(tokio::spawn(run_rule(hub.clone(), rule.clone(), pool, st)));
     }
     let reporter = tokio::spawn(report_loop(stats, pools.clone()));
     shutdown.await;
@@ -300,23 +299,10 @@ async fn report_loop(stats: BTreeMap<String, Arc<RuleStats>>, pools: BTreeMap<St
         .await;
 }
 
-async fn run_rule(hub: HubConfig, rule: Rule, pool: Arc<Pool>, stats: Arc<RuleStats>) {
-    let (host, port) = match parse_hub_address(&hub.address) {
-        Ok(hp) => hp,
-        Err(e) => {
-            tracing::error!(rule = %rule.clientid, "{e}");
-            return;
-        }
-    };
-    let mut opts = MqttOptions::new(rule.clientid.clone(), host, port);
-    opts.set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(64 << 20, 64 << 20)
-        .set_inflight(100);
-    if let Some(u) = &hub.username {
-        opts.set_credentials(u.clone(), hub.password.clone().unwrap_or_default());
-    }
+async fn run_rule(mut hub: ClientOptions, rule: Rule, pool: Arc<Pool>, stats: Arc<RuleStats>) {
+    hub.client_id = rule.clientid.clone();
+    let mut opts = hub.mqtt_options();
+    opts.set_manual_acks(true).set_inflight(100);
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let publisher = Arc::new(Publisher {
         client: client.clone(),
@@ -358,7 +344,7 @@ async fn run_rule(hub: HubConfig, rule: Rule, pool: Arc<Pool>, stats: Arc<RuleSt
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(rule = %rule.clientid, session_present = ack.session_present, "connected to the hub");
                 if let Err(e) =
-                    client.try_subscribe(rule.subscribe.topic.clone(), qos(rule.subscribe.qos))
+                    client.try_subscribe(rule.subscribe.topic.clone(), rule.subscribe.qos.into())
                 {
                     tracing::error!(rule = %rule.clientid, "cannot subscribe: {e}");
                 }
@@ -420,10 +406,10 @@ async fn handle(
     seq: &AtomicU64,
     p: Publish,
 ) {
-    let in_qos = p.qos as u8;
+    let in_qos = Qos::from(p.qos);
     let msg = FunctionMessage {
         id: seq.fetch_add(1, Ordering::Relaxed) + 1,
-        qos: u32::from(in_qos),
+        qos: u32::from(in_qos.as_u8()),
         topic: p.topic.clone(),
         payload: p.payload.to_vec(),
         timestamp: std::time::SystemTime::now()
@@ -433,7 +419,7 @@ async fn handle(
         function_name: rule.function.name.clone(),
         function_invoke_id: crate::pool::invoke_id(),
     };
-    let out_qos = qos(in_qos.min(rule.publish.qos));
+    let out_qos: QoS = in_qos.min(rule.publish.qos).into();
     let result = pool.call(permit, msg.clone()).await;
     let payload = match result {
         Ok(reply) if reply.payload.is_empty() => {
@@ -490,30 +476,131 @@ async fn handle(
 
 #[derive(Debug, clap::Args)]
 pub struct FunctionArgs {
-    /// The manager's config (v1 schema: hub, rules, functions).
+    /// The manager's config (v1 schema: hub, rules, functions, logger).
     #[arg(short = 'c', long, default_value = "etc/baetyl/service.yml")]
     pub config: PathBuf,
+    /// Log line format: `human` or `json`; overrides `logger.format` in the config.
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// `baetyl function`.
 pub fn run_cli(args: FunctionArgs) -> Result<(), FunctionError> {
-    let instance =
-        std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| "function".into());
-    let service =
-        std::env::var(baetyl_sdk::env::SERVICE_NAME).unwrap_or_else(|_| "function".into());
-    let _ = baetyl_sdk::logging::init(&baetyl_sdk::logging::LogSetup {
-        service: &service,
-        instance: &instance,
-        level: "info",
-        format: baetyl_sdk::logging::LogFormat::Human,
-        file: None,
-    });
     let cfg = ManagerConfig::load(&args.config)?;
     let master = MasterClient::from_env()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    Kit::new("function")
         .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| FunctionError::Other(format!("async runtime: {e}")))?;
-    rt.block_on(run(cfg, master, crate::runtime::shutdown_signal()))
+        .init(&cfg.logger, args.log_format)?
+        .block_on(run(cfg, master, shutdown_signal()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FUNCTIONS: &str = "functions: [{name: f, service: function-sql}]\n";
+
+    fn parse(text: &str) -> Result<ManagerConfig, ConfigError> {
+        ManagerConfig::parse(text, Path::new("service.yml"))
+    }
+
+    fn rule(sub_qos: u8, pub_qos: u8) -> String {
+        format!(
+            "rules: [{{clientid: r1, subscribe: {{topic: a, qos: {sub_qos}}}, function: {{name: f}}, publish: {{topic: b, qos: {pub_qos}}}}}]\n"
+        )
+    }
+
+    #[test]
+    fn v1_config_with_logger_and_every_hub_transport() {
+        for address in [
+            "tcp://127.0.0.1:1883",
+            "ssl://hub:8883",
+            "ws://hub:8080/mqtt",
+            "wss://hub",
+        ] {
+            let cfg = parse(&format!(
+                "hub: {{address: '{address}', username: u, password: p}}\n{}{FUNCTIONS}logger: {{level: debug, format: json}}\n",
+                rule(1, 1)
+            ))
+            .unwrap_or_else(|e| panic!("{address}: {e}"));
+            assert_eq!(
+                cfg.hub.address.to_string().split("://").next(),
+                address.split("://").next()
+            );
+            assert_eq!(cfg.logger.level, "debug");
+            assert_eq!(cfg.logger.format, LogFormat::Json);
+            assert_eq!(cfg.rules[0].publish.qos, Qos::AtLeastOnce);
+        }
+        let cfg = parse(&format!(
+            "hub: {{address: 'tcp://h'}}\n{}{FUNCTIONS}",
+            rule(0, 1)
+        ))
+        .expect("valid");
+        assert_eq!(cfg.logger, LoggerConfig::default(), "logger is optional");
+        let o = hub_options(&cfg.hub).expect("options");
+        assert!(!o.clean_session, "rules keep persistent sessions");
+        assert_eq!(o.keep_alive, Duration::from_secs(30));
+        assert_eq!(o.address().port(), 1883);
+    }
+
+    #[test]
+    fn qos_mistakes_name_their_key() {
+        let e = parse(&format!(
+            "hub: {{address: 'tcp://h'}}\n{}{FUNCTIONS}",
+            rule(1, 2)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rules[0].publish.qos") && e.contains("use 0 or 1"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "hub: {{address: 'tcp://h'}}\n{}{FUNCTIONS}",
+            rule(7, 1)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("key `rules[0].subscribe.qos`") && e.contains("qos 7 is not valid"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hub_mistakes_name_their_key() {
+        let e = parse(&format!(
+            "hub: {{address: 'tcp://h:1883x'}}\n{}{FUNCTIONS}",
+            rule(0, 0)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("key `hub.address`") && e.contains("not a port"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "hub: {{address: 'ssl://h', cert: c.pem}}\n{}{FUNCTIONS}",
+            rule(0, 0)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("hub: ") && e.contains("go together"), "{e}");
+        for (key, value) in [("clientid", "x"), ("clean_session", "true"), ("name", "n")] {
+            let e = parse(&format!(
+                "hub: {{address: 'tcp://h', {key}: {value}}}\n{}{FUNCTIONS}",
+                rule(0, 0)
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(&format!("hub.{key}")), "{e}");
+        }
+        let cfg = parse(&format!(
+            "hub: {{address: 'ssl://h', ca: /nonexistent/ca.pem}}\n{}{FUNCTIONS}",
+            rule(0, 0)
+        ))
+        .expect("files are read when the manager starts");
+        let e = hub_options(&cfg.hub).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    }
 }

@@ -34,10 +34,33 @@ pub enum CallError {
     Function { kind: String, message: String },
     #[error("the call took longer than the function's timeout of {0}")]
     Timeout(humantime::Duration),
-    #[error("no instance could serve the call: {0}")]
-    Unavailable(String),
+    /// Every attempt failed in transport; the last one's instance and gRPC status message.
+    #[error("no instance could serve the call: {instance}: {message}")]
+    Unavailable { instance: String, message: String },
     #[error("cannot start an instance: {0}")]
-    Start(String),
+    Start(#[from] StartError),
+}
+
+/// Why a fresh instance is not there to take a call.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("all {0} instance slots are taken")]
+    NoSlot(u32),
+    #[error(transparent)]
+    Master(#[from] baetyl_sdk::ClientError),
+    #[error("instance address {address}: {source}")]
+    Address {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("instance {name} did not serve gRPC on {address} within {START_TIMEOUT:?}: {source}")]
+    NotServing {
+        name: String,
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
 }
 
 impl CallError {
@@ -45,7 +68,7 @@ impl CallError {
         match self {
             CallError::Function { kind, .. } => kind,
             CallError::Timeout(_) => "Timeout",
-            CallError::Unavailable(_) => "Unavailable",
+            CallError::Unavailable { .. } => "Unavailable",
             CallError::Start(_) => "StartFailed",
         }
     }
@@ -126,12 +149,12 @@ impl Pool {
     ) -> Result<FunctionMessage, CallError> {
         let _permit = permit;
         let timeout = self.conf.timeout.get();
-        let mut last_error = String::new();
+        let mut last_error = (String::new(), String::new());
         for _ in 0..ATTEMPTS {
             let idle = self.state.lock().await.idle.pop();
             let mut inst = match idle {
                 Some(i) => i,
-                None => self.start().await.map_err(CallError::Start)?,
+                None => self.start().await?,
             };
             // The deadline also travels to the runtime (grpc-timeout), which may give up early on its side.
             let mut req = tonic::Request::new(msg.clone());
@@ -160,7 +183,7 @@ impl Pool {
                         });
                     }
                     tracing::warn!(function = %self.conf.name, instance = %inst.name, "call failed ({}); replacing the instance", status.message());
-                    last_error = format!("{}: {}", inst.name, status.message());
+                    last_error = (inst.name.clone(), status.message().to_string());
                     self.discard(inst).await;
                 }
                 Err(_) => {
@@ -170,7 +193,8 @@ impl Pool {
                 }
             }
         }
-        Err(CallError::Unavailable(last_error))
+        let (instance, message) = last_error;
+        Err(CallError::Unavailable { instance, message })
     }
 
     async fn release(&self, mut inst: Instance) {
@@ -191,12 +215,12 @@ impl Pool {
         st.stopped += 1;
     }
 
-    async fn start(&self) -> Result<Instance, String> {
+    async fn start(&self) -> Result<Instance, StartError> {
         let slot = {
             let mut st = self.state.lock().await;
             let slot = (1..=self.conf.instance.max)
                 .find(|s| !st.slots.contains(s))
-                .ok_or_else(|| "all instance slots are taken".to_string())?;
+                .ok_or(StartError::NoSlot(self.conf.instance.max))?;
             st.slots.insert(slot);
             slot
         };
@@ -212,13 +236,9 @@ impl Pool {
         }
     }
 
-    async fn start_in(&self, slot: u32) -> Result<Instance, String> {
+    async fn start_in(&self, slot: u32) -> Result<Instance, StartError> {
         let name = format!("{}-{slot}", self.conf.name);
-        let port = self
-            .master
-            .available_port()
-            .await
-            .map_err(|e| e.to_string())?;
+        let port = self.master.available_port().await?;
         let address = format!("127.0.0.1:{port}");
         let mut env = std::collections::BTreeMap::new();
         env.insert(
@@ -231,19 +251,21 @@ impl Pool {
             .await
         {
             if !e.to_string().contains("already running") {
-                return Err(e.to_string());
+                return Err(e.into());
             }
             // Left by a previous manager: take the slot over.
             tracing::info!(instance = %name, "taking over an instance left by a previous manager");
             let _ = self.master.stop_instance(&self.conf.service, &name).await;
             self.master
                 .start_instance(&self.conf.service, &name, &env)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         }
         let began = Instant::now();
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| e.to_string())?
+            .map_err(|source| StartError::Address {
+                address: address.clone(),
+                source,
+            })?
             .connect_timeout(Duration::from_secs(1));
         loop {
             match endpoint.connect().await {
@@ -258,9 +280,11 @@ impl Pool {
                 }
                 Err(e) if began.elapsed() > START_TIMEOUT => {
                     let _ = self.master.stop_instance(&self.conf.service, &name).await;
-                    return Err(format!(
-                        "instance {name} did not serve gRPC on {address} within {START_TIMEOUT:?}: {e}"
-                    ));
+                    return Err(StartError::NotServing {
+                        name,
+                        address,
+                        source: e,
+                    });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }

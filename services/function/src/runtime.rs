@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use baetyl_sdk::ConfigError;
+use baetyl_sdk::config::ConfigFile;
+use baetyl_sdk::logging::{LogFormat, LoggerConfig};
+use baetyl_sdk::service::{Kit, shutdown_signal};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
@@ -24,6 +28,9 @@ pub const ERROR_TYPE_KEY: &str = "baetyl-error-type";
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     pub functions: Vec<FunctionSpec>,
+    /// v1's `logger:` section; the Python runtime gets it too.
+    #[serde(default)]
+    pub logger: LoggerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -37,27 +44,24 @@ pub struct FunctionSpec {
     pub codedir: Option<String>,
 }
 
-impl RuntimeConfig {
-    pub fn load(path: &Path) -> Result<Self, FunctionError> {
-        let cfg: RuntimeConfig = baetyl_sdk::config::load_yaml(path)?;
+impl ConfigFile for RuntimeConfig {
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let mut seen = std::collections::BTreeSet::new();
-        for f in &cfg.functions {
+        for f in &self.functions {
             if !seen.insert(&f.name) {
-                return Err(baetyl_sdk::ConfigError::invalid(
+                return Err(ConfigError::invalid(
                     path,
                     format!("function `{}` is defined twice", f.name),
-                )
-                .into());
+                ));
             }
         }
-        if cfg.functions.is_empty() {
-            return Err(baetyl_sdk::ConfigError::invalid(
+        if self.functions.is_empty() {
+            return Err(ConfigError::invalid(
                 path,
                 "key `functions`: name at least one function",
-            )
-            .into());
+            ));
         }
-        Ok(cfg)
+        Ok(())
     }
 }
 
@@ -69,9 +73,9 @@ pub fn parse_listen(address: &str) -> Result<SocketAddr, FunctionError> {
     } else {
         a.to_string()
     };
-    a.parse().map_err(|e| FunctionError::Listen {
+    a.parse().map_err(|source| FunctionError::ListenAddress {
         address: address.to_string(),
-        message: format!("{e}; write HOST:PORT or tcp://HOST:PORT"),
+        source,
     })
 }
 
@@ -85,12 +89,8 @@ impl SqlRuntime {
     pub fn new(cfg: &RuntimeConfig, origin: &Path) -> Result<Self, FunctionError> {
         let mut functions = BTreeMap::new();
         for f in &cfg.functions {
-            let h = SqlHandler::parse(&f.handler).map_err(|e| {
-                FunctionError::Config(baetyl_sdk::ConfigError::invalid(
-                    origin,
-                    format!("function `{}`: {e}", f.name),
-                ))
-            })?;
+            let h = SqlHandler::parse(&f.handler)
+                .map_err(|e| ConfigError::invalid(origin, format!("function `{}`: {e}", f.name)))?;
             functions.insert(f.name.clone(), h);
         }
         Ok(SqlRuntime { functions })
@@ -133,11 +133,11 @@ impl Function for SqlRuntime {
         let payload = match handler.run(&msg.payload, &ctx) {
             Ok(Some(v)) => serde_json::to_vec(&v).unwrap_or_default(),
             Ok(None) => Vec::new(),
-            Err(FunctionError::Payload(m)) => {
+            Err(e @ FunctionError::Payload(_)) => {
                 return Err(error_status(
                     tonic::Code::InvalidArgument,
                     "PayloadError",
-                    m,
+                    e.to_string(),
                 ));
             }
             Err(e) => {
@@ -161,19 +161,18 @@ pub async fn serve<S>(
 where
     S: Function,
 {
-    let listener =
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| FunctionError::Listen {
-                address: addr.to_string(),
-                message: e.to_string(),
-            })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| FunctionError::Bind {
+            address: addr,
+            source,
+        })?;
     tracing::info!(%addr, "function runtime listening");
     tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(tokio_stream_from(listener), shutdown)
         .await
-        .map_err(|e| FunctionError::Other(format!("gRPC server: {e}")))
+        .map_err(FunctionError::Serve)
 }
 
 fn tokio_stream_from(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
@@ -188,6 +187,9 @@ pub struct RuntimeArgs {
     /// Address to serve on; default: $BAETYL_SERVICE_INSTANCE_ADDRESS (set by the function manager).
     #[arg(long)]
     pub listen: Option<String>,
+    /// Log line format: `human` or `json`; overrides `logger.format` in the config.
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 fn listen_address(args: &RuntimeArgs) -> Result<SocketAddr, FunctionError> {
@@ -195,75 +197,36 @@ fn listen_address(args: &RuntimeArgs) -> Result<SocketAddr, FunctionError> {
         .listen
         .clone()
         .or_else(|| std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_ADDRESS).ok())
-        .ok_or_else(|| {
-            FunctionError::Other(format!(
-                "no address to serve on: pass --listen HOST:PORT or set {}",
-                baetyl_sdk::env::SERVICE_INSTANCE_ADDRESS
-            ))
-        })?;
+        .ok_or(FunctionError::NoListenAddress)?;
     parse_listen(&address)
-}
-
-fn init_logging(role: &str) {
-    let instance =
-        std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_NAME).unwrap_or_else(|_| role.to_string());
-    let service = std::env::var(baetyl_sdk::env::SERVICE_NAME).unwrap_or_else(|_| role.to_string());
-    let _ = baetyl_sdk::logging::init(&baetyl_sdk::logging::LogSetup {
-        service: &service,
-        instance: &instance,
-        level: "info",
-        format: baetyl_sdk::logging::LogFormat::Human,
-        file: None,
-    });
 }
 
 /// `baetyl runtime-sql`.
 pub fn run_sql_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
-    init_logging("runtime-sql");
     let cfg = RuntimeConfig::load(&args.config)?;
     let runtime = SqlRuntime::new(&cfg, &args.config)?;
     let addr = listen_address(&args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    Kit::new("runtime-sql")
         .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| FunctionError::Other(format!("async runtime: {e}")))?;
-    rt.block_on(serve(runtime.into_server(), addr, shutdown_signal()))
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+        .init(&cfg.logger, args.log_format)?
+        .block_on(serve(runtime.into_server(), addr, shutdown_signal()))
 }
 
 /// The Python runtime program, embedded so the binary alone can start it.
 pub const PYTHON_RUNTIME: &str = include_str!("../runtimes/python/runtime.py");
 
 /// `baetyl runtime-python`: validates the config, then replaces this process with the Python runtime
-/// (interpreter: $BAETYL_PYTHON, else `python3`), passing it the config as JSON.
+/// (interpreter: $BAETYL_PYTHON, else `python3`), passing it the config as JSON, `logger` included with
+/// `--log-format` applied: the Python side logs in the same line format as every other role.
 pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
     use std::os::unix::process::CommandExt;
-    let cfg = RuntimeConfig::load(&args.config)?;
+    let mut cfg = RuntimeConfig::load(&args.config)?;
     for f in &cfg.functions {
         if f.handler
             .split_once('.')
             .is_none_or(|(m, func)| m.is_empty() || func.is_empty())
         {
-            return Err(baetyl_sdk::ConfigError::invalid(
+            return Err(ConfigError::invalid(
                 &args.config,
                 format!(
                     "function `{}`: handler `{}` must be MODULE.FUNCTION (e.g. index.handler)",
@@ -275,7 +238,8 @@ pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
     }
     let addr = listen_address(&args)?;
     let python = std::env::var("BAETYL_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let json = serde_json::to_string(&cfg).map_err(|e| FunctionError::Other(e.to_string()))?;
+    cfg.logger.format = args.log_format.unwrap_or(cfg.logger.format);
+    let json = serde_json::to_string(&cfg).map_err(FunctionError::ConfigJson)?;
     let err = std::process::Command::new(&python)
         .arg("-c")
         .arg(PYTHON_RUNTIME)
@@ -284,9 +248,10 @@ pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
         .arg("--config-json")
         .arg(json)
         .exec();
-    Err(FunctionError::Other(format!(
-        "cannot run the Python runtime with `{python}`: {err} (set BAETYL_PYTHON to a Python 3 with grpcio)"
-    )))
+    Err(FunctionError::Python {
+        python,
+        source: err,
+    })
 }
 
 #[cfg(test)]
@@ -298,6 +263,28 @@ mod tests {
         assert_eq!(parse_listen("tcp://127.0.0.1:5000").unwrap().port(), 5000);
         assert_eq!(parse_listen("127.0.0.1:5001").unwrap().port(), 5001);
         assert_eq!(parse_listen(":5002").unwrap().to_string(), "0.0.0.0:5002");
-        assert!(parse_listen("nowhere").is_err());
+        assert!(matches!(
+            parse_listen("nowhere"),
+            Err(FunctionError::ListenAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn logger_goes_to_the_python_runtime() {
+        let cfg = RuntimeConfig::parse(
+            "functions: [{name: f, handler: index.handler}]\nlogger: {level: warn, format: json}\n",
+            Path::new("service.yml"),
+        )
+        .expect("valid");
+        let json = serde_json::to_value(&cfg).expect("json");
+        assert_eq!(json["logger"]["level"], "warn");
+        assert_eq!(json["logger"]["format"], "json");
+        let e = RuntimeConfig::parse(
+            "functions: [{name: f, handler: h}]\nlogger: {levle: info}\n",
+            Path::new("service.yml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("key `logger.levle`"), "{e}");
     }
 }

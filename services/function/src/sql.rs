@@ -15,7 +15,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
-use crate::error::FunctionError;
+use crate::error::{EvalError, FunctionError};
 
 /// What a message brings besides its payload.
 #[derive(Debug, Clone, Default)]
@@ -87,7 +87,7 @@ impl SqlHandler {
                     check_expr(e, &row, &probe)?
                 }
                 SelectItem::Wildcard(_) => {}
-                other => return Err(sql_err(format!("unsupported projection `{other}`"))),
+                other => return Err(unsupported("projection", other).into()),
             }
         }
         if let Some(w) = &self.selection {
@@ -106,8 +106,7 @@ impl SqlHandler {
         let row: Value = if payload.is_empty() {
             Value::Object(Map::new())
         } else {
-            serde_json::from_slice(payload)
-                .map_err(|e| FunctionError::Payload(format!("the payload is not JSON: {e}")))?
+            serde_json::from_slice(payload).map_err(FunctionError::Payload)?
         };
         if let Some(w) = &self.selection
             && !truthy(&eval(w, &row, ctx)?)
@@ -129,18 +128,21 @@ impl SqlHandler {
                 SelectItem::ExprWithAlias { expr, alias } => {
                     out.insert(alias.value.clone(), eval(expr, &row, ctx)?);
                 }
-                other => return Err(sql_err(format!("unsupported projection `{other}`"))),
+                other => return Err(unsupported("projection", other).into()),
             }
         }
         Ok(Some(Value::Object(out)))
     }
 }
 
-fn sql_err(message: String) -> FunctionError {
-    FunctionError::Eval(message)
+fn unsupported(what: &'static str, text: impl std::fmt::Display) -> EvalError {
+    EvalError::Unsupported {
+        what,
+        text: text.to_string(),
+    }
 }
 
-fn check_expr(e: &Expr, row: &Value, ctx: &MessageContext) -> Result<(), FunctionError> {
+fn check_expr(e: &Expr, row: &Value, ctx: &MessageContext) -> Result<(), EvalError> {
     // Evaluating on an empty row exercises every operator and function name; type errors from the empty
     // row itself (NULL arithmetic is NULL, not an error) cannot happen, so any error is a real one.
     eval(e, row, ctx).map(|_| ())
@@ -231,10 +233,10 @@ fn values_equal(a: &Value, b: &Value) -> Option<bool> {
     }
 }
 
-fn literal(v: &SqlValue) -> Result<Value, FunctionError> {
+fn literal(v: &SqlValue) -> Result<Value, EvalError> {
     Ok(match v {
         SqlValue::Number(n, _) => {
-            let f: f64 = n.parse().map_err(|_| sql_err(format!("bad number {n}")))?;
+            let f: f64 = n.parse().map_err(|_| EvalError::Number(n.clone()))?;
             num(f)
         }
         SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => {
@@ -242,7 +244,7 @@ fn literal(v: &SqlValue) -> Result<Value, FunctionError> {
         }
         SqlValue::Boolean(b) => Value::Bool(*b),
         SqlValue::Null => Value::Null,
-        other => return Err(sql_err(format!("unsupported literal {other}"))),
+        other => return Err(unsupported("literal", other)),
     })
 }
 
@@ -274,7 +276,7 @@ fn like(text: &str, pattern: &str) -> bool {
     pi == p.len()
 }
 
-pub fn eval(e: &Expr, row: &Value, ctx: &MessageContext) -> Result<Value, FunctionError> {
+pub fn eval(e: &Expr, row: &Value, ctx: &MessageContext) -> Result<Value, EvalError> {
     Ok(match e {
         Expr::Identifier(i) => lookup(row, std::iter::once(i.value.as_str())),
         Expr::CompoundIdentifier(parts) => lookup(row, parts.iter().map(|i| i.value.as_str())),
@@ -290,7 +292,7 @@ pub fn eval(e: &Expr, row: &Value, ctx: &MessageContext) -> Result<Value, Functi
                 UnaryOperator::Not => Value::Bool(!truthy(&v)),
                 UnaryOperator::Minus => as_f64(&v).map(|x| num(-x)).unwrap_or(Value::Null),
                 UnaryOperator::Plus => v,
-                other => return Err(sql_err(format!("unsupported operator {other}"))),
+                other => return Err(unsupported("operator", other)),
             }
         }
         Expr::BinaryOp { left, op, right } => {
@@ -316,9 +318,7 @@ pub fn eval(e: &Expr, row: &Value, ctx: &MessageContext) -> Result<Value, Functi
             ..
         } => {
             let sqlparser::ast::InTarget::List(list) = target else {
-                return Err(sql_err(format!(
-                    "only IN (value, ...) lists are supported, not `{target}`"
-                )));
+                return Err(EvalError::InTarget(target.to_string()));
             };
             let v = eval(expr, row, ctx)?;
             let mut found = false;
@@ -383,26 +383,27 @@ pub fn eval(e: &Expr, row: &Value, ctx: &MessageContext) -> Result<Value, Functi
                     .iter()
                     .map(|a| match a {
                         FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => eval(e, row, ctx),
-                        other => Err(sql_err(format!(
-                            "unsupported argument `{other}` to {name}()"
-                        ))),
+                        other => Err(EvalError::Argument {
+                            function: name.clone(),
+                            argument: other.to_string(),
+                        }),
                     })
                     .collect::<Result<Vec<_>, _>>()?,
                 FunctionArguments::Subquery(_) => {
-                    return Err(sql_err(format!("subqueries are not supported in {name}()")));
+                    return Err(EvalError::Subquery(name));
                 }
             };
             call(&name, &args, ctx)?
         }
-        other => return Err(sql_err(format!("unsupported expression `{other}`"))),
+        other => return Err(unsupported("expression", other)),
     })
 }
 
 fn binary(
     op: &BinaryOperator,
     l: Value,
-    r: impl FnOnce() -> Result<Value, FunctionError>,
-) -> Result<Value, FunctionError> {
+    r: impl FnOnce() -> Result<Value, EvalError>,
+) -> Result<Value, EvalError> {
     use BinaryOperator as B;
     // AND/OR short-circuit.
     match op {
@@ -438,26 +439,27 @@ fn binary(
         B::GtEq => compare(&l, &r)
             .map(|o| Value::Bool(o.is_ge()))
             .unwrap_or(Value::Null),
-        other => return Err(sql_err(format!("unsupported operator {other}"))),
+        other => return Err(unsupported("operator", other)),
     })
 }
 
 /// The functions a handler may call.
-fn call(name: &str, args: &[Value], ctx: &MessageContext) -> Result<Value, FunctionError> {
+fn call(name: &str, args: &[Value], ctx: &MessageContext) -> Result<Value, EvalError> {
     let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Null);
     let text = |i: usize| as_text(&arg(i));
     let f = |i: usize| as_f64(&arg(i));
     let need = |n: usize| {
         if args.len() < n {
-            Err(sql_err(format!(
-                "{name}() needs {n} argument(s), got {}",
-                args.len()
-            )))
+            Err(EvalError::Arity {
+                function: name.to_string(),
+                needed: n,
+                got: args.len(),
+            })
         } else {
             Ok(())
         }
     };
-    let math = |g: fn(f64) -> f64| -> Result<Value, FunctionError> {
+    let math = |g: fn(f64) -> f64| -> Result<Value, EvalError> {
         need(1)?;
         Ok(f(0).map(|x| num(g(x))).unwrap_or(Value::Null))
     };
@@ -550,11 +552,7 @@ fn call(name: &str, args: &[Value], ctx: &MessageContext) -> Result<Value, Funct
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         ),
-        other => {
-            return Err(sql_err(format!(
-                "unknown function {other}(); use topic, qos, clientid, timestamp, functionname, upper, lower, length, trim, concat, substring, replace, startswith, endswith, abs, ceil, floor, round, sqrt, power, mod, exp, ln, log10, coalesce, now"
-            )));
-        }
+        other => return Err(EvalError::UnknownFunction(other.to_string())),
     })
 }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use baetyl_function::proto::FunctionMessage;
 use baetyl_function::proto::function_client::FunctionClient;
 use baetyl_function::runtime::{ERROR_TYPE_KEY, PYTHON_RUNTIME, RuntimeConfig, SqlRuntime, serve};
+use baetyl_sdk::config::ConfigFile;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,7 +4,8 @@ user handlers `handler(event, context)` loaded as `module.function` from each fu
 
 Started by `baetyl runtime-python`, which validates the YAML config and passes it here as JSON. Only grpcio
 is needed: FunctionMessage's seven fields are encoded here, so no generated code or protobuf version
-coupling is involved.
+coupling is involved. The config's `logger` section (level, format human|json, path) gives the same log lines
+as every other baetyl role, with the service and instance names of the env contract.
 
 v1 semantics: event = the JSON-decoded payload when it parses, else the raw bytes; context has messageQOS,
 messageTopic, messageTimestamp, functionName, functionInvokeID and invokeid; a dict/list result is sent as
@@ -12,18 +13,71 @@ JSON, bytes as they are, str as UTF-8, None as an empty payload (nothing is publ
 a gRPC error whose metadata names the exception type.
 """
 import argparse
+import datetime
 import importlib
 import json
+import logging
 import os
 import signal
 import sys
 import threading
-import traceback
 from concurrent import futures
 
 import grpc
 
 ERROR_TYPE_KEY = "baetyl-error-type"
+
+log = logging.getLogger("baetyl_runtime_python")
+
+# ---------------------------------------------------------------- logging, as baetyl_sdk::logging writes it
+
+LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "warning": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 1}
+
+
+def _level(spec):
+    # A tracing filter such as `info` or `debug,baetyl_hub=trace`: its bare level applies here.
+    for directive in str(spec or "info").split(","):
+        directive = directive.strip().lower()
+        if directive and "=" not in directive:
+            return LEVELS.get(directive, logging.INFO)
+    return logging.INFO
+
+
+class LineFormatter(logging.Formatter):
+    def __init__(self, service, instance, as_json):
+        super().__init__()
+        self.service, self.instance, self.as_json = service, instance, as_json
+
+    def format(self, record):
+        now = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+        level = {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(record.levelname, record.levelname)
+        msg = record.getMessage()
+        if record.exc_info:
+            msg = f"{msg}\n{self.formatException(record.exc_info)}"
+        if self.as_json:
+            return json.dumps({"time": stamp, "level": level.lower(), "service": self.service,
+                               "instance": self.instance, "target": record.name, "msg": msg},
+                              separators=(",", ":"))
+        return f"{stamp} {level:>5} {self.service}[{self.instance}] {msg}"
+
+
+def setup_logging(logger):
+    service = os.environ.get("BAETYL_SERVICE_NAME") or "runtime-python"
+    instance = os.environ.get("BAETYL_SERVICE_INSTANCE_NAME") or service
+    path = logger.get("path")
+    if path:
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        handler = logging.FileHandler(path)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LineFormatter(service, instance, logger.get("format") == "json"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_level(logger.get("level")))
 
 # ---------------------------------------------------------------- FunctionMessage wire format
 
@@ -147,7 +201,7 @@ class Runtime:
         try:
             result = handler(event, ctx)
         except Exception as e:
-            traceback.print_exc()
+            log.warning("function %s raised %s", msg["FunctionName"], type(e).__name__, exc_info=True)
             context.set_trailing_metadata(((ERROR_TYPE_KEY, type(e).__name__),))
             context.abort(grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}")
         if result is None:
@@ -169,6 +223,7 @@ def main():
     parser.add_argument("--config-json", required=True)
     args = parser.parse_args(sys.argv[1:])
     config = json.loads(args.config_json)
+    setup_logging(config.get("logger") or {})
     runtime = Runtime(load_functions(config["functions"]))
     handler = grpc.method_handlers_generic_handler(
         "baetyl.Function",
@@ -179,8 +234,7 @@ def main():
     if server.add_insecure_port(args.listen) == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
     server.start()
-    name = os.environ.get("BAETYL_SERVICE_INSTANCE_NAME", "runtime-python")
-    print(f"{name}: serving {', '.join(runtime.functions)} on {args.listen}", flush=True)
+    log.info("serving %s on %s", ", ".join(runtime.functions), args.listen)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
