@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use baetyl_sdk::logging::{self, LogFormat, LogSetup};
+use baetyl_sdk::logging::LogFormat;
+use baetyl_sdk::service::{Kit, shutdown_signal};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::load_config;
@@ -49,24 +50,16 @@ pub fn run_master(args: MasterArgs, build: BuildInfo, roles: Vec<Role>) -> anyho
         .with_context(|| format!("cannot resolve work dir {}", args.workdir.display()))?;
     let cfg_path = config_path(&workdir, &args.config);
     let cfg = load_config(&cfg_path)?;
-    let log_file = cfg.logger.path.as_ref().map(|p| workdir.join(p));
-    logging::init(&LogSetup {
-        service: "master",
-        instance: "master",
-        level: &cfg.logger.level,
-        format: args.log_format.unwrap_or(cfg.logger.format),
-        file: log_file.as_deref(),
-    })
-    .map_err(anyhow::Error::msg)?;
+    // The log file, like every path in conf.yml, is relative to the work dir.
+    let mut logger = cfg.logger.clone();
+    logger.path = logger.path.map(|p| workdir.join(p));
+    let service = Kit::new("master")
+        .worker_threads(2)
+        .init(&logger, args.log_format)?;
     if !cfg_path.exists() {
         tracing::info!("no {}: using the built-in defaults", cfg_path.display());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async {
+    service.block_on(async {
         let _lock = lock_workdir(&workdir)?;
         let engine = engine(&workdir, &cfg, roles)?;
         let listeners = Listeners::bind(&workdir, &cfg.server).await?;
@@ -111,26 +104,5 @@ fn engine(workdir: &Path, cfg: &MasterConfig, roles: Vec<Role>) -> anyhow::Resul
         Mode::Containerd => bail!(
             "mode `containerd` is not available in this build yet; set `mode: native` in conf.yml"
         ),
-    }
-}
-
-// TODO(kit): replace with the sdk service kit's one shutdown signal when it lands (the lead swaps it in at
-// merge); this one keeps the master's behaviour: SIGTERM or SIGINT, each logged.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-            }
-        }
-        _ => {
-            tracing::error!("cannot listen for signals; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
