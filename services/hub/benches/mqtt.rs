@@ -13,11 +13,16 @@
 
 use baetyl_sdk::config::ConfigFile;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use anyhow::{Context, Result};
+use baetyl_testkit::free_port;
+use baetyl_testkit::mosquitto::Mosquitto;
+use baetyl_testkit::mqtt::{Client, options};
+use baetyl_testkit::net::{localhost, wait_accepting_async};
+use baetyl_testkit::process::Process;
+use rumqttc::QoS;
 use tokio::sync::mpsc;
 
 /// The `baetyl` binary's global allocator (the same source file), so that the hub child runs as in production.
@@ -54,29 +59,24 @@ fn main() -> Result<()> {
     r
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// What keeps a broker running until the end of the run.
+#[allow(dead_code)]
+enum Running {
+    Hub(Process),
+    Mosquitto(Mosquitto),
 }
 
 struct Broker {
     name: &'static str,
-    child: Child,
     port: u16,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    pid: u32,
+    _running: Running,
 }
 
 impl Broker {
     fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -86,8 +86,7 @@ impl Broker {
 
     /// User + system CPU time the broker process has used so far, in milliseconds.
     fn cpu_ms(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
         // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<&str> = rest.split_whitespace().collect();
@@ -98,21 +97,8 @@ impl Broker {
     }
 }
 
-async fn wait_port(port: u16) -> Result<()> {
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("nothing listens on {port}")
-}
-
 async fn start_hub(dir: &Path) -> Result<Broker> {
-    let port = free_port()?;
+    let port = free_port();
     let cfg = dir.join("hub.yml");
     std::fs::write(
         &cfg,
@@ -124,55 +110,33 @@ async fn start_hub(dir: &Path) -> Result<Broker> {
             dir.join("hub-data").display()
         ),
     )?;
-    let child = Command::new(std::env::current_exe()?)
-        .args(["--child-hub", &cfg.display().to_string()])
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--child-hub", &cfg.display().to_string()])
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let b = Broker {
+        .stderr(Stdio::inherit());
+    let hub = Process::spawn(&mut cmd, "the hub")?;
+    wait_accepting_async(localhost(port), Duration::from_secs(30)).await;
+    Ok(Broker {
         name: "baetyl-hub",
-        child,
         port,
-    };
-    wait_port(port).await?;
-    Ok(b)
+        pid: hub.id(),
+        _running: Running::Hub(hub),
+    })
 }
 
 async fn start_mosquitto(dir: &Path) -> Result<Broker> {
-    let port = free_port()?;
-    let pw = dir.join("mosquitto.passwd");
-    std::fs::write(&pw, "")?;
-    let st = Command::new("mosquitto_passwd")
-        .args(["-b", &pw.display().to_string(), USER, PASS])
-        .status()?;
-    if !st.success() {
-        bail!("mosquitto_passwd failed");
-    }
-    let data = dir.join("mosquitto-data");
-    std::fs::create_dir_all(&data)?;
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence true\n\
-             persistence_location {}/\nmax_inflight_messages 16\nmax_queued_messages 100000\nlog_dest none\nset_tcp_nodelay false\n",
-            pw.display(),
-            data.display()
-        ),
-    )?;
-    let child = Command::new("mosquitto")
-        .args(["-c", &conf.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("mosquitto is not installed (apt-get install mosquitto)")?;
-    let b = Broker {
+    let m = Mosquitto::builder(&dir.join("mosquitto"))
+        .user(USER, PASS)
+        .quiet()
+        .option("max_inflight_messages 16")
+        .option("set_tcp_nodelay false")
+        .start()?;
+    Ok(Broker {
         name: "mosquitto",
-        child,
-        port,
-    };
-    wait_port(port).await?;
-    Ok(b)
+        port: m.port,
+        pid: m.pid().context("mosquitto's pid")?,
+        _running: Running::Mosquitto(m),
+    })
 }
 
 fn now_nanos() -> u64 {
@@ -182,24 +146,12 @@ fn now_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-async fn client(id: String, port: u16) -> Result<(AsyncClient, mpsc::UnboundedReceiver<Packet>)> {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_credentials(USER, PASS);
-    o.set_keep_alive(Duration::from_secs(60));
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    o.set_inflight(64);
-    let (c, mut ev) = AsyncClient::new(o, 10_000);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(e) = ev.poll().await {
-            if let Event::Incoming(p) = e
-                && tx.send(p).is_err()
-            {
-                return;
-            }
-        }
-    });
-    Ok((c, rx))
+async fn client(id: &str, port: u16) -> Result<Client> {
+    let mut o = options(id, port);
+    o.set_credentials(USER, PASS)
+        .set_keep_alive(Duration::from_secs(60))
+        .set_inflight(64);
+    Client::connect(o).await
 }
 
 struct Outcome {
@@ -222,24 +174,16 @@ async fn scenario(
     let topic = format!("bench/{tag}");
     let expected = pubs * per_pub * subs;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<u64>>();
-    let mut sub_clients = Vec::new();
     for s in 0..subs {
-        let (c, mut rx) = client(format!("bsub-{tag}-{s}"), port).await?;
+        let mut c = client(&format!("bsub-{tag}-{s}"), port).await?;
         c.subscribe(&topic, qos).await?;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await? {
-                Some(Packet::SubAck(_)) => break,
-                Some(_) => {}
-                None => bail!("subscriber lost its connection"),
-            }
-        }
         let want = pubs * per_pub;
         let done = done_tx.clone();
         tokio::spawn(async move {
             let mut lat = Vec::with_capacity(want);
             while lat.len() < want {
-                match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
-                    Ok(Some(Packet::Publish(p))) if p.payload.len() >= 8 => {
+                match c.recv(Duration::from_secs(20)).await {
+                    Ok(Some(p)) if p.payload.len() >= 8 => {
                         let mut ts = [0u8; 8];
                         ts.copy_from_slice(&p.payload[..8]);
                         lat.push(now_nanos().saturating_sub(u64::from_be_bytes(ts)));
@@ -249,27 +193,24 @@ async fn scenario(
                 }
             }
             let _ = done.send(lat);
+            let _ = c.disconnect().await;
         });
-        sub_clients.push(c);
     }
     drop(done_tx);
     let start = Instant::now();
     let mut pub_clients = Vec::new();
     for p in 0..pubs {
-        let (c, _rx) = client(format!("bpub-{tag}-{p}"), port).await?;
+        let mut c = client(&format!("bpub-{tag}-{p}"), port).await?;
         let topic = topic.clone();
         let handle = tokio::spawn(async move {
             let mut payload = vec![b'x'; size.max(8)];
             for _ in 0..per_pub {
                 payload[..8].copy_from_slice(&now_nanos().to_be_bytes());
-                if c.publish(&topic, qos, false, payload.clone())
-                    .await
-                    .is_err()
-                {
+                if c.send(&topic, qos, false, payload.clone()).await.is_err() {
                     break;
                 }
             }
-            (c, _rx)
+            c
         });
         pub_clients.push(handle);
     }
@@ -279,12 +220,9 @@ async fn scenario(
     }
     let elapsed = start.elapsed();
     for h in pub_clients {
-        if let Ok((c, _)) = h.await {
+        if let Ok(c) = h.await {
             let _ = c.disconnect().await;
         }
-    }
-    for c in sub_clients {
-        let _ = c.disconnect().await;
     }
     all.sort_unstable();
     let pct = |q: f64| {

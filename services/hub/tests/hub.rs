@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use baetyl_hub::config::ListenKind;
+use baetyl_testkit::net::{localhost, wait_accepting_async};
+use baetyl_testkit::pki::{Cert, Pki};
+use baetyl_testkit::process::{Process, rerun_test};
+use baetyl_testkit::wait::poll_async;
 use common::*;
 use rumqttc::{ConnectReturnCode, LastWill, QoS, SubscribeReasonCode};
 
@@ -102,20 +106,20 @@ fn acl_allows_and_denies_publish_and_subscribe() -> Result<()> {
             .publish("t/a", QoS::AtLeastOnce, false, "allowed")
             .await?;
         let got = watcher
-            .recv_publish(WAIT)
+            .recv(WAIT)
             .await?
             .context("allowed publish not delivered")?;
         assert_eq!(got.topic, "t/a");
         assert_eq!(&got.payload[..], b"allowed");
         assert!(
-            watcher.recv_publish(SHORT).await?.is_none(),
+            watcher.recv(SHORT).await?.is_none(),
             "denied publish was delivered"
         );
 
         // The limited client receives what its subscription allows.
         let mut own = None;
         for _ in 0..2 {
-            if let Some(p) = limited.recv_publish(WAIT).await? {
+            if let Some(p) = limited.recv(WAIT).await? {
                 own = Some(p);
                 break;
             }
@@ -151,7 +155,7 @@ fn qos_0_1_2_round_trip() -> Result<()> {
             let topic = format!("q/{i}");
             publ.publish(&topic, qos, false, format!("m{i}")).await?;
             let got = sub
-                .recv_publish(WAIT)
+                .recv(WAIT)
                 .await?
                 .with_context(|| format!("{qos:?} not delivered"))?;
             assert_eq!(got.topic, topic);
@@ -163,10 +167,7 @@ fn qos_0_1_2_round_trip() -> Result<()> {
         low.subscribe("low", QoS::AtMostOnce).await?;
         publ.publish("low", QoS::ExactlyOnce, false, "x").await?;
         assert_eq!(
-            low.recv_publish(WAIT)
-                .await?
-                .context("low not delivered")?
-                .qos,
+            low.recv(WAIT).await?.context("low not delivered")?.qos,
             QoS::AtMostOnce
         );
         Ok(())
@@ -182,7 +183,7 @@ async fn retained_for_new_subscriber(
     let mut c = connect_ok(id, addr, ("admin", "admin-pw")).await?;
     c.subscribe(filter, QoS::AtLeastOnce).await?;
     let mut out = Vec::new();
-    while let Some(p) = c.recv_publish(SHORT).await? {
+    while let Some(p) = c.recv(SHORT).await? {
         assert!(
             p.retain,
             "a message sent on subscribe must carry the retain flag"
@@ -194,20 +195,34 @@ async fn retained_for_new_subscriber(
 }
 
 /// The engine stores retained messages asynchronously (after the PUBACK): poll until `want` is what a new
-/// subscriber sees, for at most 5 s.
+/// subscriber sees, for at most 10 s.
 async fn eventually_retained(
     addr: std::net::SocketAddr,
     filter: &str,
     want: &[&[u8]],
 ) -> Result<()> {
-    let mut last = Vec::new();
-    for attempt in 0..8 {
-        last = retained_for_new_subscriber(addr, &format!("ret-check-{attempt}"), filter).await?;
-        if last.iter().map(|v| v.as_slice()).eq(want.iter().copied()) {
-            return Ok(());
+    let mut attempt = 0;
+    poll_async(Duration::from_secs(10), || {
+        attempt += 1;
+        let id = format!("ret-check-{attempt}");
+        async move {
+            let got = retained_for_new_subscriber(addr, &id, filter)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if got.iter().map(|v| v.as_slice()).eq(want.iter().copied()) {
+                Ok(())
+            } else {
+                Err(format!("got {got:?}"))
+            }
         }
-    }
-    bail!("retained on {filter}: want {want:?}, got {last:?}")
+    })
+    .await
+    .map_err(|last| {
+        anyhow::anyhow!(
+            "retained on {filter}: want {want:?}; {}",
+            last.unwrap_or_default()
+        )
+    })
 }
 
 #[test]
@@ -241,10 +256,7 @@ fn will_is_published_on_abrupt_close() -> Result<()> {
         opts.set_last_will(LastWill::new("will/dies", "gone", QoS::AtLeastOnce, false));
         let (dying, _) = connect(opts).await?;
         dying.kill();
-        let got = watcher
-            .recv_publish(WAIT)
-            .await?
-            .context("will not published")?;
+        let got = watcher.recv(WAIT).await?.context("will not published")?;
         assert_eq!(got.topic, "will/dies");
         assert_eq!(&got.payload[..], b"gone");
 
@@ -254,7 +266,7 @@ fn will_is_published_on_abrupt_close() -> Result<()> {
         let (clean, _) = connect(opts).await?;
         clean.disconnect().await?;
         assert!(
-            watcher.recv_publish(SHORT).await?.is_none(),
+            watcher.recv(SHORT).await?.is_none(),
             "will published after a clean disconnect"
         );
         Ok(())
@@ -272,7 +284,7 @@ fn routing_rule_republishes_at_min_qos() -> Result<()> {
         publ.publish("route/in", QoS::ExactlyOnce, false, "hop")
             .await?;
         let got = sub
-            .recv_publish(WAIT)
+            .recv(WAIT)
             .await?
             .context("routed message not delivered")?;
         assert_eq!(got.topic, "route/out");
@@ -280,7 +292,7 @@ fn routing_rule_republishes_at_min_qos() -> Result<()> {
         assert_eq!(got.qos, QoS::AtLeastOnce, "min(2, source 1, target 1)");
         publ.publish("route/other", QoS::AtLeastOnce, false, "no")
             .await?;
-        assert!(sub.recv_publish(SHORT).await?.is_none());
+        assert!(sub.recv(SHORT).await?.is_none());
         Ok(())
     })
 }
@@ -305,7 +317,7 @@ fn sys_topics_report_clients() -> Result<()> {
         let _other = connect_ok("sys-other", addr, ("admin", "admin-pw")).await?;
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let p = sys.recv_publish(WAIT).await?.context("no $SYS message")?;
+            let p = sys.recv(WAIT).await?.context("no $SYS message")?;
             if p.topic.starts_with("$SYS/")
                 && p.topic.contains("sys-other")
                 && p.topic.ends_with("/connected")
@@ -348,10 +360,7 @@ fn hostile_input_does_not_stop_the_hub() -> Result<()> {
         // A UTF-8 topic whose first character is multi-byte.
         let mut publ = connect_ok("hostile-pub", addr, ("admin", "admin-pw")).await?;
         publ.publish("é/x", QoS::AtLeastOnce, false, "utf8").await?;
-        let got = watcher
-            .recv_publish(WAIT)
-            .await?
-            .context("é/x not delivered")?;
+        let got = watcher.recv(WAIT).await?.context("é/x not delivered")?;
         assert_eq!(got.topic, "é/x");
 
         // PUBLISH to a wildcard topic, or with NUL in the topic: the connection is closed, nothing delivered.
@@ -373,7 +382,7 @@ fn hostile_input_does_not_stop_the_hub() -> Result<()> {
             "connection kept open after an oversized PUBLISH"
         );
         assert!(
-            watcher.recv_publish(SHORT).await?.is_none(),
+            watcher.recv(SHORT).await?.is_none(),
             "a refused PUBLISH was delivered"
         );
 
@@ -382,10 +391,7 @@ fn hostile_input_does_not_stop_the_hub() -> Result<()> {
         after
             .publish("still/alive", QoS::AtLeastOnce, false, "yes")
             .await?;
-        let got = watcher
-            .recv_publish(WAIT)
-            .await?
-            .context("hub stopped serving")?;
+        let got = watcher.recv(WAIT).await?.context("hub stopped serving")?;
         assert_eq!(got.topic, "still/alive");
         let stats = hub.hub.stats().await;
         assert!(
@@ -413,10 +419,7 @@ fn websocket_listener_round_trip() -> Result<()> {
         assert_eq!(ack.code, ConnectReturnCode::Success);
         wsc.publish("ws/x", QoS::AtLeastOnce, false, "over websocket")
             .await?;
-        let got = sub
-            .recv_publish(WAIT)
-            .await?
-            .context("ws publish not delivered")?;
+        let got = sub.recv(WAIT).await?.context("ws publish not delivered")?;
         assert_eq!(&got.payload[..], b"over websocket");
         Ok(())
     })
@@ -565,7 +568,7 @@ fn mosquitto_clients_interoperate_v31_v311_v5() -> Result<()> {
 fn sigterm_stops_the_hub() -> Result<()> {
     block_on(async {
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
+        let port = free_port();
         let config = dir.path().join("service.yml");
         write(
             &config,
@@ -585,16 +588,7 @@ fn sigterm_stops_the_hub() -> Result<()> {
             .args(["-TERM", &hub.0.id().to_string()])
             .status()?;
         assert!(status.success());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let exit = loop {
-            if let Some(s) = hub.0.try_wait()? {
-                break s;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("the hub did not stop on SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let exit = hub.0.wait_exit(Duration::from_secs(20));
         assert!(exit.success(), "{exit:?}");
         Ok(())
     })
@@ -629,22 +623,16 @@ fn duplicate_client_id_takes_over_the_session() -> Result<()> {
         let mut first = connect_ok("same-id", hub.tcp(), ("admin", "admin-pw")).await?;
         let mut second = connect_ok("same-id", hub.tcp(), ("admin", "admin-pw")).await?;
         // The first connection is closed by the hub...
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match first.next(Duration::from_millis(200)).await {
-                Err(_) => break,
-                Ok(_) if tokio::time::Instant::now() > deadline => {
-                    bail!("first connection still open")
-                }
-                Ok(_) => {}
-            }
-        }
+        first
+            .wait_closed(WAIT)
+            .await
+            .context("first connection still open")?;
         // ... and the second one works.
         second.subscribe("dup/#", QoS::AtLeastOnce).await?;
         second
             .publish("dup/x", QoS::AtLeastOnce, false, "ok")
             .await?;
-        assert!(second.recv_publish(WAIT).await?.is_some());
+        assert!(second.recv(WAIT).await?.is_some());
         Ok(())
     })
 }
@@ -670,7 +658,7 @@ fn missing_certificate_file_is_named() -> Result<()> {
 #[test]
 fn bind_failure_names_the_address() -> Result<()> {
     block_on(async {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let taken = free_listener();
         let port = taken.local_addr()?.port();
         let err = start_hub(&format!(
             "listen: ['tcp://127.0.0.1:{port}']\n{PRINCIPALS}storage: {{dir: '{{dir}}/data'}}\n"
@@ -700,27 +688,19 @@ fn hub_child_process() -> Result<()> {
     Ok(())
 }
 
-struct ChildHub(std::process::Child);
+/// A hub in a child process of its own (killed when dropped).
+struct ChildHub(Process);
 
 impl ChildHub {
     async fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> Result<ChildHub> {
         let hub = spawn_child(config, log, &[])?;
-        wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(60)).await?;
+        wait_accepting_async(localhost(port), Duration::from_secs(60)).await;
         Ok(hub)
     }
 
     /// SIGKILL: no chance to flush anything.
-    fn kill9(mut self) -> Result<()> {
-        self.0.kill()?;
-        self.0.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for ChildHub {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    fn kill9(mut self) {
+        self.0.kill9();
     }
 }
 
@@ -729,7 +709,7 @@ fn persistent_session_survives_kill_9() -> Result<()> {
     block_on(async {
         const N: usize = 1000;
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
+        let port = free_port();
         let config = dir.path().join("service.yml");
         let log = dir.path().join("hub.log");
         write(
@@ -756,9 +736,11 @@ fn persistent_session_survives_kill_9() -> Result<()> {
         sub.disconnect().await?;
         // Publish only once the hub has the subscriber offline: messages that reach a session's in-memory
         // queue while it is still online are not handed to the session store (an engine limitation).
-        publ.recv_publish(WAIT)
+        publ.recv(WAIT)
             .await?
             .context("no $SYS disconnected event for persist-sub")?;
+        // The engine marks the session offline just after it publishes that event, and a child-process hub
+        // shows no later sign of it: a short margin (not an observable event; see the hub's engine notes).
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         // 1000 QoS 1 messages are queued for it, and one retained message is stored.
@@ -769,9 +751,9 @@ fn persistent_session_survives_kill_9() -> Result<()> {
         publ.publish("keep/r", QoS::AtLeastOnce, true, "kept")
             .await?;
         drop(publ);
-        // The stores flush every 500 ms.
+        // The engine's stores flush every 500 ms and expose no flush event: kill -9 only after four periods.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        hub.kill9()?;
+        hub.kill9();
 
         let _hub = ChildHub::start(&config, port, &log).await?;
         let (mut sub, ack) = connect(o)
@@ -781,7 +763,7 @@ fn persistent_session_survives_kill_9() -> Result<()> {
         let mut seen = vec![false; N];
         let mut count = 0;
         while count < N {
-            let Some(p) = sub.recv_publish(Duration::from_secs(15)).await? else {
+            let Some(p) = sub.recv(Duration::from_secs(15)).await? else {
                 break;
             };
             let i: usize = std::str::from_utf8(&p.payload)?.parse()?;
@@ -799,7 +781,7 @@ fn persistent_session_survives_kill_9() -> Result<()> {
         let mut r = connect_ok("persist-ret", addr, ("admin", "admin-pw")).await?;
         r.subscribe("keep/#", QoS::AtLeastOnce).await?;
         let got = r
-            .recv_publish(WAIT)
+            .recv(WAIT)
             .await?
             .context("retained message lost across restart")?;
         assert_eq!(&got.payload[..], b"kept");
@@ -807,65 +789,30 @@ fn persistent_session_survives_kill_9() -> Result<()> {
     })
 }
 
-/// Test PKI written to `dir`: ca.pem, server.pem/.key (SAN 127.0.0.1, localhost), client certs with CN `dev`
-/// (from the CA) and CN `dev` from an unknown CA (`rogue`).
-struct Pki {
-    ca: Vec<u8>,
-    dev: (Vec<u8>, Vec<u8>),
-    rogue: (Vec<u8>, Vec<u8>),
+/// Test PKI written to `dir`: ca.pem, server.pem/.key (SAN 127.0.0.1, localhost), client certificates with CN
+/// `dev` from the CA and CN `dev` from an unknown CA (`rogue`).
+struct TestPki {
+    pki: Pki,
+    dev: Cert,
+    rogue: Cert,
 }
 
-fn make_pki(dir: &std::path::Path) -> Result<Pki> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair,
-    };
-    let ca_params = |cn: &str| -> Result<CertificateParams> {
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, cn);
-        Ok(p)
-    };
-    let ca = CertifiedIssuer::self_signed(ca_params("baetyl test ca")?, KeyPair::generate()?)?;
-    let rogue_ca = CertifiedIssuer::self_signed(ca_params("rogue ca")?, KeyPair::generate()?)?;
-
-    let server_key = KeyPair::generate()?;
-    let mut sp = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    sp.distinguished_name.push(DnType::CommonName, "hub");
-    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server = sp.signed_by(&server_key, &ca)?;
-
-    let client = |issuer: &CertifiedIssuer<'_, KeyPair>, cn: &str| -> Result<(Vec<u8>, Vec<u8>)> {
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = p.signed_by(&key, issuer)?;
-        Ok((cert.pem().into_bytes(), key.serialize_pem().into_bytes()))
-    };
-    write(&dir.join("ca.pem"), &ca.pem())?;
-    write(&dir.join("server.pem"), &server.pem())?;
-    write(&dir.join("server.key"), &server_key.serialize_pem())?;
-    Ok(Pki {
-        ca: ca.pem().into_bytes(),
-        dev: client(&ca, "dev")?,
-        rogue: client(&rogue_ca, "dev")?,
-    })
+fn make_pki(dir: &std::path::Path) -> Result<TestPki> {
+    let pki = Pki::new(dir, "baetyl test ca")?;
+    let dev = pki.client("dev")?;
+    let rogue = Pki::new(&dir.join("rogue"), "rogue ca")?.client("dev")?;
+    Ok(TestPki { pki, dev, rogue })
 }
 
 fn tls_options(
     id: &str,
     addr: std::net::SocketAddr,
-    pki: &Pki,
-    client_cert: Option<&(Vec<u8>, Vec<u8>)>,
+    pki: &TestPki,
+    client_cert: Option<&Cert>,
 ) -> rumqttc::MqttOptions {
     let mut o = options(id, addr, None);
     o.set_transport(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Simple {
-            ca: pki.ca.clone(),
-            alpn: None,
-            client_auth: client_cert.cloned(),
-        },
+        pki.pki.mqtt_tls(client_cert),
     ));
     o
 }
@@ -901,7 +848,7 @@ fn certificate_principal_over_mtls_only() -> Result<()> {
         dev.publish("dev/t", QoS::AtLeastOnce, false, "from cert")
             .await?;
         let got = dev
-            .recv_publish(WAIT)
+            .recv(WAIT)
             .await?
             .context("dev's own message not delivered")?;
         assert_eq!(&got.payload[..], b"from cert");
@@ -941,20 +888,13 @@ fn certificate_principal_over_mtls_only() -> Result<()> {
             wss.port(),
         );
         o.set_transport(rumqttc::Transport::wss_with_config(
-            rumqttc::TlsConfiguration::Simple {
-                ca: pki.ca.clone(),
-                alpn: None,
-                client_auth: Some(pki.dev.clone()),
-            },
+            pki.pki.mqtt_tls(Some(&pki.dev)),
         ));
         let (mut wsc, ack) = connect(o).await?;
         assert_eq!(ack.code, ConnectReturnCode::Success);
         wsc.publish("dev/wss", QoS::AtLeastOnce, false, "wss")
             .await?;
-        let got = dev
-            .recv_publish(WAIT)
-            .await?
-            .context("wss message not delivered")?;
+        let got = dev.recv(WAIT).await?.context("wss message not delivered")?;
         assert_eq!(got.topic, "dev/wss");
         Ok(())
     })
@@ -982,10 +922,7 @@ fn one_way_tls_with_password() -> Result<()> {
         c.publish("tls/x", QoS::AtLeastOnce, false, "secret")
             .await?;
         assert_eq!(
-            &c.recv_publish(WAIT)
-                .await?
-                .context("tls round trip")?
-                .payload[..],
+            &c.recv(WAIT).await?.context("tls round trip")?.payload[..],
             b"secret"
         );
         let mut o = tls_options("tls-bad", ssl, &pki, None);
@@ -1001,26 +938,18 @@ fn spawn_child(
     log: &std::path::Path,
     env: &[(&str, String)],
 ) -> Result<ChildHub> {
-    let exe = std::env::current_exe()?;
-    let log = std::fs::OpenOptions::new()
+    let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args([
-        "hub_child_process",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_CONFIG_ENV, config)
-    .stdout(log.try_clone()?)
-    .stderr(log);
+    let mut cmd = rerun_test("hub_child_process");
+    cmd.env(CHILD_CONFIG_ENV, config)
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Ok(ChildHub(cmd.spawn()?))
+    Ok(ChildHub(Process::spawn(&mut cmd, "the hub")?.with_log(log)))
 }
 
 /// Reads one HTTP/1.1 request (head and content-length body) and answers 200.
@@ -1068,7 +997,7 @@ fn reports_statistics_to_the_master() -> Result<()> {
         let master = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let master_addr = master.local_addr()?;
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
+        let port = free_port();
         let config = dir.path().join("service.yml");
         write(
             &config,
@@ -1120,16 +1049,8 @@ fn engine_environment_overrides_are_refused() -> Result<()> {
             "ram".to_string(),
         )];
         let mut child = spawn_child(&config, &log, &env)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.0.try_wait()? {
-                break s;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("the hub kept running with an rmqtt_plugin_ variable set");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        // The hub must refuse to run with an rmqtt_plugin_ variable set.
+        let status = child.0.wait_exit(Duration::from_secs(60));
         assert!(!status.success());
         let out = std::fs::read_to_string(&log)?;
         assert!(

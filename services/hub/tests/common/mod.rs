@@ -1,5 +1,5 @@
-//! Test fixtures: a hub on free ports in a temp dir, rumqttc clients driven by a task, and a raw MQTT socket
-//! for packets a well-behaved client library refuses to send.
+//! Test fixtures: a hub on free ports in a temp dir, the test kit's MQTT client with the standard principals,
+//! and a raw MQTT socket for packets a well-behaved client library refuses to send.
 #![allow(dead_code)]
 
 use baetyl_sdk::config::ConfigFile;
@@ -7,16 +7,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use baetyl_hub::config::ListenKind;
 use baetyl_hub::{HubConfig, RunningHub};
-use rumqttc::{
-    AsyncClient, ConnAck, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode,
-};
+use rumqttc::{ConnAck, MqttOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+
+pub use baetyl_testkit::mqtt::Client;
+pub use baetyl_testkit::{free_listener, free_port};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -63,143 +62,23 @@ pub async fn standard_hub() -> Result<TestHub> {
     .await
 }
 
-/// A picked free port on 127.0.0.1 (for hubs in a child process, whose port must be known in advance).
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 pub fn options(id: &str, addr: SocketAddr, user: Option<(&str, &str)>) -> MqttOptions {
-    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    o.set_keep_alive(Duration::from_secs(30));
+    let mut o = baetyl_testkit::mqtt::options_for(id, addr);
     if let Some((u, p)) = user {
         o.set_credentials(u, p);
     }
     o
 }
 
-/// A rumqttc client whose event loop runs in a task; incoming packets (or the loop's error) arrive on `rx`.
-pub struct Client {
-    pub client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Connects and waits for CONNACK. An error carries the refusal.
 pub async fn connect(opts: MqttOptions) -> Result<(Client, ConnAck)> {
-    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(p)) => {
-                    if tx.send(Ok(p)).is_err() {
-                        return;
-                    }
-                }
-                Ok(Event::Outgoing(_)) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            }
-        }
-    });
-    let first = tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .context("no CONNACK in time")?
-        .ok_or_else(|| anyhow!("event loop ended"))?;
-    match first {
-        Ok(Packet::ConnAck(ack)) => Ok((Client { client, rx, task }, ack)),
-        Ok(other) => bail!("expected CONNACK, got {other:?}"),
-        Err(e) => bail!("{e}"),
-    }
+    let c = Client::connect(opts).await?;
+    let ack = c.connack().clone();
+    Ok((c, ack))
 }
 
 pub async fn connect_ok(id: &str, addr: SocketAddr, user: (&str, &str)) -> Result<Client> {
-    Ok(connect(options(id, addr, Some(user))).await?.0)
-}
-
-impl Client {
-    /// The next incoming packet, or None on timeout.
-    pub async fn next(&mut self, wait: Duration) -> Result<Option<Packet>> {
-        match tokio::time::timeout(wait, self.rx.recv()).await {
-            Err(_) => Ok(None),
-            Ok(None) => bail!("event loop ended"),
-            Ok(Some(Ok(p))) => Ok(Some(p)),
-            Ok(Some(Err(e))) => bail!("connection error: {e}"),
-        }
-    }
-
-    /// Subscribes and returns the SUBACK codes.
-    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<Vec<SubscribeReasonCode>> {
-        self.client.subscribe(filter, qos).await?;
-        loop {
-            match self.next(WAIT).await? {
-                Some(Packet::SubAck(ack)) => return Ok(ack.return_codes),
-                Some(_) => continue,
-                None => bail!("no SUBACK for {filter}"),
-            }
-        }
-    }
-
-    /// The next PUBLISH within `wait`, skipping acks.
-    pub async fn recv_publish(&mut self, wait: Duration) -> Result<Option<Publish>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            match self.next(left).await? {
-                Some(Packet::Publish(p)) => return Ok(Some(p)),
-                Some(_) => continue,
-                None => return Ok(None),
-            }
-        }
-    }
-
-    /// Publishes and, for QoS 1 and 2, waits until the hub acknowledged it (PUBACK / PUBCOMP).
-    pub async fn publish(
-        &mut self,
-        topic: &str,
-        qos: QoS,
-        retain: bool,
-        payload: impl Into<Vec<u8>>,
-    ) -> Result<()> {
-        self.client
-            .publish(topic, qos, retain, payload.into())
-            .await?;
-        if qos == QoS::AtMostOnce {
-            return Ok(());
-        }
-        loop {
-            match self.next(WAIT).await? {
-                Some(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => return Ok(()),
-                Some(Packet::PubComp(_)) if qos == QoS::ExactlyOnce => return Ok(()),
-                Some(_) => continue,
-                None => bail!("no acknowledgement for the publish on {topic}"),
-            }
-        }
-    }
-
-    /// Sends DISCONNECT and lets it reach the hub.
-    pub async fn disconnect(self) -> Result<()> {
-        self.client.disconnect().await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Ok(())
-    }
-
-    /// Drops the TCP connection without DISCONNECT (abrupt close).
-    pub fn kill(self) {
-        self.task.abort();
-    }
+    Client::connect(options(id, addr, Some(user))).await
 }
 
 fn put_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -289,20 +168,6 @@ impl RawClient {
                 Ok(Ok(_)) => continue,
             }
         }
-    }
-}
-
-/// Waits until something accepts TCP connections on `addr`.
-pub async fn wait_listening(addr: SocketAddr, wait: Duration) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("nothing listens on {addr}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
