@@ -6,88 +6,35 @@
 //! is publisher -> mosquitto (hub) -> bridge (disk buffer, fsync per batch) -> mosquitto (remote) -> subscriber.
 
 use baetyl_sdk::config::ConfigFile;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use baetyl_remote::{Bridge, BridgeConfig};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
+use baetyl_testkit::mosquitto::Mosquitto;
+use baetyl_testkit::mqtt::{Client, options};
+use rumqttc::QoS;
 
-struct Mosq(Child, u16);
-
-impl Drop for Mosq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn mosquitto(dir: &std::path::Path) -> Result<Mosquitto> {
+    Mosquitto::builder(dir)
+        .persistence(false)
+        .quiet()
+        .option("max_queued_messages 1000000")
+        .start()
 }
 
-fn mosquitto(dir: &std::path::Path) -> Result<Mosq> {
-    std::fs::create_dir_all(dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let conf = dir.join("m.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 1000000\n"
-        ),
-    )?;
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("mosquitto (apt-get install mosquitto)")?;
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(Mosq(child, port));
-        }
-        std::thread::sleep(Duration::from_millis(25));
+/// A client of the broker on `port`, subscribed to `sub` if given.
+async fn client(port: u16, id: &str, sub: Option<&str>) -> Result<Client> {
+    let mut c = Client::connect(options(id, port)).await?;
+    if let Some(t) = sub {
+        c.subscribe(t, QoS::AtLeastOnce).await?;
     }
-    bail!("mosquitto did not start")
+    Ok(c)
 }
 
-/// A client; incoming payloads go to the channel.
-async fn client(
-    port: u16,
-    id: &str,
-    sub: Option<&str>,
-) -> Result<(AsyncClient, mpsc::UnboundedReceiver<Vec<u8>>)> {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (c, mut ev) = AsyncClient::new(o, 10_000);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
-    let c2 = c.clone();
-    let sub = sub.map(str::to_string);
-    tokio::spawn(async move {
-        loop {
-            match ev.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => match &sub {
-                    Some(t) => {
-                        let _ = c2.try_subscribe(t.clone(), QoS::AtLeastOnce);
-                    }
-                    None => {
-                        ready_tx.send_replace(true);
-                    }
-                },
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    ready_tx.send_replace(true);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send(p.payload.to_vec());
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r)).await??;
-    Ok((c, rx))
+/// The next message within `wait`, or an error.
+async fn next(c: &mut Client, wait: Duration) -> Result<()> {
+    c.recv(wait).await?.context("no message in time")?;
+    Ok(())
 }
 
 struct Figures {
@@ -103,37 +50,27 @@ async fn measure(
     n: usize,
     tag: &str,
 ) -> Result<Figures> {
-    let (publisher, _) = client(pub_port, &format!("{tag}-pub"), None).await?;
-    let (_s, mut rx) = client(sub_port, &format!("{tag}-sub"), Some("#")).await?;
+    let mut publisher = client(pub_port, &format!("{tag}-pub"), None).await?;
+    let mut rx = client(sub_port, &format!("{tag}-sub"), Some("#")).await?;
     // Warm up until the path delivers.
     loop {
         publisher
-            .publish(topic, QoS::AtLeastOnce, false, b"warm".to_vec())
+            .send(topic, QoS::AtLeastOnce, false, b"warm".to_vec())
             .await?;
-        if tokio::time::timeout(Duration::from_millis(300), rx.recv())
-            .await
-            .is_ok()
-        {
+        if rx.recv(Duration::from_millis(300)).await?.is_some() {
             break;
         }
     }
-    while tokio::time::timeout(Duration::from_millis(300), rx.recv())
-        .await
-        .is_ok()
-    {}
+    rx.drain(Duration::from_millis(300)).await;
 
     let start = Instant::now();
     for i in 0..n {
         publisher
-            .publish(topic, QoS::AtLeastOnce, false, format!("{i}").into_bytes())
+            .send(topic, QoS::AtLeastOnce, false, format!("{i}").into_bytes())
             .await?;
     }
-    let mut count = 0;
-    while count < n {
-        tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await?
-            .context("closed")?;
-        count += 1;
+    for _ in 0..n {
+        next(&mut rx, Duration::from_secs(60)).await?;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
 
@@ -141,11 +78,9 @@ async fn measure(
     for i in 0..300 {
         let t = Instant::now();
         publisher
-            .publish(topic, QoS::AtLeastOnce, false, format!("l{i}").into_bytes())
+            .send(topic, QoS::AtLeastOnce, false, format!("l{i}").into_bytes())
             .await?;
-        tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await?
-            .context("closed")?;
+        next(&mut rx, Duration::from_secs(10)).await?;
         lat.push(t.elapsed());
     }
     lat.sort();
@@ -167,7 +102,7 @@ async fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let hub = mosquitto(&tmp.path().join("hub"))?;
     let remote = mosquitto(&tmp.path().join("remote"))?;
-    let direct = measure(hub.1, hub.1, "direct/t", n, "direct").await?;
+    let direct = measure(hub.port, hub.port, "direct/t", n, "direct").await?;
 
     let cfg_path = tmp.path().join("service.yml");
     std::fs::write(
@@ -176,13 +111,13 @@ async fn main() -> Result<()> {
             "hub: {{address: 'tcp://127.0.0.1:{}', clean_session: true}}\nremotes: [{{name: cloud, address: 'tcp://127.0.0.1:{}', clean_session: true}}]\n\
              rules: [{{hub: {{subscriptions: [{{topic: 'up/#', qos: 1}}]}}, remote: {{name: cloud}}}}]\n\
              buffer: {{dir: '{}', fsync: {fsync}}}\n",
-            hub.1,
-            remote.1,
+            hub.port,
+            remote.port,
             tmp.path().join("buffer").display()
         ),
     )?;
     let bridge = Bridge::start(&BridgeConfig::load(&cfg_path)?).await?;
-    let bridged = measure(hub.1, remote.1, "up/t", n, "bridge").await?;
+    let bridged = measure(hub.port, remote.port, "up/t", n, "bridge").await?;
     bridge.stop().await;
 
     println!("{n} QoS 1 messages, 300 for latency; buffer.fsync: {fsync}");

@@ -5,13 +5,18 @@ mod common;
 use baetyl_sdk::config::ConfigFile;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baetyl_remote::{Bridge, BridgeConfig, RemoteArgs};
-use common::{Broker, Peer, eventually, make_pki, numbered};
+use baetyl_testkit::mosquitto::{Mosquitto as Broker, Tls};
+use baetyl_testkit::mqtt::{Client, Publish, texts as payloads};
+use baetyl_testkit::pki::Pki;
+use baetyl_testkit::process::{Process, rerun_test};
+use baetyl_testkit::{eventually, eventually_async, free_listener};
+use common::{numbered, peer};
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -35,19 +40,12 @@ fn child_bridge_process() {
     std::process::exit(if result.is_ok() { 0 } else { 1 });
 }
 
-fn spawn_child(config: &Path, master: Option<u16>) -> Result<Child> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args([
-        "--exact",
-        "child_bridge_process",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env(CHILD_ENV, config)
-    .env_remove(baetyl_sdk::env::SERVICE_NAME)
-    .stdout(Stdio::null())
-    .stderr(Stdio::inherit());
+fn spawn_child(config: &Path, master: Option<u16>) -> Result<Process> {
+    let mut cmd = rerun_test("child_bridge_process");
+    cmd.env(CHILD_ENV, config)
+        .env_remove(baetyl_sdk::env::SERVICE_NAME)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     if let Some(port) = master {
         cmd.env(baetyl_sdk::env::SERVICE_NAME, "remote")
             .env(baetyl_sdk::env::SERVICE_TOKEN, "token-1")
@@ -56,7 +54,7 @@ fn spawn_child(config: &Path, master: Option<u16>) -> Result<Child> {
                 format!("tcp://127.0.0.1:{port}"),
             );
     }
-    Ok(cmd.spawn()?)
+    Process::spawn(&mut cmd, "the bridge")
 }
 
 fn write_config(dir: &Path, text: &str) -> Result<BridgeConfig> {
@@ -65,14 +63,32 @@ fn write_config(dir: &Path, text: &str) -> Result<BridgeConfig> {
     Ok(BridgeConfig::load(&path)?)
 }
 
-fn payloads(msgs: &[(String, Vec<u8>, QoS)]) -> Vec<String> {
-    msgs.iter()
-        .map(|(_, p, _)| String::from_utf8_lossy(p).into_owned())
-        .collect()
-}
-
 fn expected(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Waits until the bridge's subscription to `filter` is granted on `broker`, publishes one message on `topic`
+/// and answers the one message `sub` receives from it.
+async fn probe(
+    broker: &Broker,
+    filter: &str,
+    publ: &mut Client,
+    (topic, payload): (&str, &[u8]),
+    sub: &mut Client,
+) -> Result<Publish> {
+    broker.wait_subscribed(filter, LONG).await?;
+    publ.publish_all(topic, &[payload.to_vec()]).await?;
+    let mut got = sub.recv_n(1, LONG).await?;
+    Ok(got.remove(0))
+}
+
+/// Polls the bridge's stats until `f` holds; the failure shows the last stats.
+async fn stats_until(bridge: &Bridge, what: &str, f: impl Fn(&Value) -> bool) {
+    eventually_async(LONG, what, || async {
+        let s = bridge.stats();
+        if f(&s) { Ok(()) } else { Err(s) }
+    })
+    .await
 }
 
 fn remote_stat(stats: &Value, remote: &str, key: &str) -> u64 {
@@ -82,9 +98,9 @@ fn remote_stat(stats: &Value, remote: &str, key: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_with_rewrite_qos1_and_two_remotes() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let hub = Broker::start(&tmp.path().join("hub"), None)?;
-    let cloud = Broker::start(&tmp.path().join("cloud"), None)?;
-    let backup = Broker::start(&tmp.path().join("backup"), None)?;
+    let hub = Broker::start(&tmp.path().join("hub"))?;
+    let cloud = Broker::start(&tmp.path().join("cloud"))?;
+    let backup = Broker::start(&tmp.path().join("backup"))?;
     let cfg = write_config(
         tmp.path(),
         &format!(
@@ -102,11 +118,9 @@ async fn both_directions_with_rewrite_qos1_and_two_remotes() -> Result<()> {
             tmp.path().join("buffer").display()
         ),
     )?;
-    let mut cloud_sub =
-        Peer::connect(cloud.port, "cloud-sub", true, &[("#", QoS::AtLeastOnce)]).await?;
-    let mut backup_sub =
-        Peer::connect(backup.port, "backup-sub", true, &[("#", QoS::AtLeastOnce)]).await?;
-    let mut hub_sub = Peer::connect(
+    let mut cloud_sub = peer(cloud.port, "cloud-sub", true, &[("#", QoS::AtLeastOnce)]).await?;
+    let mut backup_sub = peer(backup.port, "backup-sub", true, &[("#", QoS::AtLeastOnce)]).await?;
+    let mut hub_sub = peer(
         hub.port,
         "hub-sub",
         true,
@@ -114,33 +128,24 @@ async fn both_directions_with_rewrite_qos1_and_two_remotes() -> Result<()> {
     )
     .await?;
     let bridge = Bridge::start(&cfg).await?;
-    assert!(
-        eventually(LONG, || {
-            let s = bridge.stats();
-            s["hub"]["connected"] == true
-                && s["remotes"]["cloud"]["connected"] == true
-                && s["remotes"]["backup"]["connected"] == true
-        })
-        .await,
-        "bridge did not connect: {}",
-        bridge.stats()
-    );
-    // The hub session subscribes after CONNACK: probe until a message flows.
-    let hub_pub = Peer::connect(hub.port, "hub-pub", true, &[]).await?;
-    tokio::time::timeout(LONG, async {
-        loop {
-            hub_pub
-                .publish_all("sensors/probe", &[b"probe".to_vec()])
-                .await?;
-            let got = cloud_sub.drain(Duration::from_millis(300)).await;
-            if !got.is_empty() {
-                assert!(got.iter().all(|(t, _, _)| t == "edge-1/probe"), "{got:?}");
-                return anyhow::Ok(());
-            }
-        }
+    stats_until(&bridge, "the bridge to connect", |s| {
+        s["hub"]["connected"] == true
+            && s["remotes"]["cloud"]["connected"] == true
+            && s["remotes"]["backup"]["connected"] == true
     })
-    .await
-    .context("probe")??;
+    .await;
+    let mut hub_pub = peer(hub.port, "hub-pub", true, &[]).await?;
+    // The hub session subscribes after CONNACK: one probe once both filters are granted.
+    hub.wait_subscribed("alerts/+", LONG).await?;
+    let got = probe(
+        &hub,
+        "sensors/#",
+        &mut hub_pub,
+        ("sensors/probe", b"probe"),
+        &mut cloud_sub,
+    )
+    .await?;
+    assert_eq!(got.topic, "edge-1/probe");
 
     hub_pub
         .publish_all("sensors/temp", &numbered("t", 100))
@@ -151,12 +156,12 @@ async fn both_directions_with_rewrite_qos1_and_two_remotes() -> Result<()> {
     let got = cloud_sub.recv_n(100, LONG).await?;
     assert!(
         got.iter()
-            .all(|(t, _, q)| t == "edge-1/temp" && *q == QoS::AtLeastOnce)
+            .all(|p| p.topic == "edge-1/temp" && p.qos == QoS::AtLeastOnce)
     );
     assert_eq!(payloads(&got), expected("t", 0..100), "in order, no loss");
     let got = backup_sub.recv_n(10, LONG).await?;
     assert!(
-        got.iter().all(|(t, _, _)| t == "alerts/fire"),
+        got.iter().all(|p| p.topic == "alerts/fire"),
         "no rewrite on that rule"
     );
     assert_eq!(payloads(&got), expected("a", 0..10));
@@ -169,29 +174,25 @@ async fn both_directions_with_rewrite_qos1_and_two_remotes() -> Result<()> {
     );
     assert!(cloud_sub.drain(Duration::from_millis(300)).await.is_empty());
 
-    let cloud_pub = Peer::connect(cloud.port, "cloud-pub", true, &[]).await?;
+    let mut cloud_pub = peer(cloud.port, "cloud-pub", true, &[]).await?;
+    cloud.wait_subscribed("cmd/#", LONG).await?;
     cloud_pub
         .publish_all("cmd/reboot", &numbered("c", 50))
         .await?;
     let got = hub_sub.recv_n(50, LONG).await?;
     assert!(
         got.iter()
-            .all(|(t, _, q)| t == "from-cloud/cmd/reboot" && *q == QoS::AtLeastOnce)
+            .all(|p| p.topic == "from-cloud/cmd/reboot" && p.qos == QoS::AtLeastOnce)
     );
     assert_eq!(payloads(&got), expected("c", 0..50));
 
-    assert!(
-        eventually(LONG, || {
-            let s = bridge.stats();
-            remote_stat(&s, "cloud", "sent") == 101
-                && remote_stat(&s, "cloud", "received") == 50
-                && remote_stat(&s, "cloud", "buffered") == 0
-                && remote_stat(&s, "backup", "sent") == 10
-        })
-        .await,
-        "stats: {}",
-        bridge.stats()
-    );
+    stats_until(&bridge, "the final counts", |s| {
+        remote_stat(s, "cloud", "sent") == 101
+            && remote_stat(s, "cloud", "received") == 50
+            && remote_stat(s, "cloud", "buffered") == 0
+            && remote_stat(s, "backup", "sent") == 10
+    })
+    .await;
     bridge.stop().await;
     Ok(())
 }
@@ -199,8 +200,8 @@ async fn both_directions_with_rewrite_qos1_and_two_remotes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_down_then_back_gets_everything_in_order_once() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let hub = Broker::start(&tmp.path().join("hub"), None)?;
-    let mut cloud = Broker::start(&tmp.path().join("cloud"), None)?;
+    let hub = Broker::start(&tmp.path().join("hub"))?;
+    let mut cloud = Broker::start(&tmp.path().join("cloud"))?;
     let cfg = write_config(
         tmp.path(),
         &format!(
@@ -213,7 +214,7 @@ async fn remote_down_then_back_gets_everything_in_order_once() -> Result<()> {
         ),
     )?;
     // A persistent subscriber on the remote: its session (and what is queued for it) survives the outage.
-    let mut sub = Peer::connect(
+    let mut sub = peer(
         cloud.port,
         "cloud-sub",
         false,
@@ -221,41 +222,27 @@ async fn remote_down_then_back_gets_everything_in_order_once() -> Result<()> {
     )
     .await?;
     let bridge = Bridge::start(&cfg).await?;
-    let hub_pub = Peer::connect(hub.port, "hub-pub", true, &[]).await?;
-    assert!(
-        eventually(LONG, || bridge.stats()["remotes"]["cloud"]["connected"]
-            == true)
-        .await
-    );
-    // The hub session's subscription is in place once a first message goes through.
-    tokio::time::timeout(LONG, async {
-        loop {
-            hub_pub.publish_all("up/warmup", &[b"w".to_vec()]).await?;
-            if !sub.drain(Duration::from_millis(300)).await.is_empty() {
-                return anyhow::Ok(());
-            }
-        }
+    let mut hub_pub = peer(hub.port, "hub-pub", true, &[]).await?;
+    stats_until(&bridge, "the remote to connect", |s| {
+        s["remotes"]["cloud"]["connected"] == true
     })
-    .await??;
+    .await;
+    // The hub session's subscription is in place: a first message goes through.
+    probe(&hub, "up/#", &mut hub_pub, ("up/warmup", b"w"), &mut sub).await?;
 
     cloud.stop();
     drop(sub);
-    assert!(
-        eventually(LONG, || bridge.stats()["remotes"]["cloud"]["connected"]
-            == false)
-        .await
-    );
+    stats_until(&bridge, "the remote to be seen down", |s| {
+        s["remotes"]["cloud"]["connected"] == false
+    })
+    .await;
     hub_pub.publish_all("up/data", &numbered("m", 300)).await?;
-    assert!(
-        eventually(LONG, || remote_stat(&bridge.stats(), "cloud", "buffered")
-            == 300)
-        .await,
-        "all 300 buffered while the remote is down: {}",
-        bridge.stats()
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stats_until(&bridge, "all 300 buffered while the remote is down", |s| {
+        remote_stat(s, "cloud", "buffered") == 300
+    })
+    .await;
     cloud.restart()?;
-    let mut sub = Peer::connect(
+    let mut sub = peer(
         cloud.port,
         "cloud-sub",
         false,
@@ -282,11 +269,11 @@ async fn remote_down_then_back_gets_everything_in_order_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bound_drops_the_oldest_and_counts_them() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let hub = Broker::start(&tmp.path().join("hub"), None)?;
+    let hub = Broker::start(&tmp.path().join("hub"))?;
     // The remote is not there at first; a persistent subscriber's session waits in its saved state.
-    let mut cloud = Broker::start(&tmp.path().join("cloud"), None)?;
+    let mut cloud = Broker::start(&tmp.path().join("cloud"))?;
     drop(
-        Peer::connect(
+        peer(
             cloud.port,
             "cloud-sub",
             false,
@@ -307,37 +294,28 @@ async fn bound_drops_the_oldest_and_counts_them() -> Result<()> {
         ),
     )?;
     let bridge = Bridge::start(&cfg).await?;
-    assert!(eventually(LONG, || bridge.stats()["hub"]["connected"] == true).await);
-    let hub_pub = Peer::connect(hub.port, "hub-pub", true, &[]).await?;
-    // Wait for the hub subscription: the first message that gets buffered tells.
-    tokio::time::timeout(LONG, async {
-        while remote_stat(&bridge.stats(), "cloud", "buffered") == 0 {
-            hub_pub.publish_all("up/warmup", &[b"w".to_vec()]).await?;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        anyhow::Ok(())
+    stats_until(&bridge, "the hub to connect", |s| {
+        s["hub"]["connected"] == true
     })
-    .await??;
+    .await;
+    let mut hub_pub = peer(hub.port, "hub-pub", true, &[]).await?;
+    hub.wait_subscribed("up/#", LONG).await?;
     let warmups = bridge.stats()["hub"]["received"].as_u64().unwrap_or(0);
     hub_pub.publish_all("up/data", &numbered("m", 80)).await?;
-    assert!(
-        eventually(LONG, || bridge.stats()["hub"]["received"].as_u64()
-            == Some(warmups + 80))
-        .await,
-        "{}",
-        bridge.stats()
-    );
+    stats_until(&bridge, "the 80 messages to be received", |s| {
+        s["hub"]["received"].as_u64() == Some(warmups + 80)
+    })
+    .await;
     let s = bridge.stats();
     assert_eq!(remote_stat(&s, "cloud", "buffered"), 50, "{s}");
     assert_eq!(remote_stat(&s, "cloud", "dropped"), warmups + 30, "{s}");
 
     cloud.restart()?;
-    assert!(
-        eventually(LONG, || remote_stat(&bridge.stats(), "cloud", "buffered")
-            == 0)
-        .await
-    );
-    let mut sub = Peer::connect(
+    stats_until(&bridge, "the buffer to be sent", |s| {
+        remote_stat(s, "cloud", "buffered") == 0
+    })
+    .await;
+    let mut sub = peer(
         cloud.port,
         "cloud-sub",
         false,
@@ -355,7 +333,7 @@ async fn bound_drops_the_oldest_and_counts_them() -> Result<()> {
 
 /// A stand-in for the master's report route: records every JSON body sent with the service's token.
 fn fake_master() -> Result<(u16, Arc<Mutex<Vec<Value>>>)> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let listener = free_listener();
     let port = listener.local_addr()?.port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
@@ -402,8 +380,8 @@ fn fake_master() -> Result<(u16, Arc<Mutex<Vec<Value>>>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_bridge_loses_nothing_it_acknowledged() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut hub = Broker::start(&tmp.path().join("hub"), None)?;
-    let mut cloud = Broker::start(&tmp.path().join("cloud"), None)?;
+    let mut hub = Broker::start(&tmp.path().join("hub"))?;
+    let mut cloud = Broker::start(&tmp.path().join("cloud"))?;
     cloud.stop();
     let text = format!(
         "hub: {{address: '{}'}}\nremotes: [{{name: cloud, address: '{}'}}]\n\
@@ -419,32 +397,33 @@ async fn kill_9_of_the_bridge_loses_nothing_it_acknowledged() -> Result<()> {
     let mut child = spawn_child(&config, Some(master_port))?;
 
     // The bridge reports its stats to the master; wait until it says the hub is connected.
-    let last =
-        |r: &Arc<Mutex<Vec<Value>>>| r.lock().unwrap().last().cloned().unwrap_or(Value::Null);
-    assert!(
-        eventually(LONG, || last(&reports)["hub"]["connected"] == true).await,
-        "no report"
-    );
-    let hub_pub = Peer::connect(hub.port, "hub-pub", true, &[]).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let last = || {
+        reports
+            .lock()
+            .expect("reports lock")
+            .last()
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let reported = |what: &'static str, f: fn(&Value) -> bool| {
+        eventually(LONG, what, || Some(last()).filter(f).ok_or_else(last))
+    };
+    reported("a report that the hub is connected", |r| {
+        r["hub"]["connected"] == true
+    });
+    let mut hub_pub = peer(hub.port, "hub-pub", true, &[]).await?;
+    hub.wait_subscribed("up/#", LONG).await?;
     hub_pub.publish_all("up/data", &numbered("m", 200)).await?;
-    assert!(
-        eventually(LONG, || last(&reports)["remotes"]["cloud"]["buffered"]
-            .as_u64()
-            == Some(200))
-        .await,
-        "the bridge reported {}",
-        last(&reports)
-    );
+    reported("a report of 200 buffered", |r| {
+        r["remotes"]["cloud"]["buffered"].as_u64() == Some(200)
+    });
     // Every one of them is acknowledged to the hub now. Kill the bridge, and take the hub away too, so that
     // whatever reaches the remote can only come from the bridge's disk.
-    child.kill()?;
-    child.wait()?;
+    child.kill9();
     drop(hub_pub);
     hub.stop();
     cloud.restart()?;
-    let mut sub =
-        Peer::connect(cloud.port, "cloud-sub", true, &[("up/#", QoS::AtLeastOnce)]).await?;
+    let mut sub = peer(cloud.port, "cloud-sub", true, &[("up/#", QoS::AtLeastOnce)]).await?;
     let mut child = spawn_child(&config, None)?;
     let got = sub.recv_n(200, LONG).await?;
     assert_eq!(
@@ -458,8 +437,7 @@ async fn kill_9_of_the_bridge_loses_nothing_it_acknowledged() -> Result<()> {
     );
 
     // SIGTERM ends the bridge with status 0.
-    common::sigterm(child.id())?;
-    let status = child.wait()?;
+    let status = child.terminate(LONG);
     assert!(status.success(), "exit status {status}");
     hub.restart()?;
     Ok(())
@@ -468,8 +446,8 @@ async fn kill_9_of_the_bridge_loses_nothing_it_acknowledged() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_delivers_every_message_in_order() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let hub = Broker::start(&tmp.path().join("hub"), None)?;
-    let cloud = Broker::start(&tmp.path().join("cloud"), None)?;
+    let hub = Broker::start(&tmp.path().join("hub"))?;
+    let cloud = Broker::start(&tmp.path().join("cloud"))?;
     let config = tmp.path().join("service.yml");
     std::fs::write(
         &config,
@@ -482,7 +460,7 @@ async fn kill_9_mid_stream_then_restart_delivers_every_message_in_order() -> Res
             tmp.path().join("buffer").display()
         ),
     )?;
-    let mut sub = Peer::connect(
+    let mut sub = peer(
         cloud.port,
         "cloud-sub",
         false,
@@ -490,16 +468,8 @@ async fn kill_9_mid_stream_then_restart_delivers_every_message_in_order() -> Res
     )
     .await?;
     let mut child = spawn_child(&config, None)?;
-    let hub_pub = Peer::connect(hub.port, "hub-pub", true, &[]).await?;
-    tokio::time::timeout(LONG, async {
-        loop {
-            hub_pub.publish_all("up/warmup", &[b"w".to_vec()]).await?;
-            if !sub.drain(Duration::from_millis(300)).await.is_empty() {
-                return anyhow::Ok(());
-            }
-        }
-    })
-    .await??;
+    let mut hub_pub = peer(hub.port, "hub-pub", true, &[]).await?;
+    probe(&hub, "up/#", &mut hub_pub, ("up/warmup", b"w"), &mut sub).await?;
 
     const N: usize = 2000;
     let publisher = tokio::spawn(async move {
@@ -510,8 +480,7 @@ async fn kill_9_mid_stream_then_restart_delivers_every_message_in_order() -> Res
     });
     let mut got = sub.recv_n(300, LONG).await?;
     // Mid-stream: messages are in the hub's queue, in the bridge's buffer and in flight to the remote.
-    child.kill()?;
-    child.wait()?;
+    child.kill9();
     let mut child = spawn_child(&config, None)?;
     let _hub_pub = publisher.await??;
     let mut firsts: Vec<String> = Vec::new();
@@ -540,16 +509,15 @@ async fn kill_9_mid_stream_then_restart_delivers_every_message_in_order() -> Res
         "kill -9 mid-stream: {N} messages, {copies} received, {} duplicates",
         copies - N
     );
-    common::sigterm(child.id())?;
-    assert!(child.wait()?.success());
+    assert!(child.terminate(LONG).success());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_down_then_back_remote_messages_are_not_lost() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut hub = Broker::start(&tmp.path().join("hub"), None)?;
-    let cloud = Broker::start(&tmp.path().join("cloud"), None)?;
+    let mut hub = Broker::start(&tmp.path().join("hub"))?;
+    let cloud = Broker::start(&tmp.path().join("cloud"))?;
     let cfg = write_config(
         tmp.path(),
         &format!(
@@ -561,34 +529,38 @@ async fn hub_down_then_back_remote_messages_are_not_lost() -> Result<()> {
             tmp.path().join("buffer").display()
         ),
     )?;
-    let mut hub_sub =
-        Peer::connect(hub.port, "hub-sub", false, &[("down/#", QoS::AtLeastOnce)]).await?;
+    let mut hub_sub = peer(hub.port, "hub-sub", false, &[("down/#", QoS::AtLeastOnce)]).await?;
     let bridge = Bridge::start(&cfg).await?;
-    let cloud_pub = Peer::connect(cloud.port, "cloud-pub", true, &[]).await?;
-    tokio::time::timeout(LONG, async {
-        loop {
-            cloud_pub
-                .publish_all("down/warmup", &[b"w".to_vec()])
-                .await?;
-            if !hub_sub.drain(Duration::from_millis(300)).await.is_empty() {
-                return anyhow::Ok(());
-            }
-        }
+    let mut cloud_pub = peer(cloud.port, "cloud-pub", true, &[]).await?;
+    probe(
+        &cloud,
+        "down/#",
+        &mut cloud_pub,
+        ("down/warmup", b"w"),
+        &mut hub_sub,
+    )
+    .await?;
+    // Counted once the hub acknowledged it to the bridge (a moment after the subscriber got it).
+    stats_until(&bridge, "the warm-up to be counted", |s| {
+        remote_stat(s, "cloud", "received") == 1
     })
-    .await??;
+    .await;
     let before = remote_stat(&bridge.stats(), "cloud", "received");
     hub.stop();
     drop(hub_sub);
-    assert!(eventually(LONG, || bridge.stats()["hub"]["connected"] == false).await);
+    stats_until(&bridge, "the hub to be seen down", |s| {
+        s["hub"]["connected"] == false
+    })
+    .await;
     // The remote accepts these; the bridge cannot pass them on, so it must not acknowledge them either.
     cloud_pub
         .publish_all("down/cmd", &numbered("d", 40))
         .await?;
+    // A window in which nothing must happen: the bridge takes none of them while the hub is down.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(remote_stat(&bridge.stats(), "cloud", "received"), before);
     hub.restart()?;
-    let mut hub_sub =
-        Peer::connect(hub.port, "hub-sub", false, &[("down/#", QoS::AtLeastOnce)]).await?;
+    let mut hub_sub = peer(hub.port, "hub-sub", false, &[("down/#", QoS::AtLeastOnce)]).await?;
     let got = payloads(&hub_sub.recv_n(40, LONG).await?);
     // At least once and in order: every message, the first copies in sequence.
     let mut firsts: Vec<String> = Vec::new();
@@ -601,11 +573,10 @@ async fn hub_down_then_back_remote_messages_are_not_lost() -> Result<()> {
         }
     }
     assert_eq!(firsts, expected("d", 0..40));
-    assert!(
-        eventually(LONG, || remote_stat(&bridge.stats(), "cloud", "received")
-            >= before + 40)
-        .await
-    );
+    stats_until(&bridge, "the 40 to be counted as received", |s| {
+        remote_stat(s, "cloud", "received") >= before + 40
+    })
+    .await;
     bridge.stop().await;
     Ok(())
 }
@@ -613,17 +584,12 @@ async fn hub_down_then_back_remote_messages_are_not_lost() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_way_tls_to_the_remote() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let pki = make_pki(&tmp.path().join("pki"))?;
-    let hub = Broker::start(&tmp.path().join("hub"), None)?;
-    let cloud = Broker::start(
-        &tmp.path().join("cloud"),
-        Some(&common::ServerTls {
-            ca: pki.ca.clone(),
-            cert: pki.server_cert.clone(),
-            key: pki.server_key.clone(),
-            require_client_cert: true,
-        }),
-    )?;
+    let pki = Pki::new(&tmp.path().join("pki"), "bridge test ca")?;
+    let edge = pki.client("edge-1")?;
+    let hub = Broker::start(&tmp.path().join("hub"))?;
+    let cloud = Broker::builder(&tmp.path().join("cloud"))
+        .tls(Tls::from_pki(&pki, true))
+        .start()?;
     let tls_port = cloud.tls_port.context("tls listener")?;
     let rules =
         "rules: [{hub: {subscriptions: [{topic: 'up/#', qos: 1}]}, remote: {name: cloud}}]\n";
@@ -635,39 +601,31 @@ async fn two_way_tls_to_the_remote() -> Result<()> {
             hub.address(),
             tls_port,
             pki.ca.display(),
-            pki.client_cert.display(),
-            pki.client_key.display(),
+            edge.cert.display(),
+            edge.key.display(),
             tmp.path().join("buffer").display()
         ),
     )?;
     let bridge = Bridge::start(&good).await?;
-    assert!(
-        eventually(LONG, || bridge.stats()["remotes"]["cloud"]["connected"]
-            == true)
-        .await,
-        "TLS connection with a client certificate: {}",
-        bridge.stats()
-    );
-    // A message crosses the TLS link (the test subscriber reads on the broker's plain listener).
-    let mut sub =
-        Peer::connect(cloud.port, "cloud-sub", true, &[("up/#", QoS::AtLeastOnce)]).await?;
-    let hub_pub = Peer::connect(hub.port, "hub-pub", true, &[]).await?;
-    tokio::time::timeout(LONG, async {
-        loop {
-            hub_pub
-                .publish_all("up/secure", &[b"over tls".to_vec()])
-                .await?;
-            let got = sub.drain(Duration::from_millis(300)).await;
-            if let Some((t, p, _)) = got.first() {
-                assert_eq!(
-                    (t.as_str(), p.as_slice()),
-                    ("up/secure", b"over tls".as_slice())
-                );
-                return anyhow::Ok(());
-            }
-        }
+    stats_until(&bridge, "a TLS connection with a client certificate", |s| {
+        s["remotes"]["cloud"]["connected"] == true
     })
-    .await??;
+    .await;
+    // A message crosses the TLS link (the test subscriber reads on the broker's plain listener).
+    let mut sub = peer(cloud.port, "cloud-sub", true, &[("up/#", QoS::AtLeastOnce)]).await?;
+    let mut hub_pub = peer(hub.port, "hub-pub", true, &[]).await?;
+    let got = probe(
+        &hub,
+        "up/#",
+        &mut hub_pub,
+        ("up/secure", b"over tls"),
+        &mut sub,
+    )
+    .await?;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("up/secure", b"over tls".as_slice())
+    );
     bridge.stop().await;
 
     // Without a client certificate the remote refuses the handshake.
@@ -684,6 +642,7 @@ async fn two_way_tls_to_the_remote() -> Result<()> {
         ),
     )?;
     let refused = Bridge::start(&one_way).await?;
+    // A window in which nothing must happen: no connection without a client certificate.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(refused.stats()["remotes"]["cloud"]["connected"], false);
     refused.stop().await;
