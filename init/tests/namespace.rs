@@ -9,7 +9,9 @@ use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use baetyl_testkit::wait::poll;
 
 const BIN: &str = env!("CARGO_BIN_EXE_baetyl-init");
 /// The stand-in for `baetyl master` (`--signal SIG`: ask init to reboot or power off once it has reported).
@@ -44,13 +46,20 @@ impl Run {
 }
 
 /// Runs `cmd`, killing it after `timeout`; collects output in threads so a full pipe never blocks it.
-fn run(mut cmd: Command, timeout: Duration) -> Run {
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null());
+fn run(cmd: Command, timeout: Duration) -> Run {
+    run_logging_to(cmd, timeout, None)
+}
+
+/// [`run`], with init's log (stderr) written to `log` as it goes, for scripts that wait for a log line.
+fn run_logging_to(mut cmd: Command, timeout: Duration, log: Option<&Path>) -> Run {
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    match log {
+        Some(path) => cmd.stderr(std::fs::File::create(path).expect("log file")),
+        None => cmd.stderr(Stdio::piped()),
+    };
     let mut child = cmd.spawn().expect("spawn");
     let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
+    let err = child.stderr.take();
     let t_out = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = out.read_to_string(&mut s);
@@ -58,31 +67,30 @@ fn run(mut cmd: Command, timeout: Duration) -> Run {
     });
     let t_err = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
+        if let Some(mut err) = err {
+            let _ = err.read_to_string(&mut s);
+        }
         s
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let st = child.wait().expect("wait");
-            let r = Run {
-                status: st,
-                stdout: t_out.join().unwrap_or_default(),
-                stderr: t_err.join().unwrap_or_default(),
-            };
-            panic!("timed out after {timeout:?}:\n{}", r.all());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
+    let status = poll(timeout, || child.try_wait().expect("wait"));
+    let killed = status.is_err();
+    if killed {
+        let _ = child.kill();
+    }
+    let status = status.unwrap_or_else(|_| child.wait().expect("wait"));
+    let mut stderr = t_err.join().unwrap_or_default();
+    if let Some(path) = log {
+        stderr = std::fs::read_to_string(path).unwrap_or_default();
+    }
+    let r = Run {
         status,
         stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
+        stderr,
+    };
+    if killed {
+        panic!("timed out after {timeout:?}:\n{}", r.all());
     }
+    r
 }
 
 /// The namespace tests need root; they fail (rather than silently pass) when it is missing, unless
@@ -165,12 +173,12 @@ fn init_cmd(in_namespace: bool, config: &Path, cmdline: &Path, extra: &[&str]) -
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A master that double-forks a short-lived process (so it is orphaned), checks who its parent became, waits for
-/// it to exit, reports whether a zombie is left, then asks init to power off.
+/// A master that double-forks a short-lived process (so it is orphaned), checks who its parent became, waits (up
+/// to 10 s) for it to be gone, reports whether a zombie is left, then asks init to power off.
 const ORPHAN_SCRIPT: &str = r#"
 orphan=$(sh -c 'sleep 0.3 >/dev/null 2>&1 & echo $!')
 echo "probe: orphan=$orphan ppid=$(cut -d' ' -f4 /proc/$orphan/stat)"
-sleep 1.5
+i=0; while [ -e /proc/$orphan ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
 if [ -e /proc/$orphan ]; then echo "probe: orphan-left state=$(cut -d' ' -f3 /proc/$orphan/stat)"; else echo "probe: orphan-gone"; fi
 kill -USR2 $PPID
 while :; do sleep 0.1; done
@@ -268,15 +276,23 @@ fn signals_map_to_reboot_or_power_off() {
         ("SIGUSR2", "power off", 0),
     ] {
         let s = Setup::new();
+        let log = s.path("init.log");
+        // The second signal goes once init has logged the first (so both are seen, in this order).
         let script = s.write(
             "master.sh",
             &format!(
-                "kill -HUP $PPID\nsleep 0.3\nkill -{} $PPID\nwhile :; do sleep 0.1; done\n",
+                "kill -HUP $PPID\nuntil grep -q 'SIGHUP ignored' {}; do sleep 0.02; done\nkill -{} $PPID\n\
+                 while :; do sleep 0.1; done\n",
+                log.display(),
                 &sig[3..]
             ),
         );
         let (cfg, cmdline) = s.config(&["/bin/sh", &script.to_string_lossy()], "");
-        let r = run(init_cmd(true, &cfg, &cmdline, &["--dry"]), TIMEOUT);
+        let r = run_logging_to(
+            init_cmd(true, &cfg, &cmdline, &["--dry"]),
+            TIMEOUT,
+            Some(&log),
+        );
         r.pos("SIGHUP ignored");
         r.pos(&format!("{sig} received: {action} requested"));
         r.pos(&format!("shutdown 5/5: {action}"));

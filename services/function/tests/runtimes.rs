@@ -1,29 +1,22 @@
 //! The runtimes as standalone gRPC servers, called by a plain `baetyl.Function/Call` client (what a v1
 //! function manager sends): the SQL runtime in-process, the Python runtime as a real Python process.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baetyl_function::proto::FunctionMessage;
 use baetyl_function::proto::function_client::FunctionClient;
 use baetyl_function::runtime::{ERROR_TYPE_KEY, PYTHON_RUNTIME, RuntimeConfig, SqlRuntime, serve};
 use baetyl_sdk::config::ConfigFile;
+use baetyl_testkit::{eventually_async, free_port, python3};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
+/// A client of the runtime on `port`, once it serves.
 async fn connect(port: u16) -> FunctionClient<tonic::transport::Channel> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match FunctionClient::connect(format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > deadline => panic!("runtime not serving on {port}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    eventually_async(
+        Duration::from_secs(20),
+        &format!("the runtime to serve on {port}"),
+        || FunctionClient::connect(format!("http://127.0.0.1:{port}")),
+    )
+    .await
 }
 
 fn msg(function: &str, topic: &str, payload: &[u8]) -> FunctionMessage {
@@ -122,7 +115,7 @@ async fn sql_runtime_serves_v1_calls() {
 
 #[tokio::test]
 async fn python_runtime_serves_v1_calls() {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python3");
+    let python = python3();
     let dir = tempfile::tempdir().expect("dir");
     let code = dir.path().join("code");
     std::fs::create_dir_all(code.join("vendor/extlib")).expect("mkdir");
