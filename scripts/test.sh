@@ -28,7 +28,7 @@ for arch in x86_64 aarch64; do
     grep -E '^==>|^    [a-z.]+ +[0-9.]+ [KM]iB|disk layout' "$images/$arch.log" || true
     echo "image $arch: two builds in $(( $(date +%s) - start )) s"
 done
-BAETYL_IMAGES=$images cargo test --locked -p baetyl --test os_image -- --ignored --test-threads=2 --nocapture \
+BAETYL_IMAGES=$images cargo test --locked -p baetyl-e2e --test os_image -- --ignored --test-threads=2 --nocapture \
     2>&1 | tee -a "$log" || status=$?
 
 # One closing line for the whole run (cargo's own last line is a crate's doc-tests).

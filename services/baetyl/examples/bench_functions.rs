@@ -8,68 +8,41 @@
 //! The hub is Debian's mosquitto, or our own (`baetyl hub`) when the binary has that role.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use baetyl_testkit::mosquitto::Mosquitto;
+use baetyl_testkit::mqtt::{Client, options};
+use baetyl_testkit::net::{localhost, wait_accepting};
+use baetyl_testkit::process::Process;
+use baetyl_testkit::wait::poll_async;
+use baetyl_testkit::{baetyl_bin, free_port, python3};
+use rumqttc::QoS;
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// The hub of the run: Debian's mosquitto or `baetyl hub`, held until the end (stopped when dropped).
+#[allow(dead_code)]
+enum Hub {
+    Mosquitto(Mosquitto),
+    Baetyl(Process),
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-    }
-}
-
-fn wait_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn start_hub(kind: &str, dir: &Path, bin: &Path, port: u16) -> anyhow::Result<Proc> {
-    let child = match kind {
+fn start_hub(kind: &str, dir: &Path, bin: &Path) -> anyhow::Result<(Hub, u16)> {
+    match kind {
         "mosquitto" => {
-            let conf = dir.join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 0\n"
-                ),
-            )?;
-            Command::new("mosquitto")
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?
+            let m = Mosquitto::builder(&dir.join("mosquitto"))
+                .persistence(false)
+                .quiet()
+                .option("max_queued_messages 1000000")
+                .option("max_inflight_messages 0")
+                .start()?;
+            let port = m.port;
+            Ok((Hub::Mosquitto(m), port))
         }
         "baetyl" => {
+            let port = free_port();
             let conf = dir.join("hub.yml");
             std::fs::write(
                 &conf,
@@ -78,18 +51,17 @@ fn start_hub(kind: &str, dir: &Path, bin: &Path, port: u16) -> anyhow::Result<Pr
                     dir.join("hubdata").display()
                 ),
             )?;
-            Command::new(bin)
-                .args(["hub", "-c"])
+            let mut cmd = Command::new(bin);
+            cmd.args(["hub", "-c"])
                 .arg(&conf)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?
+                .stderr(Stdio::null());
+            let hub = Process::spawn(&mut cmd, "baetyl hub")?.term_on_drop(Duration::from_secs(15));
+            wait_accepting(localhost(port), Duration::from_secs(20));
+            Ok((Hub::Baetyl(hub), port))
         }
         other => bail!("unknown hub `{other}`: use mosquitto or baetyl"),
-    };
-    let p = Proc(child);
-    wait_port(port)?;
-    Ok(p)
+    }
 }
 
 fn write(dir: &Path, rel: &str, text: &str) -> anyhow::Result<()> {
@@ -138,100 +110,89 @@ async fn run_path(
     output: &str,
     n: usize,
 ) -> anyhow::Result<(f64, Duration, Duration)> {
-    let mut opts = MqttOptions::new(
-        format!("bench-{}", input.replace('/', "-")),
-        "127.0.0.1",
-        port,
-    );
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(200)
-        .set_credentials("bench", "bench-password");
-    let (client, mut el) = AsyncClient::new(opts, 10_000);
+    let tag = input.replace('/', "-");
+    let opts = |role: &str| {
+        let mut o = options(&format!("bench-{tag}-{role}"), port);
+        o.set_inflight(200)
+            .set_credentials("bench", "bench-password");
+        o
+    };
+    // Results are timed as they arrive, by a task of their own.
+    let mut sub = Client::connect(opts("sub")).await?;
+    sub.subscribe(output, QoS::AtLeastOnce).await?;
     let lat: Arc<Mutex<HashMap<u64, Duration>>> = Arc::new(Mutex::new(HashMap::new()));
     let base = Instant::now();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready = Some(ready_tx);
-    let (l, c, out) = (lat.clone(), client.clone(), output.to_string());
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = c.subscribe(out.clone(), QoS::AtLeastOnce).await;
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload)
-                        && let (Some(seq), Some(sent)) = (v["seq"].as_u64(), v["sent"].as_u64())
-                    {
-                        let now = base.elapsed();
-                        l.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(seq, now.saturating_sub(Duration::from_micros(sent)));
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+    let l = lat.clone();
+    let collector = tokio::spawn(async move {
+        while let Ok(got) = sub.recv(Duration::from_secs(1)).await {
+            let Some(p) = got else { continue };
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                && let (Some(seq), Some(sent)) = (v["seq"].as_u64(), v["sent"].as_u64())
+            {
+                let now = base.elapsed();
+                l.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(seq, now.saturating_sub(Duration::from_micros(sent)));
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(20), ready_rx)
-        .await
-        .context("no SUBACK from the hub within 20 s")??;
+    let mut publ = Client::connect(opts("pub")).await?;
+    let results = |below: u64| {
+        lat.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|s| **s < below)
+            .count()
+    };
     // Warm-up, repeated until a result comes back: the rules may not have subscribed yet, and the first call
-    // starts the pool.
+    // starts the pool. Warm-up results carry a sequence number above the measured ones.
+    let warm = u64::MAX - 1;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !lat
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains_key(&(u64::MAX - 1))
-    {
+    loop {
         if Instant::now() > deadline {
             bail!("no result on {output} after the warm-up messages");
         }
-        client
-            .publish(
-                input,
-                QoS::AtLeastOnce,
-                false,
-                serde_json::json!({"seq": u64::MAX - 1, "sent": 0, "value": 1}).to_string(),
-            )
-            .await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        publ.send(
+            input,
+            QoS::AtLeastOnce,
+            false,
+            serde_json::json!({"seq": warm, "sent": 0, "value": 1}).to_string(),
+        )
+        .await?;
+        let back = poll_async(Duration::from_millis(500), || async {
+            results(u64::MAX) > 0
+        })
+        .await;
+        if back.is_ok() {
+            break;
+        }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    lat.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let start = Instant::now();
     for seq in 0..n as u64 {
         let sent = base.elapsed().as_micros() as u64;
-        client
-            .publish(
-                input,
-                QoS::AtLeastOnce,
-                false,
-                serde_json::json!({"seq": seq, "sent": sent, "value": seq}).to_string(),
-            )
-            .await?;
+        publ.send(
+            input,
+            QoS::AtLeastOnce,
+            false,
+            serde_json::json!({"seq": seq, "sent": sent, "value": seq}).to_string(),
+        )
+        .await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while lat.lock().unwrap_or_else(|e| e.into_inner()).len() < n {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {n} results on {output}",
-                lat.lock().unwrap_or_else(|e| e.into_inner()).len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let all = poll_async(Duration::from_secs(300), || async {
+        results(n as u64) >= n
+    })
+    .await;
     let elapsed = start.elapsed();
+    collector.abort();
+    if all.is_err() {
+        bail!("only {} of {n} results on {output}", results(n as u64));
+    }
     let mut v: Vec<Duration> = lat
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .copied()
+        .iter()
+        .filter(|(s, _)| **s < n as u64)
+        .map(|(_, d)| *d)
         .collect();
     v.sort();
     let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
@@ -252,33 +213,23 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(2000);
     let hub = opt("--hub").unwrap_or_else(|| "mosquitto".into());
-    let exe = std::env::current_exe()?;
-    let bin: PathBuf = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("binary dir")?
-        .join("baetyl");
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it with cargo build --release -p baetyl",
-            bin.display()
-        );
-    }
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python3");
+    // The `baetyl` of this build profile (built if missing or older than its sources).
+    let bin = baetyl_bin();
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let _hub = start_hub(&hub, dir.path(), &bin, port)?;
+    let (_hub, port) = start_hub(&hub, dir.path(), bin)?;
     prepare(dir.path(), port)?;
-    let log = std::fs::File::create(dir.path().join("master.log"))?;
-    let _master = Proc(
-        Command::new(&bin)
-            .args(["master", "-w"])
-            .arg(dir.path())
-            .env("BAETYL_PYTHON", &python)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?,
-    );
+    let log = dir.path().join("master.log");
+    let out = std::fs::File::create(&log)?;
+    let mut master = Command::new(bin);
+    master
+        .args(["master", "-w"])
+        .arg(dir.path())
+        .env("BAETYL_PYTHON", python3())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let _master = Process::spawn(&mut master, "baetyl master")?
+        .with_log(&log)
+        .term_on_drop(Duration::from_secs(15));
     println!(
         "function benchmark: {n} QoS 1 messages per path, hub {hub}, max 4 instances per function"
     );
@@ -287,7 +238,9 @@ async fn main() -> anyhow::Result<()> {
         "path", "msg/s", "p50 ms", "p99 ms"
     );
     for (name, input, output) in [("sql", "sql/in", "sql/out"), ("python", "py/in", "py/out")] {
-        let (rate, p50, p99) = run_path(port, input, output, n).await?;
+        let (rate, p50, p99) = run_path(port, input, output, n)
+            .await
+            .with_context(|| format!("the {name} path"))?;
         println!(
             "{name:<8} {rate:>10.0} {:>10.2} {:>10.2}",
             p50.as_secs_f64() * 1e3,

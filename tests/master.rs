@@ -1,11 +1,10 @@
 //! End-to-end tests of `baetyl master` in native mode: real master processes on temp work dirs running
 //! small real programs (shell scripts written by each test).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use baetyl_e2e::*;
+use baetyl_testkit::{eventually, free_port};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -22,10 +21,7 @@ async fn start_order_follows_depends_on() {
     w.app(
         "services:\n  a: {image: svc, depends_on: [b]}\n  b: {image: svc, depends_on: [c]}\n  c: {image: svc}\n  d: {image: svc, depends_on: [a, c]}\n",
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = free_port();
     w.write(
         "etc/baetyl/conf.yml",
         &format!("grace: 2s\nlogger: {{format: json}}\nserver: {{tcp: \"127.0.0.1:{port}\"}}\n"),
@@ -116,7 +112,7 @@ services:
     );
     // The killed instance's child went with it: nothing of the old instance is left.
     if let Some(c) = keeper_child {
-        wait_until("the old child to be gone", LONG, || !alive(c));
+        eventually(LONG, "the old child to be gone", || !alive(c));
     }
     assert!(group_members(keeper).is_empty());
     assert!(
@@ -129,6 +125,7 @@ services:
             v["status"] == "failed"
         })
         .await;
+    // A window in which nothing must happen: no restart with policy "no".
     tokio::time::sleep(Duration::from_secs(2)).await;
     let v2 = m
         .instance("oneshot", "oneshot")
@@ -162,6 +159,7 @@ services:
         .await;
     assert_eq!(v["restarts"], 2, "{v}");
     assert_eq!(v["last_exit"], "exited with code 3");
+    // A window in which nothing must happen: no start after the master gave up.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         w.starts().iter().filter(|(n, _)| n == "crasher").count(),
@@ -185,7 +183,7 @@ async fn stop_leaves_no_process_behind() {
     let mut m = w.start_master();
     let main = m.pid_of("stubborn", "stubborn").await.expect("pid");
     let dir = w.instance_dir("stubborn", "stubborn");
-    wait_until("the helpers to start", LONG, || {
+    eventually(LONG, "the helpers to start", || {
         dir.join("ignorer.pid").exists() && dir.join("escaper.pid").exists()
     });
     let ignorer = read_pid(&dir.join("ignorer.pid")).expect("ignorer");
@@ -245,11 +243,7 @@ async fn api_requires_the_service_token() {
         v["status"] == "running"
     })
     .await;
-    wait_until("the env file", LONG, || {
-        w.env_of("caller", "caller")
-            .contains_key("BAETYL_SERVICE_TOKEN")
-    });
-    let env = w.env_of("caller", "caller");
+    let env = w.wait_env("caller", "caller", "BAETYL_SERVICE_TOKEN");
     let token = env["BAETYL_SERVICE_TOKEN"].clone();
     assert_eq!(token.len(), 32);
     assert_eq!(env["BAETYL_SERVICE_NAME"], "caller");
@@ -345,11 +339,8 @@ async fn dynamic_instances_start_stop_and_get_no_token() {
         v["status"] == "running"
     })
     .await;
-    wait_until("env", LONG, || {
-        w.env_of("manager", "manager")
-            .contains_key("BAETYL_SERVICE_TOKEN")
-    });
-    let token = w.env_of("manager", "manager")["BAETYL_SERVICE_TOKEN"].clone();
+    let token =
+        w.wait_env("manager", "manager", "BAETYL_SERVICE_TOKEN")["BAETYL_SERVICE_TOKEN"].clone();
     let c = m.anonymous().with_credentials("manager", &token);
     let mut extra = std::collections::BTreeMap::new();
     extra.insert(
@@ -367,11 +358,7 @@ async fn dynamic_instances_start_stop_and_get_no_token() {
         .await;
     assert_eq!(v["dynamic"], true);
     let pid = v["process"]["pid"].as_u64().expect("pid") as u32;
-    wait_until("dynamic env", LONG, || {
-        w.env_of("runtime", "runtime-1")
-            .contains_key("BAETYL_SERVICE_NAME")
-    });
-    let env = w.env_of("runtime", "runtime-1");
+    let env = w.wait_env("runtime", "runtime-1", "BAETYL_SERVICE_NAME");
     assert!(
         !env.contains_key("BAETYL_SERVICE_TOKEN"),
         "a dynamic instance must not get a token: {env:?}"
@@ -453,7 +440,7 @@ async fn update_restarts_only_the_changed_service() {
         err.to_string().contains("409") && err.to_string().contains("already in progress"),
         "{err}"
     );
-    common::wait_until("the update to finish", LONG, || {
+    eventually(LONG, "the update to finish", || {
         ota_steps(&w, "t-keep").last().map(String::as_str) == Some("RESTARTED")
     });
     assert_eq!(
@@ -508,7 +495,7 @@ volumes:
         .update_app("bad", "t-bad")
         .await
         .expect("accepted");
-    wait_until("the rollback", LONG, || {
+    eventually(LONG, "the rollback", || {
         ota_steps(&w, "t-bad").last().map(String::as_str) == Some("FAILURE")
     });
     assert_eq!(
@@ -541,7 +528,7 @@ volumes:
         })
         .await;
     assert_ne!(b2["process"]["pid"].as_u64(), Some(u64::from(b)));
-    wait_until("b's old env", LONG, || !w.env_of("b", "b").is_empty());
+    eventually(LONG, "b's old env", || !w.env_of("b", "b").is_empty());
     let names: Vec<String> = v["services"]
         .as_array()
         .expect("services")
@@ -559,7 +546,7 @@ volumes:
         .update_app("worse", "t-worse")
         .await
         .expect("accepted");
-    wait_until("the refusal", LONG, || {
+    eventually(LONG, "the refusal", || {
         ota_steps(&w, "t-worse").last().map(String::as_str) == Some("FAILURE")
     });
     assert_eq!(
@@ -590,7 +577,7 @@ async fn a_second_master_after_kill9_leaves_one_copy_of_each_instance() {
         .map(|f| f.expect("pid"))
         .collect();
     // Only one master per work dir.
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(baetyl_bin())
         .args(["master", "-w"])
         .arg(w.path())
         .output()
@@ -614,14 +601,23 @@ async fn a_second_master_after_kill9_leaves_one_copy_of_each_instance() {
     for p in &old {
         assert!(!alive(*p), "leftover {p} still runs");
     }
-    let mut live_by_instance = std::collections::BTreeMap::new();
-    // Let the new instances record their start, then count live processes per instance.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for (inst, pid) in w.starts() {
-        if alive(pid) {
-            *live_by_instance.entry(inst).or_insert(0) += 1;
+    // Once the new instances have recorded their start, count live processes per instance.
+    let live = || {
+        let mut live_by_instance = std::collections::BTreeMap::new();
+        for (inst, pid) in w.starts() {
+            if alive(pid) {
+                *live_by_instance.entry(inst).or_insert(0) += 1;
+            }
         }
-    }
+        live_by_instance
+    };
+    let live_by_instance = eventually(LONG, "the new instances to record their start", || {
+        let l = live();
+        ["a", "a.i1", "b"]
+            .iter()
+            .all(|i| l.contains_key(*i))
+            .then_some(l)
+    });
     assert_eq!(live_by_instance.get("a"), Some(&1));
     assert_eq!(live_by_instance.get("a.i1"), Some(&1));
     assert_eq!(live_by_instance.get("b"), Some(&1));
@@ -630,99 +626,4 @@ async fn a_second_master_after_kill9_leaves_one_copy_of_each_instance() {
 fn futures_pid(m: &Master, s: &str, i: &str) -> Option<u32> {
     let rt = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| rt.block_on(m.pid_of(s, i)))
-}
-
-#[test]
-fn config_errors_name_file_and_key() {
-    let w = Work::new();
-    let bad = w.write(
-        "bad/application.yml",
-        "services:\n  hub:\n    image: x\n    restart: {policy: sometimes}\n",
-    );
-    let out = std::process::Command::new(BIN)
-        .arg("check")
-        .arg(&bad)
-        .output()
-        .expect("check");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad/application.yml")
-            && err.contains("services.hub.restart.policy")
-            && err.contains("on-failure"),
-        "{err}"
-    );
-
-    let cyc = w.write(
-        "cyc/application.yml",
-        "services:\n  x: {image: a, depends_on: [y]}\n  y: {image: a, depends_on: [x]}\n",
-    );
-    let out = std::process::Command::new(BIN)
-        .arg("check")
-        .arg(&cyc)
-        .output()
-        .expect("check");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("cycle")
-            && err.contains("`x`")
-            && err.contains("`y`"),
-        "{err}"
-    );
-
-    let good = w.write("good/application.yml", THREE);
-    let out = std::process::Command::new(BIN)
-        .arg("check")
-        .arg(&good)
-        .output()
-        .expect("check");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (application v1 with 3 service(s))"));
-
-    // The master refuses a bad conf.yml at start, naming the key.
-    w.write("etc/baetyl/conf.yml", "grace: 2s\nlogger: {levle: debug}\n");
-    let out = std::process::Command::new(BIN)
-        .args(["master", "-w"])
-        .arg(w.path())
-        .output()
-        .expect("master");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("conf.yml") && err.contains("logger") && err.contains("levle"),
-        "{err}"
-    );
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--kind", "master"])
-        .arg(w.path().join("etc/baetyl/conf.yml"))
-        .output()
-        .expect("check");
-    assert!(!out.status.success());
-}
-
-#[test]
-fn version_and_help_list_working_subcommands() {
-    let out = std::process::Command::new(BIN)
-        .arg("version")
-        .output()
-        .expect("version");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("git revision:") && text.contains("build target: x86_64")
-            || text.contains("build target: aarch64"),
-        "{text}"
-    );
-    let out = std::process::Command::new(BIN)
-        .arg("--help")
-        .output()
-        .expect("help");
-    let text = String::from_utf8_lossy(&out.stdout);
-    for sub in ["master", "check", "inspect", "version"] {
-        assert!(text.contains(sub), "{text}");
-    }
 }

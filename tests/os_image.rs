@@ -8,27 +8,24 @@
 //! leaves a retained message, reads the memory of init, master and hub from the master API, reboots through
 //! the API, finds the retained message again after the reboot, and powers off through the API; QEMU must exit 0.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baetyl_sdk::client::{Address, MasterClient};
-use common::test_dir;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use baetyl_testkit::mqtt::{Client, MessageExt, options};
+use baetyl_testkit::process::Process;
+use baetyl_testkit::wait::{poll, poll_async};
+use baetyl_testkit::{test_dir, workspace_dir};
+use rumqttc::QoS;
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(300);
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn images() -> PathBuf {
     std::env::var_os("BAETYL_IMAGES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/images"))
+        .unwrap_or_else(|| workspace_dir().join("target/images"))
 }
 
 fn image_dir(arch: &str) -> PathBuf {
@@ -62,7 +59,7 @@ fn rootfs_listing(squashfs: &Path) -> Vec<String> {
 }
 
 struct Vm {
-    child: Child,
+    qemu: Process,
     dir: tempfile::TempDir,
     started: Instant,
 }
@@ -89,13 +86,6 @@ impl Vm {
     }
 }
 
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Boots a copy of `image` written to a larger medium (as when written to an SD card: init grows the data
 /// partition), in a directory that also holds the console log and the forwarded ports.
 fn boot(arch: &str, image: &Path) -> Vm {
@@ -109,8 +99,8 @@ fn boot(arch: &str, image: &Path) -> Vm {
         .expect("grow medium");
     let started = Instant::now();
     let log = std::fs::File::create(dir.path().join("qemu.out")).expect("qemu.out");
-    let child = Command::new(workspace().join("qemu/run"))
-        .args(["--arch", arch, "--reboot", "--forward", "9990"])
+    let mut cmd = Command::new(workspace_dir().join("qemu/run"));
+    cmd.args(["--arch", arch, "--reboot", "--forward", "9990"])
         .arg("--disk")
         .arg(&disk)
         .arg("--log")
@@ -118,94 +108,65 @@ fn boot(arch: &str, image: &Path) -> Vm {
         .arg("--ports-file")
         .arg(dir.path().join("ports"))
         .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("qemu/run");
-    let vm = Vm {
-        child,
-        dir,
-        started,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while vm.port(1883) == 0 {
-        assert!(Instant::now() < deadline, "qemu/run wrote no ports file");
-        std::thread::sleep(Duration::from_millis(100));
+        .stderr(log);
+    let qemu = Process::spawn(&mut cmd, "qemu/run").expect("qemu/run");
+    let vm = Vm { qemu, dir, started };
+    if poll(Duration::from_secs(30), || vm.port(1883) != 0).is_err() {
+        vm.fail("qemu/run wrote no ports file");
     }
     vm
 }
 
-/// Connects (retrying until `deadline`) and returns the client, its event loop task's receiver and the time of
-/// the first CONNACK.
-async fn connect(
-    port: u16,
-    id: &str,
-    deadline: Instant,
-) -> Option<(
-    AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>,
-)> {
+/// Connects to the guest's hub as `demo` (retrying until `deadline` while the guest boots).
+async fn connect(port: u16, id: &str, deadline: Instant) -> Option<Client> {
     let mut attempt = 0;
-    while Instant::now() < deadline {
+    poll_async(deadline.saturating_duration_since(Instant::now()), || {
         // A fresh client id per attempt: a CONNECT of an abandoned attempt that the hub reads late would
         // otherwise take the session over from the connection that got through.
         attempt += 1;
-        let mut opts = MqttOptions::new(format!("{id}-{attempt}"), "127.0.0.1", port);
-        opts.set_credentials("demo", "demo-password")
-            .set_keep_alive(Duration::from_secs(60))
-            .set_clean_session(true);
-        let (client, mut el) = AsyncClient::new(opts, 100);
-        let first = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => return true,
-                    Ok(_) => {}
-                    Err(_) => return false,
-                }
-            }
-        })
-        .await
-        .unwrap_or(false);
-        if first {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let id = id.to_string();
-            tokio::spawn(async move {
-                loop {
-                    match el.poll().await {
-                        Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let _ = tx.send((p.topic.clone(), p.payload.to_vec(), p.retain));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            eprintln!("mqtt client {id}: {e}");
-                            break;
-                        }
-                    }
-                }
-            });
-            return Some((client, rx));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    None
-}
-
-async fn expect_message(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>,
-    topic: &str,
-    within: Duration,
-) -> Option<(Vec<u8>, bool)> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((t, p, r))) if t == topic => return Some((p, r)),
-            Ok(Some(_)) => {}
-            _ => return None,
-        }
-    }
+        let mut o = options(&format!("{id}-{attempt}"), port);
+        o.set_credentials("demo", "demo-password")
+            .set_keep_alive(Duration::from_secs(60));
+        Client::connect(o)
+    })
+    .await
+    .ok()
 }
 
 fn mib(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0) / (1024.0 * 1024.0)
+}
+
+/// The RSS of the hub's instances in inspect's answer, MiB.
+fn hub_rss(inspect: &Value) -> f64 {
+    inspect["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "hub"))
+        .and_then(|hub| hub["instances"].as_array())
+        .map(|i| i.iter().map(|i| mib(&i["mem_stats"]["rss"])).sum())
+        .unwrap_or(0.0)
+}
+
+/// Whether a new subscriber gets `want` as the retained message on `boot/retained`, polled until `within`.
+async fn retained(port: u16, id: &str, want: &str, within: Duration) -> bool {
+    let mut attempt = 0;
+    poll_async(within, || {
+        attempt += 1;
+        let mut o = options(&format!("{id}-{attempt}"), port);
+        o.set_credentials("demo", "demo-password");
+        async move {
+            let mut c = Client::connect(o).await.ok()?;
+            c.subscribe("boot/retained", QoS::AtLeastOnce).await.ok()?;
+            let p = c
+                .recv_on("boot/retained", Duration::from_secs(1))
+                .await
+                .ok()??;
+            let _ = c.disconnect().await;
+            (p.retain && p.text() == want).then_some(())
+        }
+    })
+    .await
+    .is_ok()
 }
 
 async fn boot_test(arch: &str) {
@@ -234,36 +195,35 @@ async fn boot_test(arch: &str) {
     let api = vm.port(9990);
 
     // 1. The hub answers through the forwarded port.
-    let Some((client, mut rx)) = connect(mqtt, "boot-test", Instant::now() + BOOT).await else {
+    let Some(mut client) = connect(mqtt, "boot-test", Instant::now() + BOOT).await else {
         vm.fail("no CONNACK from the hub in the guest");
     };
     let connack = vm.started.elapsed();
     client
-        .subscribe("boot/echo", QoS::AtLeastOnce)
+        .subscribe_many(&[
+            ("boot/echo", QoS::AtLeastOnce),
+            ("sensor/filtered", QoS::AtLeastOnce),
+        ])
         .await
         .expect("sub");
-    client
-        .subscribe("sensor/filtered", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     client
         .publish("boot/echo", QoS::AtLeastOnce, false, b"hello".to_vec())
         .await
         .expect("pub");
-    if expect_message(&mut rx, "boot/echo", Duration::from_secs(30))
-        .await
-        .is_none()
-    {
+    if !matches!(
+        client.recv_on("boot/echo", Duration::from_secs(30)).await,
+        Ok(Some(_))
+    ) {
         vm.fail("published message did not come back");
     }
     // 2. Functions run in the image: the timer's readings pass the SQL filter.
-    let Some((filtered, _)) =
-        expect_message(&mut rx, "sensor/filtered", Duration::from_secs(90)).await
+    let Ok(Some(filtered)) = client
+        .recv_on("sensor/filtered", Duration::from_secs(90))
+        .await
     else {
         vm.fail("no sensor/filtered message from the SQL function");
     };
-    let filtered: Value = serde_json::from_slice(&filtered).expect("filtered JSON");
+    let filtered: Value = filtered.json().expect("filtered JSON");
     assert_eq!(filtered["topic"], "sensor/data", "{filtered}");
 
     // 3. A retained message, to find after the reboot (the hub's data is on a volume on the data partition).
@@ -277,35 +237,45 @@ async fn boot_test(arch: &str) {
         )
         .await
         .expect("retain");
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = client.disconnect().await;
+    // The hub stores retained messages after the PUBACK: wait until a new subscriber gets it.
+    if !retained(mqtt, "boot-retained-check", &nonce, Duration::from_secs(30)).await {
+        vm.fail("the retained message was not stored");
+    }
 
     // 4. The master API (development image: TCP with a known operator token): idle memory, then reboot.
     let token = std::fs::read_to_string(images().join("operator.token")).expect("operator.token");
     let master = MasterClient::new(Address::Tcp(format!("127.0.0.1:{api}")))
         .with_credentials("baetyl-operator", token.trim());
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let inspect = match master.inspect().await {
+    // The figures are there once init, the master and the hub have been sampled.
+    let inspect = poll_async(Duration::from_secs(60), || async {
+        let v = master.inspect().await.map_err(|e| e.to_string())?;
+        if mib(&v["processes"]["init"]["rss"]) > 0.0
+            && mib(&v["processes"]["master"]["rss"]) > 0.0
+            && hub_rss(&v) > 0.0
+        {
+            Ok(v)
+        } else {
+            Err(format!("no memory figures yet: {v}"))
+        }
+    })
+    .await;
+    let inspect = match inspect {
         Ok(v) => v,
-        Err(e) => vm.fail(&format!("inspect through the forwarded API port: {e}")),
+        Err(last) => vm.fail(&format!(
+            "inspect through the forwarded API port: {}",
+            last.unwrap_or_default()
+        )),
     };
     let init_rss = mib(&inspect["processes"]["init"]["rss"]);
     let master_rss = mib(&inspect["processes"]["master"]["rss"]);
-    let hub = inspect["services"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "hub"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let hub_rss: f64 = hub["instances"]
-        .as_array()
-        .map(|i| i.iter().map(|i| mib(&i["mem_stats"]["rss"])).sum())
-        .unwrap_or(0.0);
+    let hub_rss = hub_rss(&inspect);
     assert!(
         init_rss > 0.0 && master_rss > 0.0,
         "{}",
         inspect["processes"]
     );
-    assert!(hub_rss > 0.0, "hub instance memory: {hub}");
+    assert!(hub_rss > 0.0, "hub instance memory: {inspect}");
     let mem_total = mib(&inspect["hardware"]["mem_stats"]["total"]);
     let mem_used = mib(&inspect["hardware"]["mem_stats"]["used"]);
 
@@ -316,14 +286,14 @@ async fn boot_test(arch: &str) {
         .expect("reboot call");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let reboot_at = Instant::now();
-    let deadline = Instant::now() + BOOT;
-    while vm.console().matches("starting as pid 1").count() <= before {
-        if Instant::now() > deadline {
-            vm.fail("no second boot after PUT /v1/system/reboot");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if poll(BOOT, || {
+        vm.console().matches("starting as pid 1").count() > before
+    })
+    .is_err()
+    {
+        vm.fail("no second boot after PUT /v1/system/reboot");
     }
-    let Some((client, mut rx)) = connect(mqtt, "boot-test-2", Instant::now() + BOOT).await else {
+    let Some(mut client) = connect(mqtt, "boot-test-2", Instant::now() + BOOT).await else {
         vm.fail("no CONNACK after the reboot");
     };
     let reconnect = reboot_at.elapsed();
@@ -331,12 +301,15 @@ async fn boot_test(arch: &str) {
         .subscribe("boot/retained", QoS::AtLeastOnce)
         .await
         .expect("sub");
-    match expect_message(&mut rx, "boot/retained", Duration::from_secs(30)).await {
-        Some((p, retained)) => {
-            assert_eq!(String::from_utf8_lossy(&p), nonce);
-            assert!(retained, "retained flag");
+    match client
+        .recv_on("boot/retained", Duration::from_secs(30))
+        .await
+    {
+        Ok(Some(p)) => {
+            assert_eq!(p.text(), nonce);
+            assert!(p.retain, "retained flag");
         }
-        None => vm.fail("the retained message did not survive the reboot"),
+        _ => vm.fail("the retained message did not survive the reboot"),
     }
     let _ = client.disconnect().await;
 
@@ -347,15 +320,8 @@ async fn boot_test(arch: &str) {
         .expect("poweroff call");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let mut vm = vm;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(st) = vm.child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            vm.fail("QEMU still running 180 s after PUT /v1/system/poweroff");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let Ok(status) = poll(Duration::from_secs(180), || vm.qemu.try_status()) else {
+        vm.fail("QEMU still running 180 s after PUT /v1/system/poweroff");
     };
     let console = vm.console();
     if !status.success() {

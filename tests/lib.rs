@@ -1,16 +1,28 @@
-//! Helpers for end-to-end tests of `baetyl master`: a temp work dir with packages written by the test,
-//! a real master process, an API client with the operator token, and polling with deadlines.
-#![allow(dead_code)]
+//! Helpers of the end-to-end tests of `baetyl master`: a temp work dir with packages written by the test, a real
+//! master process (the workspace's `baetyl` binary, found or built by the test kit), and its API client.
+//!
+//! The tests themselves are the `[[test]]` targets beside this file: `master` (supervision and the API),
+//! `function` (hub + function manager + SQL and Python runtimes), `bridge` (two of our hubs and the bridge) and
+//! `os_image` (the OS images booted under QEMU; run by scripts/test.sh once it has built them).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use baetyl_sdk::client::{Address, MasterClient};
+use baetyl_testkit::process::Process;
+use baetyl_testkit::wait::{poll, poll_async};
+use baetyl_testkit::{eventually, test_dir};
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_baetyl");
+pub use baetyl_testkit::baetyl_bin;
+pub use baetyl_testkit::process::alive;
+
+/// How long a master may take to start, and a stopped one to exit.
+const MASTER_START: Duration = Duration::from_secs(30);
+const MASTER_STOP: Duration = Duration::from_secs(30);
 
 /// A test service: records each start (instance name and pid) in `<work>/starts`, its environment in
 /// `env` in its own work dir, then exits with $EXIT_CODE or runs a child until stopped.
@@ -36,19 +48,10 @@ pub struct Work {
     pub dir: tempfile::TempDir,
 }
 
-/// A temporary directory, removed at the end unless BAETYL_TEST_KEEP is set (logs, configs and consoles stay
-/// for a look after a failure; the path is printed).
-pub fn test_dir(prefix: &str) -> tempfile::TempDir {
-    let keep = std::env::var_os("BAETYL_TEST_KEEP").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .disable_cleanup(keep)
-        .tempdir()
-        .expect("temp dir");
-    if keep {
-        eprintln!("keeping {}", dir.path().display());
+impl Default for Work {
+    fn default() -> Self {
+        Self::new()
     }
-    dir
 }
 
 impl Work {
@@ -119,50 +122,75 @@ impl Work {
             .collect()
     }
 
+    /// Waits until instance `inst` of `svc` has written its environment file and answers it.
+    pub fn wait_env(
+        &self,
+        svc: &str,
+        inst: &str,
+        key: &str,
+    ) -> std::collections::BTreeMap<String, String> {
+        eventually(
+            MASTER_START,
+            &format!("{svc}/{inst} to write {key} into its env file"),
+            || Some(self.env_of(svc, inst)).filter(|env| env.contains_key(key)),
+        )
+    }
+
     pub fn start_master(&self) -> Master {
-        Master::start(self.path())
+        Master::start(self.path(), &[])
     }
 }
 
+/// A `baetyl master` process on a work dir; stopped with SIGTERM (so that it stops its services) when dropped.
 pub struct Master {
-    pub child: Child,
+    pub process: Process,
     pub workdir: PathBuf,
     pub log: PathBuf,
 }
 
 impl Master {
-    pub fn start(workdir: &Path) -> Master {
+    /// Starts a master on `workdir` with extra environment `env` and waits until it logs that it is ready.
+    pub fn start(workdir: &Path, env: &[(&str, &str)]) -> Master {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
         let log = workdir.join(format!(
             "master-{}.log",
-            Instant::now().elapsed().as_nanos() + rand_suffix()
+            STARTED.fetch_add(1, Ordering::SeqCst)
         ));
         let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .args(["master", "-w"])
+        let mut cmd = Command::new(baetyl_bin());
+        cmd.args(["master", "-w"])
             .arg(workdir)
             .env("TEST_ROOT", workdir)
+            .envs(env.iter().copied())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn baetyl master");
-        let m = Master {
-            child,
+            .stdin(Stdio::null());
+        let process = Process::spawn(&mut cmd, "baetyl master")
+            .expect("spawn baetyl master")
+            .with_log(&log)
+            .term_on_drop(Duration::from_secs(20));
+        let mut m = Master {
+            process,
             workdir: workdir.to_path_buf(),
             log,
         };
-        wait_until("the master is ready", Duration::from_secs(30), || {
-            m.log_text().contains("master ready")
+        // Ready, or exited (no point in waiting on): Some; still starting: None.
+        let ready = poll(MASTER_START, || match m.process.try_status() {
+            Some(status) => Some(Err(format!("it exited with {status}"))),
+            None => m.log_text().contains("master ready").then_some(Ok(())),
         });
+        if let Err(why) = ready.unwrap_or_else(|_| Err(format!("not within {MASTER_START:?}"))) {
+            panic!("the master did not get ready: {why}\n{}", m.log_text());
+        }
         m
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.id()
     }
 
     pub fn client(&self) -> MasterClient {
@@ -199,6 +227,7 @@ impl Master {
             .map(|p| p as u32)
     }
 
+    /// Polls inspect until the instance satisfies `f`; panics with its last state and the master's log.
     pub async fn wait_instance(
         &self,
         svc: &str,
@@ -207,103 +236,32 @@ impl Master {
         timeout: Duration,
         f: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.instance(svc, inst).await {
-                if f(&v) {
-                    return v;
-                }
-                if Instant::now() > deadline {
-                    panic!(
-                        "{svc}/{inst}: timed out waiting for {what}; last state {v}\nmaster log:\n{}",
-                        self.log_text()
-                    );
-                }
-            } else if Instant::now() > deadline {
-                panic!(
-                    "{svc}/{inst}: timed out waiting for {what}; instance absent\nmaster log:\n{}",
-                    self.log_text()
-                );
+        let f = &f;
+        let got = poll_async(timeout, || async move {
+            match self.instance(svc, inst).await {
+                Some(v) if f(&v) => Ok(v),
+                Some(v) => Err(format!("last state {v}")),
+                None => Err("instance absent".to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
+        got.unwrap_or_else(|last| {
+            panic!(
+                "{svc}/{inst}: timed out waiting for {what}; {}\nmaster log:\n{}",
+                last.unwrap_or_default(),
+                self.log_text()
+            )
+        })
     }
 
     /// SIGTERM and wait; answers the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "master did not exit within 30 s of SIGTERM\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.terminate(MASTER_STOP).code()
     }
 
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill9();
     }
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Whether a process exists (zombies count as gone).
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().chars().next())
-        })
-        .flatten()
-        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// Live processes whose process group is `pgid`.
