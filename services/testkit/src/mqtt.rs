@@ -82,6 +82,9 @@ impl Client {
     /// Connects and waits for the CONNACK; a refusal is an error that carries the return code (`NotAuthorized`,
     /// `BadClientId`, ...).
     pub async fn connect(opts: MqttOptions) -> Result<Client> {
+        // The workspace's one rustls provider, as the process default for TLS transports (with ring enabled too
+        // by another crate of the build, rustls could not pick one by itself).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let id = opts.client_id();
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
         let (message_tx, messages) = mpsc::unbounded_channel();
