@@ -57,6 +57,20 @@ fn spawn_child(config: &Path, master: Option<u16>) -> Result<Process> {
     Process::spawn(&mut cmd, "the bridge")
 }
 
+/// The rule of most tests: the hub's `up/#` to the remote `cloud`.
+const UP: &str = "{hub: {subscriptions: [{topic: 'up/#', qos: 1}]}, remote: {name: cloud}}";
+
+/// A bridge between `hub` and one remote `cloud` with one rule, its buffer in `dir`/buffer (`buffer` adds keys).
+fn one_remote(hub: &Broker, cloud: &Broker, rule: &str, dir: &Path, buffer: &str) -> String {
+    format!(
+        "hub: {{address: '{}'}}\nremotes: [{{name: cloud, address: '{}'}}]\nrules: [{rule}]\n\
+         buffer: {{dir: '{}'{buffer}}}\n",
+        hub.address(),
+        cloud.address(),
+        dir.join("buffer").display()
+    )
+}
+
 fn write_config(dir: &Path, text: &str) -> Result<BridgeConfig> {
     let path = dir.join("service.yml");
     std::fs::write(&path, text)?;
@@ -202,17 +216,7 @@ async fn remote_down_then_back_gets_everything_in_order_once() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let hub = Broker::start(&tmp.path().join("hub"))?;
     let mut cloud = Broker::start(&tmp.path().join("cloud"))?;
-    let cfg = write_config(
-        tmp.path(),
-        &format!(
-            "hub: {{address: '{}'}}\nremotes: [{{name: cloud, address: '{}'}}]\n\
-             rules: [{{hub: {{subscriptions: [{{topic: 'up/#', qos: 1}}]}}, remote: {{name: cloud}}}}]\n\
-             buffer: {{dir: '{}'}}\n",
-            hub.address(),
-            cloud.address(),
-            tmp.path().join("buffer").display()
-        ),
-    )?;
+    let cfg = write_config(tmp.path(), &one_remote(&hub, &cloud, UP, tmp.path(), ""))?;
     // A persistent subscriber on the remote: its session (and what is queued for it) survives the outage.
     let mut sub = peer(
         cloud.port,
@@ -284,14 +288,7 @@ async fn bound_drops_the_oldest_and_counts_them() -> Result<()> {
     cloud.stop();
     let cfg = write_config(
         tmp.path(),
-        &format!(
-            "hub: {{address: '{}'}}\nremotes: [{{name: cloud, address: '{}'}}]\n\
-             rules: [{{hub: {{subscriptions: [{{topic: 'up/#', qos: 1}}]}}, remote: {{name: cloud}}}}]\n\
-             buffer: {{dir: '{}', max_messages: 50}}\n",
-            hub.address(),
-            cloud.address(),
-            tmp.path().join("buffer").display()
-        ),
+        &one_remote(&hub, &cloud, UP, tmp.path(), ", max_messages: 50"),
     )?;
     let bridge = Bridge::start(&cfg).await?;
     stats_until(&bridge, "the hub to connect", |s| {
@@ -383,14 +380,7 @@ async fn kill_9_of_the_bridge_loses_nothing_it_acknowledged() -> Result<()> {
     let mut hub = Broker::start(&tmp.path().join("hub"))?;
     let mut cloud = Broker::start(&tmp.path().join("cloud"))?;
     cloud.stop();
-    let text = format!(
-        "hub: {{address: '{}'}}\nremotes: [{{name: cloud, address: '{}'}}]\n\
-         rules: [{{hub: {{subscriptions: [{{topic: 'up/#', qos: 1}}]}}, remote: {{name: cloud}}}}]\n\
-         buffer: {{dir: '{}'}}\nreport_interval: 1s\n",
-        hub.address(),
-        cloud.address(),
-        tmp.path().join("buffer").display()
-    );
+    let text = one_remote(&hub, &cloud, UP, tmp.path(), "") + "report_interval: 1s\n";
     let config = tmp.path().join("service.yml");
     std::fs::write(&config, &text)?;
     let (master_port, reports) = fake_master()?;
@@ -449,17 +439,7 @@ async fn kill_9_mid_stream_then_restart_delivers_every_message_in_order() -> Res
     let hub = Broker::start(&tmp.path().join("hub"))?;
     let cloud = Broker::start(&tmp.path().join("cloud"))?;
     let config = tmp.path().join("service.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "hub: {{address: '{}'}}\nremotes: [{{name: cloud, address: '{}'}}]\n\
-             rules: [{{hub: {{subscriptions: [{{topic: 'up/#', qos: 1}}]}}, remote: {{name: cloud}}}}]\n\
-             buffer: {{dir: '{}'}}\n",
-            hub.address(),
-            cloud.address(),
-            tmp.path().join("buffer").display()
-        ),
-    )?;
+    std::fs::write(&config, one_remote(&hub, &cloud, UP, tmp.path(), ""))?;
     let mut sub = peer(
         cloud.port,
         "cloud-sub",
@@ -518,17 +498,8 @@ async fn hub_down_then_back_remote_messages_are_not_lost() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut hub = Broker::start(&tmp.path().join("hub"))?;
     let cloud = Broker::start(&tmp.path().join("cloud"))?;
-    let cfg = write_config(
-        tmp.path(),
-        &format!(
-            "hub: {{address: '{}'}}\nremotes: [{{name: cloud, address: '{}'}}]\n\
-             rules: [{{remote: {{name: cloud, subscriptions: [{{topic: 'down/#', qos: 1}}]}}}}]\n\
-             buffer: {{dir: '{}'}}\n",
-            hub.address(),
-            cloud.address(),
-            tmp.path().join("buffer").display()
-        ),
-    )?;
+    let down = "{remote: {name: cloud, subscriptions: [{topic: 'down/#', qos: 1}]}}";
+    let cfg = write_config(tmp.path(), &one_remote(&hub, &cloud, down, tmp.path(), ""))?;
     let mut hub_sub = peer(hub.port, "hub-sub", false, &[("down/#", QoS::AtLeastOnce)]).await?;
     let bridge = Bridge::start(&cfg).await?;
     let mut cloud_pub = peer(cloud.port, "cloud-pub", true, &[]).await?;
