@@ -77,36 +77,37 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// Why `bin` must be built (missing, or older than a source file of the crates it is made of), or None.
+/// Why `bin` must be built (missing, or older than a file it is built from), or None.
 fn needs_build(bin: &Path) -> Option<String> {
     let Some(built) = mtime(bin) else {
         return Some(format!("{} is missing", bin.display()));
     };
     let root = workspace_dir();
-    let mut stack = vec![root.join("Cargo.lock")];
-    stack.extend(["services", "init", "image"].map(|d| root.join(d)));
+    // The crates' sources and build files, the lock file, and the example applications the binary embeds.
+    let mut stack: Vec<PathBuf> = ["Cargo.lock", "services", "init", "image", "examples"]
+        .iter()
+        .map(|p| root.join(p))
+        .collect();
     while let Some(p) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&p) else {
             continue;
         };
-        if meta.is_dir() {
-            // What the binary is not built from: tests, benchmarks, examples, this kit, build outputs.
-            let skip = p.file_name().is_some_and(|n| {
-                ["tests", "benches", "examples", "testkit", "target", ".venv"]
-                    .iter()
-                    .any(|s| n == *s)
-            });
-            if !skip {
-                stack.extend(
-                    std::fs::read_dir(&p)
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .map(|e| e.path()),
-                );
+        if !meta.is_dir() {
+            if meta.modified().is_ok_and(|m| m > built) {
+                return Some(format!("{} is older than {}", bin.display(), p.display()));
             }
-        } else if meta.modified().is_ok_and(|m| m > built) {
-            return Some(format!("{} is older than {}", bin.display(), p.display()));
+            continue;
+        }
+        for entry in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+            // What the binary is not built from: tests, benchmarks, example programs (the top-level `examples`
+            // is on the list above), this kit, outputs.
+            let name = entry.file_name();
+            let skip = ["tests", "benches", "examples", "testkit", "target", ".venv"]
+                .iter()
+                .any(|s| name == *s);
+            if !skip {
+                stack.push(entry.path());
+            }
         }
     }
     None
@@ -156,4 +157,22 @@ fn build_baetyl(profile_dir: &Path, why: &str) {
         status.success(),
         "{cmd:?} failed ({status}); the tests need the baetyl binary"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_old_binary_is_built_a_fresh_one_is_not() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bin = dir.path().join("baetyl");
+        assert!(needs_build(&bin).is_some_and(|why| why.ends_with("is missing")));
+        let f = std::fs::File::create(&bin).expect("create");
+        f.set_modified(SystemTime::UNIX_EPOCH).expect("set mtime");
+        assert!(needs_build(&bin).is_some_and(|why| why.contains("is older than")));
+        f.set_modified(SystemTime::now() + std::time::Duration::from_secs(3600))
+            .expect("set mtime");
+        assert_eq!(needs_build(&bin), None);
+    }
 }
