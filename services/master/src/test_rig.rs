@@ -136,10 +136,19 @@ impl Master {
         expect: &[&str],
     ) -> Master {
         let dir = tempfile::tempdir().expect("temp dir");
-        let file = crate::ota::app_file(dir.path());
-        std::fs::create_dir_all(file.parent().expect("parent")).expect("dir");
-        std::fs::write(&file, app_text).expect("application.yml");
-        let config = conf(&format!("{conf_text}\nserver: {{tcp: \"127.0.0.1:0\"}}\n"));
+        write(dir.path(), "var/db/baetyl/application.yml", app_text);
+        Master::start_in(dir, conf_text, fake, expect).await
+    }
+
+    /// Starts a master in a work dir the test prepared (`dir`), with `conf_text` as conf.yml.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        conf_text: &str,
+        fake: FakeEngine,
+        expect: &[&str],
+    ) -> Master {
+        let mut config = conf(conf_text);
+        config.server.tcp = Some(([127, 0, 0, 1], 0).into());
         let listeners = Listeners::bind(dir.path(), &config.server)
             .await
             .expect("bind");
@@ -158,7 +167,7 @@ impl Master {
             },
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::run(
+        let mut task = tokio::spawn(crate::run(
             setup,
             Arc::new(fake.clone()),
             listeners,
@@ -166,10 +175,17 @@ impl Master {
                 let _ = stopped.await;
             },
         ));
-        fake.until("the application's instances", |f| {
+        let running = fake.until("the application's instances", |f| {
             expect.iter().all(|k| f.live().iter().any(|l| l == k))
-        })
-        .await;
+        });
+        // A master that does not get there fails the test in seconds, not after the hour `until` allows.
+        let running = tokio::time::timeout(Duration::from_secs(30), running);
+        tokio::select! {
+            r = running => if r.is_err() {
+                panic!("{expect:?} do not run after 30 s; events: {:#?}", fake.events());
+            },
+            ended = &mut task => panic!("the master stopped before its instances ran: {ended:?}"),
+        }
         Master {
             fake,
             socket: dir.path().join("var/run/baetyl.sock"),
@@ -210,6 +226,14 @@ impl Master {
         }
         (&mut self.task).await.expect("run panicked")
     }
+}
+
+/// Writes `text` to `rel` under `root`, making the directories on the way.
+pub fn write(root: &Path, rel: &str, text: &str) -> PathBuf {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    std::fs::write(&path, text).expect("write");
+    path
 }
 
 /// Status and body text of an API call.

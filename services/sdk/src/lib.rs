@@ -6,6 +6,7 @@
 //! - [`client`]: a small client for the master's REST API (unix socket or TCP), authenticated with the
 //!   service's token.
 //! - [`topic`]: MQTT topic names and filters: validation, matching, permission coverage.
+//! - [`fs`]: crash-safe state files (`write_atomic`: temp + fsync + rename + directory fsync).
 //! - [`logging`]: tracing setup (human or JSON lines, level, optional file) with service/instance on every line.
 //! - [`service`]: the service kit every role starts with: logging from `logger:` and `--log-format`, the tokio
 //!   runtime, the one shutdown signal, an orderly end.
@@ -15,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod fs;
 pub mod logging;
 pub mod mqtt;
 pub mod service;

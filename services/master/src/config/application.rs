@@ -226,6 +226,30 @@ pub struct PidsResources {
     pub limit: Option<u64>,
 }
 
+impl Application {
+    /// Parses an application file's bytes (`origin` names it in errors). Unlike other config files, an empty
+    /// one is an error: it is what a crash or a full disk leaves, not a wish to run nothing (that is written
+    /// `services: {}`).
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Application, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            ConfigError::invalid(
+                origin,
+                format!(
+                    "is not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
+            )
+        })?;
+        if text.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                origin,
+                "is empty (cut short by a crash or a full disk?); an application without services is written `services: {}`",
+            ));
+        }
+        Application::parse(text, origin)
+    }
+}
+
 impl ConfigFile for Application {
     /// Checks what the schema cannot: names, references, dependency order, values.
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {

@@ -95,12 +95,18 @@ pub use baetyl_sdk::logging::LoggerConfig;
 #[serde(deny_unknown_fields, default)]
 pub struct OtaLogConfig {
     pub path: PathBuf,
+    /// Rotate the OTA log when it would grow past this size.
+    pub max_size: ByteSize,
+    /// How many rotated files to keep (`ota.log.1` ... `.N`).
+    pub backups: u32,
 }
 
 impl Default for OtaLogConfig {
     fn default() -> Self {
         OtaLogConfig {
             path: PathBuf::from("var/db/baetyl/ota.log"),
+            max_size: ByteSize(1 << 20),
+            backups: 3,
         }
     }
 }
@@ -162,6 +168,12 @@ impl ConfigFile for MasterConfig {
                     "key `logger.level`: `{}` is not a level; use error, warn, info, debug or trace",
                     self.logger.level
                 ),
+            ));
+        }
+        if self.otalog.max_size.0 < 1024 {
+            return Err(ConfigError::invalid(
+                file,
+                "key `otalog.max_size`: must be at least 1k",
             ));
         }
         if self.instance_log.max_size.0 < 4096 {

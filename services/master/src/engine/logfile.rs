@@ -17,7 +17,7 @@ impl RotatingLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_append(path)?;
         let size = file.metadata()?.len();
         Ok(RotatingLog {
             path: path.to_path_buf(),
@@ -37,8 +37,24 @@ impl RotatingLog {
         Ok(())
     }
 
+    /// Flushes what was written to disk.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The files of the log at `path` that exist, oldest first: the backups `.N` ... `.1`, then `path`.
+    pub fn files_oldest_first(path: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = (1..)
+            .map(|n| numbered(path, n))
+            .take_while(|p| p.exists())
+            .collect();
+        files.reverse();
+        files.push(path.to_path_buf());
+        files
+    }
+
     fn rotate(&mut self) -> std::io::Result<()> {
-        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let numbered = |n: u32| numbered(&self.path, n);
         if self.backups == 0 {
             self.file.set_len(0)?;
             self.size = 0;
@@ -51,13 +67,26 @@ impl RotatingLog {
             }
         }
         std::fs::rename(&self.path, numbered(1))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = open_append(&self.path)?;
         self.size = 0;
         Ok(())
     }
+}
+
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    PathBuf::from(format!("{}.{n}", path.display()))
+}
+
+/// Opens a log for appending, creating it 0640; a symlink in its place is refused, never followed (whoever
+/// can write the directory must not make the master append to another file).
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 #[cfg(test)]

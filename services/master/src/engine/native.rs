@@ -424,8 +424,8 @@ impl NativeEngine {
         if let Some(dir) = state_path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        if let Err(e) = std::fs::write(&state_path, serde_json::to_vec(&state).unwrap_or_default())
-        {
+        let text = serde_json::to_vec(&state).unwrap_or_default();
+        if let Err(e) = baetyl_sdk::fs::write_atomic(&state_path, &text, 0o600) {
             tracing::warn!(file = %state_path.display(), "cannot record instance state ({e}); a master crash could leave it running");
         }
         for pipe in [

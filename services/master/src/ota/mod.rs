@@ -8,21 +8,30 @@
 //! change are never touched. One update at a time: a second one is refused while the first runs.
 
 use baetyl_sdk::config::ConfigFile;
-use std::io::Write;
+use baetyl_sdk::fs::write_atomic;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::{AppDiff, Application, diff};
+use crate::engine::logfile::RotatingLog;
 use crate::error::{MasterError, Result};
 use crate::supervisor::{Status, Supervisor, now_rfc3339};
+
+/// The mode of application.yml and its `.old` copy.
+const APP_MODE: u32 = 0o644;
 
 pub struct Updater {
     sup: Arc<Supervisor>,
     app_file: PathBuf,
     ota_log: PathBuf,
+    /// The OTA log, opened at its first line.
+    log: Mutex<Option<RotatingLog>>,
+    /// The text of the application that runs (None: none was installed), kept as `.old` by the next update
+    /// and restored by a rollback.
+    running_text: Mutex<Option<Vec<u8>>>,
     busy: Arc<AsyncMutex<()>>,
 }
 
@@ -31,14 +40,19 @@ pub fn app_file(workdir: &Path) -> PathBuf {
     workdir.join("var/db/baetyl/application.yml")
 }
 
-/// The steps the OTA log at `ota_log` records for the update `trace`, in order (empty when there is no log).
+/// The steps the OTA log at `ota_log` (and its rotated backups) records for the update `trace`, in order
+/// (empty when there is no log).
 pub fn steps_of(ota_log: &Path, trace: &str) -> Vec<String> {
-    std::fs::read_to_string(ota_log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["trace"] == trace)
-        .filter_map(|v| v["step"].as_str().map(str::to_string))
+    RotatingLog::files_oldest_first(ota_log)
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["trace"] == trace)
+                .filter_map(|v| v["step"].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -48,8 +62,15 @@ impl Updater {
             sup,
             app_file,
             ota_log,
+            log: Mutex::new(None),
+            running_text: Mutex::new(None),
             busy: Arc::new(AsyncMutex::new(())),
         }
+    }
+
+    /// Says which text the running application came from (at start: application.yml or its `.old`).
+    pub fn set_running_text(&self, text: Option<Vec<u8>>) {
+        *lock(&self.running_text) = text;
     }
 
     fn log(&self, trace: &str, step: &str, message: &str, error: Option<&str>) {
@@ -58,17 +79,23 @@ impl Updater {
             obj.insert("error".into(), e.into());
         }
         tracing::info!(trace, step, "update: {message}");
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = self.ota_log.parent() {
-                std::fs::create_dir_all(dir)?;
+        let mut log = lock(&self.log);
+        let write = |log: &mut Option<RotatingLog>| -> std::io::Result<()> {
+            if log.is_none() {
+                let cfg = &self.sup.config().otalog;
+                *log = Some(RotatingLog::open(
+                    &self.ota_log,
+                    cfg.max_size.0,
+                    cfg.backups,
+                )?);
             }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.ota_log)?;
-            writeln!(f, "{line}")
+            let log = log
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("no log"))?;
+            log.write_all(format!("{line}\n").as_bytes())?;
+            log.sync()
         };
-        if let Err(e) = write() {
+        if let Err(e) = write(&mut log) {
             tracing::warn!(file = %self.ota_log.display(), "cannot write the OTA log: {e}");
         }
     }
@@ -119,8 +146,19 @@ impl Updater {
             }
         };
         let old = self.sup.app();
-        let old_text = std::fs::read(&self.app_file).ok();
-        if let Err(e) = self.install(source) {
+        let old_text = lock(&self.running_text).clone();
+        let new_text = match std::fs::read(source) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = MasterError::io(source, e);
+                let msg =
+                    format!("update {trace} failed: {e}; the running application is unchanged");
+                self.log(trace, "FAILURE", &msg, Some(&e.to_string()));
+                self.sup.set_error(msg);
+                return;
+            }
+        };
+        if let Err(e) = self.install(&new_text, old_text.as_deref()) {
             let msg = format!("update {trace} failed: {e}; the running application is unchanged");
             self.log(trace, "FAILURE", &msg, Some(&e.to_string()));
             self.sup.set_error(msg);
@@ -144,6 +182,7 @@ impl Updater {
         );
         match self.apply(&old, &new, &d).await {
             Ok(()) => {
+                self.set_running_text(Some(new_text));
                 self.log(
                     trace,
                     "RESTARTED",
@@ -193,19 +232,17 @@ impl Updater {
         Ok(app)
     }
 
-    /// Keeps the current file as `.old` and installs the new one atomically.
-    fn install(&self, source: &Path) -> Result<()> {
+    /// Keeps the running application's text as `.old` and installs the new one, each as a new file that
+    /// replaces the previous one atomically (never rewritten in place).
+    fn install(&self, new_text: &[u8], old_text: Option<&[u8]>) -> Result<()> {
         let dir = self.app_file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| MasterError::io(dir, e))?;
-        let old = self.app_file.with_extension("yml.old");
-        if self.app_file.exists() {
-            std::fs::copy(&self.app_file, &old).map_err(|e| MasterError::io(&old, e))?;
+        if let Some(old_text) = old_text {
+            let old = old_copy(&self.app_file);
+            write_atomic(&old, old_text, APP_MODE).map_err(|e| MasterError::io(&old, e))?;
         }
-        let text = std::fs::read(source).map_err(|e| MasterError::io(source, e))?;
-        let tmp = self.app_file.with_extension("yml.new");
-        std::fs::write(&tmp, text).map_err(|e| MasterError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &self.app_file).map_err(|e| MasterError::io(&self.app_file, e))?;
-        Ok(())
+        write_atomic(&self.app_file, new_text, APP_MODE)
+            .map_err(|e| MasterError::io(&self.app_file, e))
     }
 
     async fn apply(&self, old: &Application, new: &Application, d: &AppDiff) -> Result<()> {
@@ -257,7 +294,7 @@ impl Updater {
         }
         match old_text {
             Some(text) => {
-                if let Err(e) = std::fs::write(&self.app_file, text) {
+                if let Err(e) = write_atomic(&self.app_file, &text, APP_MODE) {
                     tracing::error!(file = %self.app_file.display(), "cannot restore the previous application file: {e}");
                 }
             }
@@ -274,6 +311,15 @@ impl Updater {
             }
         }
     }
+}
+
+/// Where the previous application is kept: `application.yml.old` next to `app_file`.
+pub fn old_copy(app_file: &Path) -> PathBuf {
+    app_file.with_extension("yml.old")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ async fn three() -> (Rig, Arc<Updater>) {
         file,
         r.dir.path().join("var/db/baetyl/ota.log"),
     ));
+    updater.set_running_text(Some(THREE.as_bytes().to_vec()));
     r.run(THREE).await;
     (r, updater)
 }
@@ -206,4 +207,87 @@ async fn an_invalid_update_is_refused_before_anything_changes() {
         r.fake.events().iter().all(|e| e.what != What::Terminated),
         "nothing stopped"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_old_copy_and_the_rollback_write_new_files_never_in_place() {
+    let (r, updater) = three().await;
+    let dir = r.dir.path().join("var/db/baetyl");
+    // A previous update's .old, and a hard link to it: a rewrite in place would show through the link.
+    write(&r, "var/db/baetyl/application.yml.old", "app_version: v0\n");
+    std::fs::hard_link(dir.join("application.yml.old"), dir.join("old-v0")).expect("link");
+    r.fake.behave(
+        "bad",
+        Behaviour::Exit {
+            code: 1,
+            after: ms(100),
+        },
+    );
+    let broken = THREE
+        .replace("app_version: v1", "app_version: v2")
+        .replace("b: {image: svc, environment", "b: {image: bad, environment");
+    write(&r, "bad/application.yml", &broken);
+    updater.submit("bad", "t-bad").expect("accepted");
+    // While the broken version runs, keep a link to the installed file: the rollback must not rewrite it.
+    r.fake
+        .until("the broken b", |f| {
+            f.spec_of("b", "b").is_some_and(|s| s.spec.image == "bad")
+        })
+        .await;
+    std::fs::hard_link(dir.join("application.yml"), dir.join("installed-v2")).expect("link");
+    updater.wait_idle().await;
+    assert_eq!(
+        steps(&r, "t-bad").last().map(String::as_str),
+        Some("FAILURE")
+    );
+    assert_eq!(read(&r, "var/db/baetyl/application.yml"), THREE);
+    assert_eq!(read(&r, "var/db/baetyl/application.yml.old"), THREE);
+    assert_eq!(read(&r, "var/db/baetyl/old-v0"), "app_version: v0\n");
+    assert_eq!(read(&r, "var/db/baetyl/installed-v2"), broken);
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp") || n.ends_with(".new"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ota_log_rotates_by_size_and_keeps_its_backups() {
+    let r = Rig::new("otalog: {max_size: 1k, backups: 2}\nupdate: {health: 1s}\n");
+    let cfg = r.sup.config().otalog.clone();
+    let log = r.dir.path().join(&cfg.path);
+    let updater = Arc::new(Updater::new(
+        r.sup.clone(),
+        app_file(r.dir.path()),
+        log.clone(),
+    ));
+    r.run(THREE).await;
+    write(
+        &r,
+        "worse/application.yml",
+        "services:\n  a: {image: svc, replicas: 2}\n",
+    );
+    for n in 0..20 {
+        updater
+            .submit("worse", &format!("t-{n}"))
+            .expect("accepted");
+        updater.wait_idle().await;
+    }
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let numbered = |n: u32| std::path::PathBuf::from(format!("{}.{n}", log.display()));
+    assert!(size(&log) <= 1024, "{}", size(&log));
+    assert!(size(&numbered(1)) > 0 && size(&numbered(2)) > 0);
+    assert!(!numbered(3).exists(), "only 2 backups are kept");
+    assert_eq!(steps(&r, "t-19"), ["RECEIVED", "UPDATING", "FAILURE"]);
+    // An update whose lines went into a backup is still found whole.
+    let in_backup = (0..20)
+        .map(|n| format!("t-{n}"))
+        .find(|t| {
+            std::fs::read_to_string(numbered(1))
+                .unwrap_or_default()
+                .contains(&format!("\"{t}\""))
+        })
+        .expect("a trace in ota.log.1");
+    assert_eq!(steps(&r, &in_backup), ["RECEIVED", "UPDATING", "FAILURE"]);
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baetyl_sdk::client::Address;
-use baetyl_sdk::config::ConfigFile;
+use baetyl_sdk::fs::write_atomic;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -18,7 +18,7 @@ use crate::api::{self, ApiState, BuildInfo, OPERATOR};
 use crate::config::{Application, MasterConfig, ServerConfig};
 use crate::engine::Engine;
 use crate::error::{MasterError, Result};
-use crate::ota::{Updater, app_file};
+use crate::ota::{Updater, app_file, old_copy};
 use crate::stats::HostSampler;
 use crate::supervisor::{HostFacts, Supervisor, new_token};
 
@@ -144,17 +144,17 @@ pub async fn run(
         api_address: address.to_string(),
     };
     let sup = Arc::new(Supervisor::new(workdir.clone(), cfg.clone(), engine, host));
-    let updater = Arc::new(Updater::new(
+    let updater: Arc<Updater> = Arc::new(Updater::new(
         sup.clone(),
         app_file(&workdir),
         workdir.join(&cfg.otalog.path),
     ));
 
     let token_path = operator_token_path(&workdir);
-    let operator = write_operator_token(&workdir, &cfg, &token_path)?;
+    let operator = operator_token(&workdir, &cfg, &token_path)?;
     let state = Arc::new(ApiState {
         sup: sup.clone(),
-        updater,
+        updater: updater.clone(),
         build,
         operator: (OPERATOR.to_string(), operator),
         sampler: HostSampler::default(),
@@ -164,7 +164,8 @@ pub async fn run(
     let servers = serve(listeners, api::router(state), api_stopped);
     tracing::info!(api = %address, "API listening");
 
-    let app = load_application(&workdir, &sup);
+    let (app, text) = load_application(&workdir, &sup);
+    updater.set_running_text(text);
     sup.run_app(app.clone()).await;
     tracing::info!(
         services = app.services.len(),
@@ -189,18 +190,26 @@ pub async fn run(
 }
 
 /// The operator token: the configured one (`server.operator_token_file`) or a new random one, written to
-/// `path` (0600) for local tools.
-fn write_operator_token(workdir: &Path, cfg: &MasterConfig, path: &Path) -> Result<String> {
+/// `path` (0600, a new file that replaces whatever was there, a planted symlink included) for local tools.
+/// A token that cannot be written (a full disk) does not stop the master: the API still serves the
+/// configured token and the services' ones.
+fn operator_token(workdir: &Path, cfg: &MasterConfig, path: &Path) -> Result<String> {
     let token = match &cfg.server.operator_token_file {
         None => new_token(),
         Some(rel) => read_operator_token(&workdir.join(rel))?,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| MasterError::io(dir, e))?;
+    let written = match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| MasterError::io(dir, e)),
+        None => Ok(()),
     }
-    std::fs::write(path, &token).map_err(|e| MasterError::io(path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| MasterError::io(path, e))?;
+    .and_then(|()| {
+        write_atomic(path, token.as_bytes(), 0o600).map_err(|e| MasterError::io(path, e))
+    });
+    if let Err(e) = written {
+        tracing::error!(
+            "cannot write the operator token for local tools ({e}); `baetyl inspect` will not work until the master restarts"
+        );
+    }
     Ok(token)
 }
 
@@ -249,12 +258,15 @@ where
     })
 }
 
-/// The application to run at start: the installed one; the previous one if it is broken; the built-in
-/// example in a fresh work dir. A broken application never stops the master: the API stays up so the
-/// cloud can send a good one, and inspect says what is wrong.
-fn load_application(workdir: &Path, sup: &Supervisor) -> Application {
+/// The application to run at start, and the text it came from: the installed one; the previous one
+/// (`.old`) when the installed one is missing, empty, unreadable or invalid; the built-in example in a
+/// fresh work dir. A broken application never stops the master: the API stays up so the cloud can send a
+/// good one, and inspect says what is wrong.
+fn load_application(workdir: &Path, sup: &Supervisor) -> (Application, Option<Vec<u8>>) {
     let file = app_file(workdir);
-    if !file.exists() {
+    let old = old_copy(&file);
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    if !exists(&file) && !exists(&old) {
         match crate::default_app::install(workdir, &file) {
             Ok(()) => tracing::info!(
                 "fresh work dir: installed the built-in example application into {}",
@@ -263,29 +275,37 @@ fn load_application(workdir: &Path, sup: &Supervisor) -> Application {
             Err(e) => tracing::error!("cannot install the built-in example application: {e}"),
         }
     }
-    match Application::load(&file) {
-        Ok(app) => app,
-        Err(e) => {
-            let old = file.with_extension("yml.old");
-            let msg = format!("the application is invalid: {e}");
-            tracing::error!("{msg}");
-            match Application::load(&old) {
-                Ok(app) => {
-                    sup.set_error(format!(
-                        "{msg}; running the previous application from {}",
-                        old.display()
-                    ));
-                    app
-                }
-                Err(_) => {
-                    sup.set_error(format!(
-                        "{msg}; no service is running until a valid application is installed"
-                    ));
-                    Application::default()
-                }
-            }
+    let why = match read_application(&file) {
+        Ok((app, text)) => return (app, Some(text)),
+        Err(why) => why,
+    };
+    let msg = format!("the application cannot be used: {why}");
+    tracing::error!("{msg}");
+    match read_application(&old) {
+        Ok((app, text)) => {
+            sup.set_error(format!(
+                "{msg}; running the previous application from {}",
+                old.display()
+            ));
+            (app, Some(text))
+        }
+        Err(_) => {
+            sup.set_error(format!(
+                "{msg}; no service is running until a valid application is installed"
+            ));
+            (Application::default(), None)
         }
     }
+}
+
+/// An application file and its text, or why it cannot be used.
+fn read_application(path: &Path) -> std::result::Result<(Application, Vec<u8>), String> {
+    let text = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{} is missing", path.display()),
+        _ => format!("{}: cannot read: {e}", path.display()),
+    })?;
+    let app = Application::from_bytes(&text, path).map_err(|e| e.to_string())?;
+    Ok((app, text))
 }
 
 fn host_id() -> String {

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use serde_json::Value;
 
 use crate::engine::fake::{FakeEngine, What};
-use crate::test_rig::{Master, call};
+use crate::test_rig::{Master, call, write};
 
 const TWO: &str = "app_version: v7\nservices:\n  a: {image: svc}\n  b: {image: svc, depends_on: [a], volumes: [\"data:/data\"]}\nvolumes:\n  data: {}\n";
 
@@ -232,6 +232,170 @@ async fn refused_requests_answer_v1_statuses_with_the_reason() {
     assert!(
         status == 409 && text.contains("already in progress"),
         "{status} {text}"
+    );
+    m.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_symlink_planted_at_the_token_file_is_replaced_not_followed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let elsewhere = tempfile::tempdir().expect("dir");
+    let outside = elsewhere.path().join("precious");
+    std::fs::write(&outside, "precious").expect("write");
+    write(dir.path(), "var/db/baetyl/application.yml", TWO);
+    let token = crate::server::operator_token_path(dir.path());
+    std::fs::create_dir_all(token.parent().expect("parent")).expect("dir");
+    std::os::unix::fs::symlink(&outside, &token).expect("symlink");
+    let m = Master::start_in(dir, "", FakeEngine::new(), &["a/a", "b/b"]).await;
+    assert_eq!(
+        std::fs::read_to_string(&outside).expect("read"),
+        "precious",
+        "the token went through the symlink"
+    );
+    let md = std::fs::symlink_metadata(&token).expect("token");
+    assert!(md.file_type().is_file(), "{md:?}");
+    assert_eq!(mode(&token), 0o600);
+    assert_eq!(
+        call(&m.operator(), "GET", "/v1/system/inspect", "").await.0,
+        200
+    );
+    m.stop().await.expect("stop");
+}
+
+/// Runs a master in a work dir prepared by `prepare` and answers the services it runs and inspect's error.
+async fn services_run_from(
+    prepare: impl FnOnce(&std::path::Path),
+    expect: &[&str],
+) -> (Vec<String>, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    prepare(dir.path());
+    let m = Master::start_in(dir, "", FakeEngine::new(), expect).await;
+    let v = m.operator().inspect().await.expect("inspect");
+    let names = v["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let error = v["error"].as_str().unwrap_or_default().to_string();
+    m.stop().await.expect("stop");
+    (names, error)
+}
+
+#[tokio::test]
+async fn an_empty_unreadable_or_missing_application_falls_back_to_the_old_copy() {
+    const APP: &str = "var/db/baetyl/application.yml";
+    const OLD: &str = "var/db/baetyl/application.yml.old";
+    // A file truncated by a crash is not an application without services.
+    let (names, error) = services_run_from(
+        |d| {
+            write(d, APP, "\n");
+            write(d, OLD, TWO);
+        },
+        &["a/a", "b/b"],
+    )
+    .await;
+    assert_eq!(names, ["a", "b"]);
+    assert!(
+        error.contains("application.yml") && error.contains("empty") && error.contains(".old"),
+        "{error}"
+    );
+    // Unreadable (here: a directory in its place).
+    let (names, error) = services_run_from(
+        |d| {
+            std::fs::create_dir_all(d.join(APP)).expect("dir");
+            write(d, OLD, TWO);
+        },
+        &["a/a", "b/b"],
+    )
+    .await;
+    assert_eq!(names, ["a", "b"]);
+    assert!(error.contains(".old"), "{error}");
+    // Gone, with the previous one still there: not a fresh work dir, so not the example application.
+    let (names, error) = services_run_from(|d| drop(write(d, OLD, TWO)), &["a/a", "b/b"]).await;
+    assert_eq!(names, ["a", "b"]);
+    assert!(
+        error.contains("missing") && error.contains(".old"),
+        "{error}"
+    );
+}
+
+/// A small tmpfs mounted on a temp dir (we are root in CI), unmounted on drop.
+struct Tmpfs {
+    mountpoint: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// None (with the reason printed) where this process may not mount.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let mountpoint = tempfile::tempdir().expect("dir");
+        let opts = format!("size={size},mode=0755");
+        match nix::mount::mount(
+            Some("tmpfs"),
+            mountpoint.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        ) {
+            Ok(()) => Some(Tmpfs { mountpoint }),
+            Err(e) => {
+                eprintln!("SKIPPED: cannot mount a tmpfs ({e}); this test needs root");
+                None
+            }
+        }
+    }
+
+    /// A fresh work dir on the tmpfs.
+    fn workdir(&self) -> tempfile::TempDir {
+        tempfile::tempdir_in(self.mountpoint.path()).expect("work dir")
+    }
+
+    /// Fills the file system until a write fails for lack of space.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.mountpoint.path().join("filler")).expect("filler");
+        let block = vec![0u8; 4096];
+        loop {
+            if let Err(e) = f.write_all(&block).and_then(|()| f.sync_all()) {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.mountpoint.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test]
+async fn the_master_starts_and_serves_its_api_on_a_full_disk() {
+    let Some(fs) = Tmpfs::mount("512k") else {
+        return;
+    };
+    let elsewhere = tempfile::tempdir().expect("dir");
+    let token = write(
+        elsewhere.path(),
+        "operator.token",
+        "0123456789abcdef0123456789abcdef",
+    );
+    let dir = fs.workdir();
+    write(dir.path(), "var/db/baetyl/application.yml", TWO);
+    fs.fill();
+    let conf = format!("server: {{operator_token_file: {}}}\n", token.display());
+    let m = Master::start_in(dir, &conf, FakeEngine::new(), &["a/a", "b/b"]).await;
+    let op = m
+        .anonymous()
+        .with_credentials(crate::api::OPERATOR, "0123456789abcdef0123456789abcdef");
+    let (status, body) = call(&op, "GET", "/v1/system/inspect", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        call(&m.service("a"), "GET", "/v1/system/inspect", "")
+            .await
+            .0,
+        200
     );
     m.stop().await.expect("stop");
 }
