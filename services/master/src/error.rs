@@ -131,6 +131,28 @@ pub enum MasterError {
     #[error("update needs `path`: the new application.yml, or a directory holding one")]
     MissingUpdatePath,
     #[error(
+        "update path `{path}`: the new application must be a file under the work dir {workdir} (a relative path without `..`, or an absolute one inside it)"
+    )]
+    UpdateSourceOutside { path: String, workdir: PathBuf },
+    #[error("update source {path}: is a symbolic link; give the path of the file itself")]
+    UpdateSourceSymlink { path: PathBuf },
+    #[error("update source {path}: is a {kind}, not a regular file")]
+    UpdateSourceNotRegular { path: PathBuf, kind: &'static str },
+    #[error(
+        "update source {path}: {size} bytes is more than update.max_size ({max}) allows; raise it in conf.yml if the application really is that large"
+    )]
+    UpdateSourceTooLarge {
+        path: PathBuf,
+        size: u64,
+        max: String,
+    },
+    #[error("update source {path}: {source}")]
+    UpdateSource {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
         "{action} needs baetyl init: this master was not started by it ({variable} is not set); {action} the host yourself"
     )]
     NoInit {
@@ -186,6 +208,11 @@ impl MasterError {
             | MasterUpdateUnsupported
             | UnknownUpdateType { .. }
             | MissingUpdatePath
+            | UpdateSourceOutside { .. }
+            | UpdateSourceSymlink { .. }
+            | UpdateSourceNotRegular { .. }
+            | UpdateSourceTooLarge { .. }
+            | UpdateSource { .. }
             | NoInit { .. }
             | SignalInit { .. }
             | NoFreePort(_) => StatusCode::BAD_REQUEST,

@@ -220,11 +220,17 @@ impl Master {
     }
 
     /// Asks the master to stop and answers what `run` answered.
-    pub async fn stop(mut self) -> crate::error::Result<()> {
+    pub async fn stop(self) -> crate::error::Result<()> {
+        self.stop_keeping_dir().await.0
+    }
+
+    /// Stops the master like [`Master::stop`] and hands over its work dir for a look at what it left.
+    pub async fn stop_keeping_dir(mut self) -> (crate::error::Result<()>, tempfile::TempDir) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.expect("run panicked")
+        let result = (&mut self.task).await.expect("run panicked");
+        (result, self.dir)
     }
 }
 

@@ -116,12 +116,15 @@ impl Default for OtaLogConfig {
 pub struct UpdateConfig {
     /// After an update starts new or changed services, they must stay up this long or the update rolls back.
     pub health: HumanDuration,
+    /// The largest application file an update may name.
+    pub max_size: ByteSize,
 }
 
 impl Default for UpdateConfig {
     fn default() -> Self {
         UpdateConfig {
             health: HumanDuration::from_secs(5),
+            max_size: ByteSize(1 << 20),
         }
     }
 }

@@ -64,6 +64,10 @@ pub enum What {
 struct State {
     behaviours: BTreeMap<String, Behaviour>,
     unresolvable: BTreeSet<String>,
+    /// How long `prepare` takes for an image (an engine pulling or unpacking it).
+    prepare_time: BTreeMap<String, Duration>,
+    /// The images `prepare` was called for, in order.
+    prepared: Vec<String>,
     leftovers: Vec<String>,
     events: Vec<Event>,
     live: BTreeMap<String, Arc<Control>>,
@@ -132,6 +136,20 @@ impl FakeEngine {
     pub fn unresolvable(&self, image: &str) -> &Self {
         self.shared.lock().unresolvable.insert(image.to_string());
         self
+    }
+
+    /// `prepare` of services of `image` takes `time` (tokio's clock), as pulling an image does.
+    pub fn slow_prepare(&self, image: &str, time: Duration) -> &Self {
+        self.shared
+            .lock()
+            .prepare_time
+            .insert(image.to_string(), time);
+        self
+    }
+
+    /// The images `prepare` was called for so far, in order.
+    pub fn prepared(&self) -> Vec<String> {
+        self.shared.lock().prepared.clone()
     }
 
     /// What `recover` answers: `service/instance` names a previous master left running.
@@ -321,6 +339,15 @@ impl Engine for FakeEngine {
     }
 
     async fn prepare(&self, service: &str, spec: &ServiceSpec) -> Result<()> {
+        let time = {
+            let mut st = self.shared.lock();
+            st.prepared.push(spec.image.clone());
+            st.prepare_time.get(&spec.image).copied()
+        };
+        self.shared.changed.send_modify(|n| *n += 1);
+        if let Some(time) = time {
+            tokio::time::sleep(time).await;
+        }
         if self.shared.lock().unresolvable.contains(&spec.image) {
             return Err(MasterError::UnknownImage {
                 service: service.to_string(),

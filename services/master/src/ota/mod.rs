@@ -7,18 +7,20 @@
 //! and the previous application runs again exactly as it was. Services whose config and volumes did not
 //! change are never touched. One update at a time: a second one is refused while the first runs.
 
-use baetyl_sdk::config::ConfigFile;
 use baetyl_sdk::fs::write_atomic;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
+use tokio::task::JoinHandle;
 
 use crate::config::{AppDiff, Application, diff};
 use crate::engine::logfile::RotatingLog;
 use crate::error::{MasterError, Result};
 use crate::supervisor::{Status, Supervisor, now_rfc3339};
+
+pub mod source;
 
 /// The mode of application.yml and its `.old` copy.
 const APP_MODE: u32 = 0o644;
@@ -32,7 +34,16 @@ pub struct Updater {
     /// The text of the application that runs (None: none was installed), kept as `.old` by the next update
     /// and restored by a rollback.
     running_text: Mutex<Option<Vec<u8>>>,
+    /// An update installed but not yet confirmed healthy: what to put back if the master stops meanwhile.
+    pending: Mutex<Option<Pending>>,
+    /// The running update's task.
+    task: Mutex<Option<JoinHandle<()>>>,
     busy: Arc<AsyncMutex<()>>,
+}
+
+struct Pending {
+    trace: String,
+    old_text: Option<Vec<u8>>,
 }
 
 /// Where the application lives in a work dir.
@@ -64,6 +75,8 @@ impl Updater {
             ota_log,
             log: Mutex::new(None),
             running_text: Mutex::new(None),
+            pending: Mutex::new(None),
+            task: Mutex::new(None),
             busy: Arc::new(AsyncMutex::new(())),
         }
     }
@@ -100,7 +113,9 @@ impl Updater {
         }
     }
 
-    /// Accepts an update and runs it in the background. Refused (Err) while another update runs.
+    /// Accepts an update and runs it in the background. Refused (Err) while another update runs, and when
+    /// its source is not a file the master may read ([`source::read_source`]): then the OTA log says
+    /// RECEIVED, FAILURE.
     pub fn submit(self: &Arc<Self>, path: &str, trace: &str) -> Result<()> {
         let guard = self
             .busy
@@ -112,18 +127,23 @@ impl Updater {
         } else {
             trace.to_string()
         };
-        let source = self.resolve_path(path);
-        self.log(
-            &trace,
-            "RECEIVED",
-            &format!("update from {}", source.display()),
-            None,
-        );
+        self.log(&trace, "RECEIVED", &format!("update from {path}"), None);
+        let workdir = self.sup.workdir();
+        let (origin, text) =
+            match source::read_source(workdir, path, self.sup.config().update.max_size) {
+                Ok(read) => read,
+                Err(e) => {
+                    self.fail(&trace, format!("update {trace} refused: {e}"), &e);
+                    return Err(e);
+                }
+            };
         let me = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _guard = guard;
-            me.run(&source, &trace).await;
+            me.run(&origin, text, &trace).await;
+            *lock(&me.pending) = None;
         });
+        *lock(&self.task) = Some(task);
         Ok(())
     }
 
@@ -132,38 +152,53 @@ impl Updater {
         let _idle = self.busy.lock().await;
     }
 
-    /// Runs an update to completion.
-    async fn run(&self, source: &Path, trace: &str) {
+    /// Ends a running update at once, for the master's shutdown: an update not yet confirmed healthy does
+    /// not stay installed (application.yml gets the previous text back), so the next start runs what was
+    /// known good. The supervisor then stops the services as usual.
+    pub async fn shutdown(&self) {
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        let Some(pending) = lock(&self.pending).take() else {
+            return;
+        };
+        let trace = &pending.trace;
+        if let Err(e) = self.restore(pending.old_text.as_deref()) {
+            tracing::error!("{e}");
+        }
+        self.set_running_text(pending.old_text);
+        let msg = format!(
+            "update {trace} interrupted by the master's shutdown before its services were confirmed healthy; the previous application is installed again"
+        );
+        self.log(trace, "FAILURE", &msg, Some(&msg));
+        self.sup.set_error(msg);
+    }
+
+    /// Logs FAILURE for `trace` and shows `msg` in inspect; the running application is unchanged.
+    fn fail(&self, trace: &str, msg: String, e: &MasterError) {
+        let msg = format!("{msg}; the running application is unchanged");
+        self.log(trace, "FAILURE", &msg, Some(&e.to_string()));
+        self.sup.set_error(msg);
+    }
+
+    /// Runs an update to completion: `text` is the new application, read once from `origin`.
+    async fn run(&self, origin: &Path, text: Vec<u8>, trace: &str) {
         self.log(trace, "UPDATING", "validating the new application", None);
-        let new = match self.load_and_prepare(source).await {
+        let new = match self.load_and_prepare(origin, &text).await {
             Ok(app) => app,
-            Err(e) => {
-                let msg =
-                    format!("update {trace} refused: {e}; the running application is unchanged");
-                self.log(trace, "FAILURE", &msg, Some(&e.to_string()));
-                self.sup.set_error(msg);
-                return;
-            }
+            Err(e) => return self.fail(trace, format!("update {trace} refused: {e}"), &e),
         };
         let old = self.sup.app();
         let old_text = lock(&self.running_text).clone();
-        let new_text = match std::fs::read(source) {
-            Ok(t) => t,
-            Err(e) => {
-                let e = MasterError::io(source, e);
-                let msg =
-                    format!("update {trace} failed: {e}; the running application is unchanged");
-                self.log(trace, "FAILURE", &msg, Some(&e.to_string()));
-                self.sup.set_error(msg);
-                return;
-            }
-        };
-        if let Err(e) = self.install(&new_text, old_text.as_deref()) {
-            let msg = format!("update {trace} failed: {e}; the running application is unchanged");
-            self.log(trace, "FAILURE", &msg, Some(&e.to_string()));
-            self.sup.set_error(msg);
-            return;
+        if let Err(e) = self.install(&text, old_text.as_deref()) {
+            return self.fail(trace, format!("update {trace} failed: {e}"), &e);
         }
+        *lock(&self.pending) = Some(Pending {
+            trace: trace.to_string(),
+            old_text: old_text.clone(),
+        });
         self.log(
             trace,
             "UPDATED",
@@ -182,7 +217,8 @@ impl Updater {
         );
         match self.apply(&old, &new, &d).await {
             Ok(()) => {
-                self.set_running_text(Some(new_text));
+                *lock(&self.pending) = None;
+                self.set_running_text(Some(text));
                 self.log(
                     trace,
                     "RESTARTED",
@@ -199,6 +235,7 @@ impl Updater {
                     Some(&e.to_string()),
                 );
                 self.rollback(&old, &new, &d, old_text).await;
+                *lock(&self.pending) = None;
                 let msg = format!(
                     "update {trace} failed and was rolled back to application {}: {e}",
                     old.app_version
@@ -215,17 +252,9 @@ impl Updater {
         }
     }
 
-    fn resolve_path(&self, path: &str) -> PathBuf {
-        let p = self.sup.workdir().join(path);
-        if p.is_dir() {
-            p.join("application.yml")
-        } else {
-            p
-        }
-    }
-
-    async fn load_and_prepare(&self, source: &Path) -> Result<Application> {
-        let app = Application::load(source)?;
+    /// Parses the update (errors quote none of its values) and prepares its services' images.
+    async fn load_and_prepare(&self, origin: &Path, text: &[u8]) -> Result<Application> {
+        let app = Application::from_bytes(text, origin).map_err(source::redact)?;
         for (name, spec) in &app.services {
             self.sup.engine().prepare(name, spec).await?;
         }
@@ -243,6 +272,20 @@ impl Updater {
         }
         write_atomic(&self.app_file, new_text, APP_MODE)
             .map_err(|e| MasterError::io(&self.app_file, e))
+    }
+
+    /// Puts the previous application's text back in application.yml (a new file, never rewritten in place),
+    /// or removes it when there was none.
+    fn restore(&self, old_text: Option<&[u8]>) -> Result<()> {
+        let file = &self.app_file;
+        match old_text {
+            Some(text) => write_atomic(file, text, APP_MODE),
+            None => std::fs::remove_file(file).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        }
+        .map_err(|e| MasterError::io(file, e))
     }
 
     async fn apply(&self, old: &Application, new: &Application, d: &AppDiff) -> Result<()> {
@@ -292,15 +335,8 @@ impl Updater {
                 self.sup.stop_service(name).await;
             }
         }
-        match old_text {
-            Some(text) => {
-                if let Err(e) = write_atomic(&self.app_file, &text, APP_MODE) {
-                    tracing::error!(file = %self.app_file.display(), "cannot restore the previous application file: {e}");
-                }
-            }
-            None => {
-                let _ = std::fs::remove_file(&self.app_file);
-            }
+        if let Err(e) = self.restore(old_text.as_deref()) {
+            tracing::error!("{e}");
         }
         self.sup.set_app(old.clone());
         for name in old.start_order().unwrap_or_default() {

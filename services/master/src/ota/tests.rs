@@ -291,3 +291,179 @@ async fn the_ota_log_rotates_by_size_and_keeps_its_backups() {
         .expect("a trace in ota.log.1");
     assert_eq!(steps(&r, &in_backup), ["RECEIVED", "UPDATING", "FAILURE"]);
 }
+
+/// The OTA log's lines for `trace`, whole, and inspect's error: what an update failure tells the world.
+fn told(r: &Rig, trace: &str) -> String {
+    let log =
+        std::fs::read_to_string(r.dir.path().join("var/db/baetyl/ota.log")).unwrap_or_default();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("\"{trace}\"")))
+        .collect();
+    format!("{}\n{}", lines.join("\n"), r.sup.error())
+}
+
+#[tokio::test(start_paused = true)]
+async fn update_sources_are_regular_files_under_the_work_dir() {
+    let (r, updater) = three().await;
+    let elsewhere = tempfile::tempdir().expect("dir");
+    let secret = elsewhere.path().join("id_ed25519");
+    std::fs::write(&secret, "SECRET-KEY-MATERIAL\nservices: SECRET-TOO\n").expect("write");
+    std::fs::create_dir(elsewhere.path().join("app")).expect("dir");
+    std::fs::write(elsewhere.path().join("app/application.yml"), THREE).expect("write");
+    let work = r.dir.path();
+    std::os::unix::fs::symlink(&secret, work.join("key-link")).expect("symlink");
+    std::os::unix::fs::symlink(elsewhere.path().join("app"), work.join("dir-link"))
+        .expect("symlink");
+    nix::unistd::mkfifo(
+        &work.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("fifo");
+    std::fs::create_dir(work.join("sub")).expect("dir");
+    let cases = [
+        (secret.display().to_string(), "under the work dir"),
+        ("../../etc/shadow".to_string(), "under the work dir"),
+        ("sub/../../x".to_string(), "under the work dir"),
+        ("key-link".to_string(), "symbolic link"),
+        ("dir-link/application.yml".to_string(), "under the work dir"),
+        ("dir-link".to_string(), "symbolic link"),
+        ("fifo".to_string(), "FIFO"),
+        ("sub".to_string(), "application.yml"),
+    ];
+    for (n, (path, says)) in cases.iter().enumerate() {
+        let trace = format!("t-{n}");
+        let e = updater.submit(path, &trace).expect_err(path);
+        assert!(
+            e.status() == 400 && e.to_string().contains(says),
+            "{path}: {e}"
+        );
+        updater.wait_idle().await;
+        assert_eq!(steps(&r, &trace), ["RECEIVED", "FAILURE"], "{path}");
+        let t = told(&r, &trace);
+        assert!(!t.contains("SECRET"), "{path}: {t}");
+    }
+    assert_eq!(read(&r, "var/db/baetyl/application.yml"), THREE);
+    assert_eq!(r.sup.app(), app(THREE));
+    // An absolute path inside the work dir is fine.
+    write(&r, "new/application.yml", THREE);
+    let abs = work.join("new/application.yml").display().to_string();
+    updater.submit(&abs, "t-abs").expect("accepted");
+    updater.wait_idle().await;
+    assert_eq!(
+        steps(&r, "t-abs").last().map(String::as_str),
+        Some("RESTARTED")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_or_an_oversized_file_is_refused_before_it_is_read() {
+    let r = Rig::new("update: {max_size: 4k}\n");
+    let updater = Arc::new(Updater::new(
+        r.sup.clone(),
+        app_file(r.dir.path()),
+        r.dir.path().join("var/db/baetyl/ota.log"),
+    ));
+    let work = r.dir.path();
+    // /dev/zero under another name: reading it whole would never end.
+    let zero = nix::sys::stat::makedev(1, 5);
+    nix::sys::stat::mknod(
+        &work.join("zero"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        zero,
+    )
+    .expect("mknod (needs root)");
+    let e = updater.submit("zero", "t-zero").expect_err("device");
+    assert!(e.to_string().contains("character device"), "{e}");
+    write(
+        &r,
+        "big.yml",
+        &format!("app_version: v9\n#{}\n", "x".repeat(8192)),
+    );
+    let e = updater.submit("big.yml", "t-big").expect_err("big");
+    assert!(
+        e.to_string().contains("update.max_size") && e.to_string().contains("4k"),
+        "{e}"
+    );
+    updater.wait_idle().await;
+    assert_eq!(steps(&r, "t-big"), ["RECEIVED", "FAILURE"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_about_an_update_source_never_quote_its_content() {
+    let (r, updater) = three().await;
+    let token = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    write(&r, "var/run/baetyl/operator.token", token);
+    write(
+        &r,
+        "key.pem",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n",
+    );
+    write(&r, "values.yml", "services: \"MIIEsecret\\\"quoted\"\n");
+    write(
+        &r,
+        "variant.yml",
+        "services:\n  a: {image: x, restart: {policy: MIIEvariant}}\n",
+    );
+    write(
+        &r,
+        "hub.yml",
+        "listen: [tcp://0.0.0.0:1883]\nprincipals: [{password: MIIEpass}]\n",
+    );
+    for (n, (path, secret, names)) in [
+        ("var/run/baetyl/operator.token", token, "line 1 column 1"),
+        ("key.pem", "MIIE", "line 1"),
+        ("values.yml", "MIIE", "key `services`"),
+        ("variant.yml", "MIIE", "services.a.restart.policy"),
+        ("hub.yml", "MIIE", "unknown field `listen`"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let trace = format!("t-{n}");
+        updater.submit(path, &trace).expect("accepted");
+        updater.wait_idle().await;
+        assert_eq!(
+            steps(&r, &trace),
+            ["RECEIVED", "UPDATING", "FAILURE"],
+            "{path}"
+        );
+        let t = told(&r, &trace);
+        assert!(!t.contains(secret), "{path} leaks: {t}");
+        assert!(t.contains(path) && t.contains(names), "{path}: {t}");
+    }
+    // Keys are named, and what the schema expects is still said.
+    let t = told(&r, "t-3");
+    assert!(
+        t.contains("expected one of `always`, `on-failure`, `no`"),
+        "{t}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_is_validated_is_what_is_installed() {
+    let (r, updater) = three().await;
+    let v2 = THREE.replace("app_version: v1", "app_version: v2");
+    write(&r, "new/application.yml", &v2);
+    // Validation takes a while (an image being prepared); meanwhile the file is replaced.
+    r.fake.slow_prepare("svc", ms(500));
+    updater.submit("new", "t-swap").expect("accepted");
+    r.fake
+        .until("validation to begin", |f| {
+            f.prepared().contains(&"svc".to_string())
+        })
+        .await;
+    write(
+        &r,
+        "new/application.yml",
+        "services:\n  evil: {image: svc}\n",
+    );
+    updater.wait_idle().await;
+    assert_eq!(
+        steps(&r, "t-swap").last().map(String::as_str),
+        Some("RESTARTED")
+    );
+    assert_eq!(r.sup.app().app_version, "v2");
+    assert_eq!(read(&r, "var/db/baetyl/application.yml"), v2);
+}

@@ -175,6 +175,7 @@ pub async fn run(
     );
 
     shutdown.await;
+    updater.shutdown().await;
     tracing::info!("stopping services");
     sup.stop_all().await;
     let _ = stop_api.send(true);

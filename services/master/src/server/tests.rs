@@ -399,3 +399,45 @@ async fn the_master_starts_and_serves_its_api_on_a_full_disk() {
     );
     m.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn the_master_stops_promptly_during_an_update_and_keeps_the_previous_application() {
+    let app = "app_version: v1\nservices:\n  a: {image: svc}\n";
+    let m = Master::start("update: {health: 1h}\n", app, FakeEngine::new(), &["a/a"]).await;
+    let new = "app_version: v2\nservices:\n  a: {image: svc, environment: {V: \"2\"}}\n";
+    write(m.dir.path(), "new/application.yml", new);
+    let body = r#"{"type":"APP","path":"new/application.yml","trace":"t-stop"}"#;
+    assert_eq!(
+        call(&m.operator(), "PUT", "/v1/system/update", body)
+            .await
+            .0,
+        200
+    );
+    m.fake
+        .until("the new a", |f| {
+            f.spec_of("a", "a").is_some_and(|s| s.env.contains_key("V"))
+        })
+        .await;
+    let (fake, file, log) = (
+        m.fake.clone(),
+        m.path("var/db/baetyl/application.yml"),
+        m.path("var/db/baetyl/ota.log"),
+    );
+    let (stopped, _dir) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), m.stop_keeping_dir())
+            .await
+            .expect("the master stops within seconds during an update");
+    stopped.expect("stop");
+    assert!(fake.live().is_empty(), "{:?}", fake.live());
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("app"),
+        app,
+        "an update the master could not confirm is not what runs at the next start"
+    );
+    let steps = crate::ota::steps_of(&log, "t-stop");
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some("FAILURE"),
+        "{steps:?}"
+    );
+}
