@@ -1,6 +1,6 @@
 //! The master's REST API (Baetyl v1 routes), served over a unix socket and optionally TCP on loopback.
 //! Every route needs a running service's credentials (or the operator token the master writes for local
-//! tools); dynamically started instances have none.
+//! tools); dynamically started instances have none. What each caller may do is [`crate::access`]'s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use axum::routing::{get, put};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::access::Caller;
 use crate::error::MasterError;
 use crate::ota::Updater;
 use crate::stats::HostSampler;
@@ -66,27 +67,29 @@ fn header<'a>(h: &'a HeaderMap, a: &str, b: &str) -> Option<&'a str> {
     h.get(a).or_else(|| h.get(b)).and_then(|v| v.to_str().ok())
 }
 
-/// Who is calling: a service name, or the operator.
-#[derive(Clone)]
-struct Caller(String);
+/// Who the credentials of a request name, and with which role; None when they name no one.
+fn caller_of(st: &ApiState, h: &HeaderMap) -> Option<Caller> {
+    let user = header(h, env::HEADER_USERNAME, env::HEADER_USERNAME_ALT)?;
+    let pass = header(h, env::HEADER_PASSWORD, env::HEADER_PASSWORD_ALT)?;
+    use subtle::ConstantTimeEq;
+    if user == st.operator.0 && bool::from(pass.as_bytes().ct_eq(st.operator.1.as_bytes())) {
+        return Some(Caller::Operator);
+    }
+    if !st.sup.check_token(user, pass) {
+        return None;
+    }
+    let name = user.to_string();
+    Some(if st.sup.config().server.agents.contains(&name) {
+        Caller::Agent(name)
+    } else {
+        Caller::Service(name)
+    })
+}
 
 async fn auth(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
-    let h = req.headers();
-    let user = header(h, env::HEADER_USERNAME, env::HEADER_USERNAME_ALT);
-    let pass = header(h, env::HEADER_PASSWORD, env::HEADER_PASSWORD_ALT);
-    let ok = match (user, pass) {
-        (Some(u), Some(p)) => {
-            use subtle::ConstantTimeEq;
-            let operator =
-                u == st.operator.0 && bool::from(p.as_bytes().ct_eq(st.operator.1.as_bytes()));
-            operator || st.sup.check_token(u, p)
-        }
-        _ => false,
-    };
-    if !ok {
+    let Some(caller) = caller_of(&st, req.headers()) else {
         return MasterError::Unauthorized.into_response();
-    }
-    let caller = Caller(user.unwrap_or_default().to_string());
+    };
     req.extensions_mut().insert(caller);
     match tokio::time::timeout(st.timeout, next.run(req)).await {
         Ok(resp) => resp,
@@ -173,11 +176,16 @@ struct UpdateRequest {
     trace: String,
 }
 
-async fn update(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
-    answer(submit_update(&st, &body))
+async fn update(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    answer(submit_update(&st, &caller, &body))
 }
 
-fn submit_update(st: &ApiState, body: &[u8]) -> Result<(), MasterError> {
+fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), MasterError> {
+    caller.must_manage("update the application")?;
     let req: UpdateRequest = json_body(
         body,
         r#"update body is not {"type":"APP","path":"...","trace":"..."}"#,
@@ -217,11 +225,17 @@ fn ask_init(signal: nix::sys::signal::Signal, action: &'static str) -> Response 
     )
 }
 
-async fn reboot() -> Response {
+async fn reboot(Extension(caller): Extension<Caller>) -> Response {
+    if let Err(e) = caller.must_manage("reboot the device") {
+        return e.into_response();
+    }
     ask_init(nix::sys::signal::Signal::SIGTERM, "reboot")
 }
 
-async fn poweroff() -> Response {
+async fn poweroff(Extension(caller): Extension<Caller>) -> Response {
+    if let Err(e) = caller.must_manage("power off the device") {
+        return e.into_response();
+    }
     ask_init(nix::sys::signal::Signal::SIGUSR2, "power off")
 }
 
@@ -234,6 +248,7 @@ async fn available_port() -> Response {
 
 async fn start_instance(
     State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path((svc, inst)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -248,19 +263,20 @@ async fn start_instance(
             Err(e) => return e.into_response(),
         }
     };
-    answer(st.sup.start_dynamic(&svc, &inst, extra).await)
+    answer(st.sup.start_dynamic(&svc, &inst, extra, &caller).await)
 }
 
 async fn stop_instance(
     State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     Path((svc, inst)): Path<(String, String)>,
 ) -> Response {
-    answer(st.sup.stop_dynamic(&svc, &inst).await)
+    answer(st.sup.stop_dynamic(&svc, &inst, &caller).await)
 }
 
 async fn report(
     State(st): State<Arc<ApiState>>,
-    axum::Extension(caller): axum::Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     Path((svc, inst)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -274,9 +290,9 @@ fn report_stats(
     inst: &str,
     body: &[u8],
 ) -> Result<(), MasterError> {
-    if caller.0 != svc && caller.0 != st.operator.0 {
+    if !caller.manages() && caller.name() != svc {
         return Err(MasterError::NotPermitted {
-            caller: caller.0.clone(),
+            caller: caller.name().to_string(),
         });
     }
     let stats: Map<String, Value> = json_body(body, "report body must be a JSON object")?;

@@ -109,6 +109,29 @@ pub enum MasterError {
     Unauthorized,
     #[error("service `{caller}` may only report for its own instances")]
     NotPermitted { caller: String },
+    #[error(
+        "service `{caller}` may not {action}: that needs the operator token or a service with the agent role (conf.yml `server.agents`)"
+    )]
+    NeedsManager {
+        caller: String,
+        action: &'static str,
+    },
+    #[error("{caller} may not {action} instance `{service}/{instance}`: {why}")]
+    InstanceNotAllowed {
+        /// Who asked, as people say it (`service `a``).
+        caller: String,
+        action: &'static str,
+        service: String,
+        instance: String,
+        why: String,
+    },
+    #[error("instance `{service}/{instance}`: variable `{name}` {why}")]
+    DeniedVariable {
+        service: String,
+        instance: String,
+        name: String,
+        why: String,
+    },
     #[error("request timed out (server.timeout)")]
     RequestTimeout,
     /// A request body that is not the JSON the route takes; `what` says what it must be.
@@ -183,7 +206,9 @@ impl MasterError {
         use MasterError::*;
         match self {
             Unauthorized => StatusCode::UNAUTHORIZED,
-            NotPermitted { .. } => StatusCode::FORBIDDEN,
+            NotPermitted { .. } | NeedsManager { .. } | InstanceNotAllowed { .. } => {
+                StatusCode::FORBIDDEN
+            }
             UpdateInProgress => StatusCode::CONFLICT,
             RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
             // The master's own faults, not the request's.
@@ -198,6 +223,7 @@ impl MasterError {
             | InstanceRunning { .. }
             | StartFailed { .. }
             | Environment { .. }
+            | DeniedVariable { .. }
             | UnknownImage { .. }
             | PackageEntryMissing { .. }
             | EmptyCommand { .. }

@@ -5,13 +5,14 @@
 //! runs a whole master in-process with the engine of its choice (`engine::fake` for this crate's tests and,
 //! under the `testing` feature, for other crates').
 //!
-//! Layout: [`server`] (`run`, the listeners, start-up and orderly stop), [`config`] (conf.yml,
+//! Layout: [`access`] (who may do what through the API; what a dynamic start may set), [`server`] (`run`, the listeners, start-up and orderly stop), [`config`] (conf.yml,
 //! application.yml, volumes, the dependency graph), [`engine`] (the `Engine` trait; the native engine:
 //! processes, cgroups, logs, leftovers; the fake one), [`supervisor`] (instances, dynamic instances, inspect
 //! data), [`restart`] (the restart decision: policy, backoff, `retry.max`), [`ota`] (application updates
 //! and rollback), [`api`] (the HTTP routes), [`error`] (every failure and its HTTP status), [`stats`] (host
 //! and process figures), [`cli`] (`baetyl master` and `baetyl inspect`), [`default_app`] (the embedded
 //! example application).
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod config;

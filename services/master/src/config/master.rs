@@ -76,6 +76,9 @@ pub struct ServerConfig {
     /// master makes a new random token at every start. Either way the token is written to
     /// `var/run/baetyl/operator.token` (0600) for `baetyl inspect`.
     pub operator_token_file: Option<PathBuf>,
+    /// Services whose token has the agent role: like the operator, they may update the application, reboot
+    /// or power off the device and manage every instance (the cloud agent).
+    pub agents: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             tcp: None,
             timeout: HumanDuration::from_secs(30),
             operator_token_file: None,
+            agents: Vec::new(),
         }
     }
 }

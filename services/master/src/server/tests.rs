@@ -212,6 +212,8 @@ async fn refused_requests_answer_v1_statuses_with_the_reason() {
         (200, String::new())
     );
 
+    // Updates are the operator's (or an agent's).
+    let c = m.operator();
     let update = "/v1/system/update";
     for (body, says) in [
         ("nonsense", "update body is not"),
@@ -440,4 +442,128 @@ async fn the_master_stops_promptly_during_an_update_and_keeps_the_previous_appli
         Some("FAILURE"),
         "{steps:?}"
     );
+}
+
+const ROLES: &str = "services:\n  a: {image: svc}\n  b: {image: svc}\n  agent: {image: svc}\n  rt: {image: svc, replica: 0}\n";
+
+#[tokio::test]
+async fn a_service_token_manages_only_the_dynamic_instances_it_started() {
+    let conf = "server: {agents: [agent]}\nupdate: {health: 10ms}\n";
+    let m = Master::start(
+        conf,
+        ROLES,
+        FakeEngine::new(),
+        &["a/a", "b/b", "agent/agent"],
+    )
+    .await;
+    let (a, b, agent, op) = (
+        m.service("a"),
+        m.service("b"),
+        m.service("agent"),
+        m.operator(),
+    );
+    write(m.dir.path(), "same.yml", ROLES);
+    let update = r#"{"type":"APP","path":"same.yml"}"#;
+    let start = |s: &str, i: &str| format!("/v1/services/{s}/instances/{i}/start");
+    let stop = |s: &str, i: &str| format!("/v1/services/{s}/instances/{i}/stop");
+    // What a plain service may not do.
+    for (method, path, body) in [
+        ("PUT", "/v1/system/update", update),
+        ("PUT", "/v1/system/reboot", ""),
+        ("PUT", "/v1/system/poweroff", ""),
+    ] {
+        let (status, text) = call(&a, method, path, body).await;
+        assert!(
+            status == 403 && text.contains("service `a`") && text.contains("server.agents"),
+            "{path}: {status} {text}"
+        );
+    }
+    for (path, says) in [
+        (stop("b", "b"), "static"),
+        (stop("a", "a"), "static"),
+        (start("b", "b-extra"), "replica"),
+        (start("a", "a"), "static"),
+        (start("a", "a.i1"), "static"),
+    ] {
+        let (status, text) = call(&a, "PUT", &path, "").await;
+        assert!(
+            status == 403 && text.contains(says),
+            "{path}: {status} {text}"
+        );
+    }
+    assert!(m.fake.live().contains(&"b/b".to_string()));
+    // Its own dynamic instances, and those of services that only run dynamic instances (function runtimes).
+    assert_eq!(call(&a, "PUT", &start("rt", "rt-1"), "").await.0, 200);
+    assert_eq!(call(&a, "PUT", &start("a", "a-worker"), "").await.0, 200);
+    let (status, text) = call(&b, "PUT", &stop("rt", "rt-1"), "").await;
+    assert!(
+        status == 403 && text.contains("started by"),
+        "{status} {text}"
+    );
+    let (status, text) = call(&b, "PUT", &start("rt", "rt-1"), "").await;
+    assert!(
+        status == 403 && text.contains("started by"),
+        "{status} {text}"
+    );
+    assert_eq!(call(&a, "PUT", &stop("rt", "rt-1"), "").await.0, 200);
+    assert_eq!(call(&a, "PUT", &stop("a", "a-worker"), "").await.0, 200);
+    // The agent and the operator manage everything.
+    assert_eq!(call(&agent, "PUT", &stop("b", "b"), "").await.0, 200);
+    assert_eq!(call(&op, "PUT", &start("b", "b"), "").await.0, 200);
+    let (status, text) = call(&agent, "PUT", "/v1/system/reboot", "").await;
+    assert!(
+        status == 400 && text.contains("baetyl init"),
+        "{status} {text}"
+    );
+    assert_eq!(
+        call(&agent, "PUT", "/v1/system/update", update).await.0,
+        200
+    );
+    m.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_dynamic_start_cannot_set_loader_interpreter_or_master_variables() {
+    let m = Master::start("", ROLES, FakeEngine::new(), &["a/a"]).await;
+    let a = m.service("a");
+    let start = "/v1/services/rt/instances/rt-1/start";
+    for (name, says) in [
+        ("LD_PRELOAD", "loader"),
+        ("LD_LIBRARY_PATH", "loader"),
+        ("BAETYL_PYTHON", "master"),
+        ("PYTHONPATH", "interpreter"),
+        ("PYTHONSTARTUP", "interpreter"),
+        ("NODE_OPTIONS", "interpreter"),
+        ("PERL5OPT", "interpreter"),
+        ("GLIBC_TUNABLES", "loader"),
+        ("PATH", "which program"),
+        ("BASH_ENV", "shell"),
+        ("A=B", "not a variable name"),
+        ("", "not a variable name"),
+    ] {
+        let body = serde_json::json!({ name: "/tmp/evil.so" }).to_string();
+        let (status, text) = call(&a, "PUT", start, &body).await;
+        assert!(
+            status == 400 && text.contains(says) && (name.is_empty() || text.contains(name)),
+            "{name}: {status} {text}"
+        );
+    }
+    assert!(
+        m.fake.spec_of("rt", "rt-1").is_none(),
+        "nothing was started"
+    );
+    let (status, text) = call(&a, "PUT", start, r#"{"X": "a\u0000b"}"#).await;
+    assert!(status == 400 && text.contains("NUL"), "{status} {text}");
+    // The contract variables are the master's: what a caller gives for them is ignored (v1 did the same).
+    let body = r#"{"BAETYL_SERVICE_INSTANCE_ADDRESS": "127.0.0.1:5000", "BAETYL_SERVICE_NAME": "evil", "BAETYL_SERVICE_TOKEN": "stolen", "MY_SETTING": "1"}"#;
+    assert_eq!(call(&a, "PUT", start, body).await, (200, String::new()));
+    let env = m.fake.spec_of("rt", "rt-1").expect("rt-1").env;
+    assert_eq!(env[baetyl_sdk::env::SERVICE_NAME], "rt");
+    assert_eq!(
+        env[baetyl_sdk::env::SERVICE_INSTANCE_ADDRESS],
+        "127.0.0.1:5000"
+    );
+    assert_eq!(env["MY_SETTING"], "1");
+    assert!(!env.contains_key(baetyl_sdk::env::SERVICE_TOKEN));
+    m.stop().await.expect("stop");
 }

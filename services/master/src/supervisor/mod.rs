@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::access::Caller;
 use crate::config::{Application, MasterConfig, ServiceSpec, valid_name};
 use crate::engine::{Engine, Exit, InstanceSpec, Running, RunningInfo};
 use crate::error::{MasterError, Result};
@@ -63,6 +64,8 @@ pub struct InstanceState {
 }
 
 struct InstanceHandle {
+    /// Who started it through the API; None for the application's static instances.
+    started_by: Option<Caller>,
     state: watch::Receiver<InstanceState>,
     running: Arc<Mutex<Option<Arc<dyn Running>>>>,
     stop: watch::Sender<bool>,
@@ -203,7 +206,7 @@ impl Supervisor {
             };
             let extra = vec![(env::SERVICE_TOKEN, token.clone())];
             let ispec = self.instance_spec(app, name, &spec, &inst, &extra)?;
-            waits.push(self.launch(ispec, false));
+            waits.push(self.launch(ispec, None));
         }
         for mut w in waits {
             let _ = w.wait_for(|s| s.status != Status::Starting).await;
@@ -223,12 +226,16 @@ impl Supervisor {
         }
     }
 
-    /// Starts a dynamic instance (`PUT .../instances/{inst}/start`): no API token, extra env from the caller.
+    /// Starts a dynamic instance (`PUT .../instances/{inst}/start`) for `by`: no API token, the extra
+    /// environment the caller asked for once checked ([`access::dynamic_env`]). A service may start
+    /// instances of its own service or of a `replica: 0` service, never under a static instance's name,
+    /// and may replace only an instance it started itself.
     pub async fn start_dynamic(
         &self,
         service: &str,
         instance: &str,
         extra: BTreeMap<String, String>,
+        by: &Caller,
     ) -> Result<()> {
         if !valid_name(instance) {
             return Err(MasterError::InvalidInstanceName {
@@ -236,6 +243,13 @@ impl Supervisor {
                 instance: instance.into(),
             });
         }
+        let not_allowed = |why: String| MasterError::InstanceNotAllowed {
+            caller: by.to_string(),
+            action: "start",
+            service: service.into(),
+            instance: instance.into(),
+            why,
+        };
         let app = self.app();
         let spec = {
             let services = lock(&self.services);
@@ -244,7 +258,21 @@ impl Supervisor {
                 .ok_or_else(|| MasterError::ServiceNotRunning {
                     service: service.into(),
                 })?;
+            if let Caller::Service(me) = by {
+                if me != service && run.spec.replica != 0 {
+                    return Err(not_allowed(format!(
+                        "a service starts instances of its own service, or of a service with `replica: 0`; `{service}` has replica {}",
+                        run.spec.replica
+                    )));
+                }
+                if is_static_name(service, instance) {
+                    return Err(not_allowed(format!(
+                        "`{instance}` is the name of a static instance of `{service}`"
+                    )));
+                }
+            }
             if let Some(h) = run.instances.get(instance) {
+                may_manage(by, h).map_err(not_allowed)?;
                 let status = h.state.borrow().status;
                 if !matches!(status, Status::Exited | Status::Failed | Status::Stopped) {
                     return Err(MasterError::InstanceRunning {
@@ -255,19 +283,17 @@ impl Supervisor {
             }
             run.spec.clone()
         };
+        let extra = crate::access::dynamic_env(service, instance, extra)?;
         let old = lock(&self.services)
             .get_mut(service)
             .and_then(|r| r.instances.remove(instance));
         if let Some(old) = old {
             stop_handle(old).await;
         }
-        let extra: Vec<(&str, String)> = extra
-            .iter()
-            .filter(|(k, _)| k.as_str() != env::SERVICE_TOKEN)
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
+        let extra: Vec<(&str, String)> =
+            extra.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let ispec = self.instance_spec(&app, service, &spec, instance, &extra)?;
-        let mut w = self.launch(ispec, true);
+        let mut w = self.launch(ispec, Some(by.clone()));
         let _ = w.wait_for(|s| s.status != Status::Starting).await;
         let state = w.borrow().clone();
         if state.starts == 0 {
@@ -280,7 +306,9 @@ impl Supervisor {
         Ok(())
     }
 
-    pub async fn stop_dynamic(&self, service: &str, instance: &str) -> Result<()> {
+    /// Stops an instance for `by` (`PUT .../instances/{inst}/stop`) and forgets it. A service may stop
+    /// only the dynamic instances it started; the operator and agents any instance.
+    pub async fn stop_dynamic(&self, service: &str, instance: &str, by: &Caller) -> Result<()> {
         let handle = {
             let mut services = lock(&self.services);
             let run = services
@@ -288,14 +316,25 @@ impl Supervisor {
                 .ok_or_else(|| MasterError::ServiceNotRunning {
                     service: service.into(),
                 })?;
-            run.instances
-                .remove(instance)
+            let h = run
+                .instances
+                .get(instance)
                 .ok_or_else(|| MasterError::UnknownInstance {
                     service: service.into(),
                     instance: instance.into(),
-                })?
+                })?;
+            may_manage(by, h).map_err(|why| MasterError::InstanceNotAllowed {
+                caller: by.to_string(),
+                action: "stop",
+                service: service.into(),
+                instance: instance.into(),
+                why,
+            })?;
+            run.instances.remove(instance)
         };
-        stop_handle(handle).await;
+        if let Some(handle) = handle {
+            stop_handle(handle).await;
+        }
         Ok(())
     }
 
@@ -427,8 +466,14 @@ impl Supervisor {
         })
     }
 
-    /// Spawns the task that runs and restarts one instance; answers a view of its state.
-    fn launch(&self, ispec: InstanceSpec, dynamic: bool) -> watch::Receiver<InstanceState> {
+    /// Spawns the task that runs and restarts one instance (dynamic when `started_by` someone); answers a
+    /// view of its state.
+    fn launch(
+        &self,
+        ispec: InstanceSpec,
+        started_by: Option<Caller>,
+    ) -> watch::Receiver<InstanceState> {
+        let dynamic = started_by.is_some();
         let initial = InstanceState {
             name: ispec.instance.clone(),
             status: Status::Starting,
@@ -455,6 +500,7 @@ impl Supervisor {
             stop_rx,
         ));
         let handle = InstanceHandle {
+            started_by,
             state: state_rx.clone(),
             running,
             stop: stop_tx,
@@ -465,6 +511,31 @@ impl Supervisor {
             run.instances.insert(instance, handle);
         }
         state_rx
+    }
+}
+
+/// Whether `name` is (or would be) a static instance's name of `service`: `<svc>` or `<svc>.i<N>`.
+fn is_static_name(service: &str, name: &str) -> bool {
+    name == service
+        || name
+            .strip_prefix(service)
+            .and_then(|rest| rest.strip_prefix(".i"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `by` may stop or replace the instance `h`: the operator and agents may; a service only a
+/// dynamic instance it started. Err says why not.
+fn may_manage(by: &Caller, h: &InstanceHandle) -> std::result::Result<(), String> {
+    if by.manages() {
+        return Ok(());
+    }
+    match &h.started_by {
+        None => Err(
+            "it is a static instance of the application; only the operator or an agent may stop it"
+                .into(),
+        ),
+        Some(starter) if starter != by => Err(format!("it was started by {starter}")),
+        Some(_) => Ok(()),
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use baetyl_sdk::env;
 
 use super::Status;
+use crate::access::Caller;
 use crate::engine::Exit;
 use crate::engine::fake::{Behaviour, What};
 use crate::error::MasterError;
@@ -203,7 +204,7 @@ async fn dynamic_instances_start_stop_and_get_no_token() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     r.sup
-        .start_dynamic("runtime", "runtime-1", extra.clone())
+        .start_dynamic("runtime", "runtime-1", extra.clone(), &as_manager())
         .await
         .expect("dynamic start");
     let spec = r
@@ -218,20 +219,23 @@ async fn dynamic_instances_start_stop_and_get_no_token() {
 
     let again = r
         .sup
-        .start_dynamic("runtime", "runtime-1", extra.clone())
+        .start_dynamic("runtime", "runtime-1", extra.clone(), &as_manager())
         .await;
     assert!(
         matches!(again, Err(MasterError::InstanceRunning { .. })),
         "{again:?}"
     );
-    let ghost = r.sup.start_dynamic("ghost", "g1", BTreeMap::new()).await;
+    let ghost = r
+        .sup
+        .start_dynamic("ghost", "g1", BTreeMap::new(), &as_manager())
+        .await;
     assert!(
         matches!(&ghost, Err(e @ MasterError::ServiceNotRunning { .. }) if e.to_string().contains("ghost")),
         "{ghost:?}"
     );
     let bad = r
         .sup
-        .start_dynamic("runtime", "../x", BTreeMap::new())
+        .start_dynamic("runtime", "../x", BTreeMap::new(), &as_manager())
         .await;
     assert!(
         matches!(bad, Err(MasterError::InvalidInstanceName { .. })),
@@ -239,7 +243,7 @@ async fn dynamic_instances_start_stop_and_get_no_token() {
     );
 
     r.sup
-        .stop_dynamic("runtime", "runtime-1")
+        .stop_dynamic("runtime", "runtime-1", &as_manager())
         .await
         .expect("dynamic stop");
     assert_eq!(r.fake.live_id("runtime", "runtime-1"), None);
@@ -250,7 +254,10 @@ async fn dynamic_instances_start_stop_and_get_no_token() {
             .is_none(),
         "a stopped dynamic instance is forgotten"
     );
-    let again = r.sup.stop_dynamic("runtime", "runtime-1").await;
+    let again = r
+        .sup
+        .stop_dynamic("runtime", "runtime-1", &as_manager())
+        .await;
     assert!(
         matches!(again, Err(MasterError::UnknownInstance { .. })),
         "{again:?}"
@@ -258,13 +265,13 @@ async fn dynamic_instances_start_stop_and_get_no_token() {
 
     // One that ended by itself may be started again under its name.
     r.sup
-        .start_dynamic("runtime", "runtime-2", BTreeMap::new())
+        .start_dynamic("runtime", "runtime-2", BTreeMap::new(), &as_manager())
         .await
         .expect("start");
     r.fake.exit("runtime", "runtime-2", 0);
     r.status("runtime", "runtime-2", Status::Exited).await;
     r.sup
-        .start_dynamic("runtime", "runtime-2", BTreeMap::new())
+        .start_dynamic("runtime", "runtime-2", BTreeMap::new(), &as_manager())
         .await
         .expect("start again");
     assert_eq!(r.fake.starts("runtime", "runtime-2"), 2);
@@ -282,4 +289,8 @@ async fn a_service_whose_image_does_not_resolve_is_not_started() {
         e.contains("cannot start service `gone`") && e.contains("image `missing`"),
         "{e}"
     );
+}
+
+fn as_manager() -> Caller {
+    Caller::Service("manager".into())
 }
