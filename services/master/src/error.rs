@@ -76,6 +76,31 @@ pub enum MasterError {
         package: PathBuf,
         entry: String,
     },
+    #[error(
+        "service `{service}`: key `volumes`: `{mount}` is {host}, outside the work dir {workdir}; list a directory that holds it under conf.yml `volumes.allowed_roots` to allow it"
+    )]
+    VolumeOutside {
+        service: String,
+        /// The mount's source as written.
+        mount: String,
+        host: PathBuf,
+        workdir: PathBuf,
+    },
+    #[error(
+        "instance `{service}/{instance}`: {path} leads outside the work dir and the allowed volume roots (conf.yml `volumes.allowed_roots`) through a symbolic link; nothing was created there"
+    )]
+    Escape {
+        service: String,
+        instance: String,
+        path: PathBuf,
+    },
+    #[error("instance `{service}/{instance}`: volume target `{target}` {why}")]
+    BadMountTarget {
+        service: String,
+        instance: String,
+        target: String,
+        why: &'static str,
+    },
     #[error("instance `{service}/{instance}`: empty command")]
     EmptyCommand { service: String, instance: String },
     #[error(
@@ -228,6 +253,9 @@ impl MasterError {
             | PackageEntryMissing { .. }
             | EmptyCommand { .. }
             | VolumeInTheWay { .. }
+            | VolumeOutside { .. }
+            | Escape { .. }
+            | BadMountTarget { .. }
             | Spawn { .. }
             | Unhealthy { .. }
             | InvalidBody { .. }

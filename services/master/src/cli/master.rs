@@ -95,12 +95,7 @@ fn lock_workdir(workdir: &Path) -> Result<Flock<std::fs::File>, MasterError> {
 /// The engine `mode` names.
 fn engine(workdir: &Path, cfg: &MasterConfig, roles: Vec<Role>) -> anyhow::Result<Arc<dyn Engine>> {
     match cfg.mode {
-        Mode::Native => Ok(Arc::new(NativeEngine::new(
-            workdir,
-            &cfg.native.packages,
-            roles,
-            cfg.instance_log.clone(),
-        )?)),
+        Mode::Native => Ok(Arc::new(NativeEngine::new(workdir, cfg, roles)?)),
         Mode::Containerd => bail!(
             "mode `containerd` is not available in this build yet; set `mode: native` in conf.yml"
         ),

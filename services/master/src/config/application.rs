@@ -288,10 +288,20 @@ impl ConfigFile for Application {
                         m.source
                     )));
                 }
-                if !m.target.starts_with('/') {
+                if let Some(why) = crate::engine::confine::target_problem(&m.target) {
                     return Err(bad(format!(
-                        "key `{key}.volumes`: target `{}` must be an absolute path inside the service (e.g. /data)",
+                        "key `{key}.volumes`: target `{}` {why}",
                         m.target
+                    )));
+                }
+                if looks_like_path(&m.source)
+                    && Path::new(&m.source)
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err(bad(format!(
+                        "key `{key}.volumes`: source `{}` must not contain `..`",
+                        m.source
                     )));
                 }
             }
@@ -455,6 +465,35 @@ volumes:
             .unwrap_err()
             .to_string();
         assert!(e.contains("services.a.volumes"), "{e}");
+    }
+
+    #[test]
+    fn volume_targets_and_sources_stay_inside() {
+        let with = |mount: &str| {
+            app(&format!(
+                "services:\n  a:\n    image: x\n    volumes: [\"{mount}\"]\nvolumes:\n  data: {{}}\n"
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        for (mount, says) in [
+            ("data:/../../etc", "`..`"),
+            ("data:/data/../../x", "`..`"),
+            ("data:/", "a directory inside the service"),
+            ("data:/.", "a directory inside the service"),
+            ("../up:/d", "`..`"),
+            ("./a/../../up:/d", "`..`"),
+            ("/abs/../etc:/d", "`..`"),
+        ] {
+            let e = with(mount).expect_err(mount);
+            assert!(
+                e.contains("services.a.volumes") && e.contains(says),
+                "{mount}: {e}"
+            );
+        }
+        for fine in ["data:/data", "data:/var/db/x", "./raw:/raw", "/srv/x:/x"] {
+            with(fine).unwrap_or_else(|e| panic!("{fine}: {e}"));
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub struct MasterConfig {
     pub native: NativeConfig,
     /// Rotation of each instance's stdout/stderr log.
     pub instance_log: InstanceLogConfig,
+    pub volumes: VolumesConfig,
 }
 
 impl Default for MasterConfig {
@@ -41,8 +42,18 @@ impl Default for MasterConfig {
             update: UpdateConfig::default(),
             native: NativeConfig::default(),
             instance_log: InstanceLogConfig::default(),
+            volumes: VolumesConfig::default(),
         }
     }
+}
+
+/// Where volumes may live on the host.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VolumesConfig {
+    /// Absolute directories outside the work dir that an application's volumes may use (e.g. `/media/usb`);
+    /// by default volumes live in the work dir only.
+    pub allowed_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -176,6 +187,21 @@ impl ConfigFile for MasterConfig {
                     self.logger.level
                 ),
             ));
+        }
+        for root in &self.volumes.allowed_roots {
+            if !root.is_absolute()
+                || root
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!(
+                        "key `volumes.allowed_roots`: `{}` must be an absolute path without `..`",
+                        root.display()
+                    ),
+                ));
+            }
         }
         if self.otalog.max_size.0 < 1024 {
             return Err(ConfigError::invalid(

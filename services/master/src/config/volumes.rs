@@ -2,7 +2,7 @@
 //! short `source:target[:ro]` or long form), and where each one lives on the host.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -117,31 +117,53 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// The host directories of the mounts of `mounts` (a service of this application), under `workdir`.
+    /// The host directories of the mounts of `mounts` (a service of this application): relative paths
+    /// are under `workdir`; an absolute one must lie in the work dir or under one of `allowed_roots`.
     /// A declared volume that is read-only is mounted read-only whatever the service asks.
-    pub fn resolve_mounts(&self, mounts: &[VolumeMount], workdir: &Path) -> Vec<ResolvedMount> {
+    pub fn resolve_mounts(
+        &self,
+        mounts: &[VolumeMount],
+        workdir: &Path,
+        allowed_roots: &[PathBuf],
+    ) -> Result<Vec<ResolvedMount>, VolumeOutside> {
         mounts
             .iter()
-            .map(|m| match self.volumes.get(&m.source) {
-                Some(vol) => ResolvedMount {
-                    host: workdir.join(vol.path_or_default(&m.source)),
+            .map(|m| {
+                let (host, read_only) = match self.volumes.get(&m.source) {
+                    Some(vol) => (
+                        workdir.join(vol.path_or_default(&m.source)),
+                        m.read_only || vol.read_only,
+                    ),
+                    None => (workdir.join(m.source.trim_start_matches("./")), m.read_only),
+                };
+                let inside =
+                    host.starts_with(workdir) || allowed_roots.iter().any(|r| host.starts_with(r));
+                if !inside {
+                    return Err(VolumeOutside {
+                        source: m.source.clone(),
+                        host,
+                    });
+                }
+                Ok(ResolvedMount {
+                    host,
                     target: m.target.clone(),
-                    read_only: m.read_only || vol.read_only,
-                },
-                None => ResolvedMount {
-                    host: workdir.join(m.source.trim_start_matches("./")),
-                    target: m.target.clone(),
-                    read_only: m.read_only,
-                },
+                    read_only,
+                })
             })
             .collect()
     }
 }
 
+/// A mount whose host directory is outside the work dir and every allowed root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeOutside {
+    /// The mount's source as written (a volume name or a path).
+    pub source: String,
+    pub host: PathBuf,
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
     use crate::config::test_app as app;
 
@@ -167,7 +189,9 @@ mod tests {
             "services:\n  s:\n    image: x\n    volumes: [\"data:/data\", \"set:/set\", \"./raw:/raw:ro\"]\nvolumes:\n  data: {}\n  set: {path: var/db/sets/one, read_only: true}\n",
         )
         .unwrap();
-        let got = a.resolve_mounts(&a.services["s"].volumes, Path::new("/w"));
+        let got = a
+            .resolve_mounts(&a.services["s"].volumes, Path::new("/w"), &[])
+            .expect("inside");
         let want = [
             ("/w/var/db/baetyl/volumes/data", "/data", false),
             ("/w/var/db/sets/one", "/set", true),

@@ -19,9 +19,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::cgroup::{Cgroup, CgroupRoot};
+use super::confine::{self, Problem};
 use super::logfile::RotatingLog;
 use super::{Engine, Exit, InstanceSpec, InstanceStats, Running, RunningInfo};
-use crate::config::{InstanceLogConfig, ServiceSpec};
+use crate::config::{InstanceLogConfig, MasterConfig, ServiceSpec};
 use crate::error::{MasterError, Result};
 use crate::stats;
 
@@ -62,6 +63,9 @@ struct StateFile {
 
 pub struct NativeEngine {
     workdir: PathBuf,
+    /// Where the engine may make directories and find volumes: the work dir and conf.yml
+    /// `volumes.allowed_roots`, resolved.
+    roots: Vec<PathBuf>,
     packages: Vec<PathBuf>,
     self_exe: PathBuf,
     roles: Vec<Role>,
@@ -71,13 +75,21 @@ pub struct NativeEngine {
 }
 
 impl NativeEngine {
-    /// `workdir` must be absolute. Says once (in the log) when instances will not get cgroups.
-    pub fn new(
-        workdir: &Path,
-        packages: &[PathBuf],
-        roles: Vec<Role>,
-        log: InstanceLogConfig,
-    ) -> Result<Self> {
+    /// `workdir` must be absolute; `cfg` is the master's conf.yml. Says once (in the log) when instances
+    /// will not get cgroups.
+    pub fn new(workdir: &Path, cfg: &MasterConfig, roles: Vec<Role>) -> Result<Self> {
+        let workdir = workdir
+            .canonicalize()
+            .map_err(|e| MasterError::io(workdir, e))?;
+        let workdir = workdir.as_path();
+        let mut roots = vec![workdir.to_path_buf()];
+        // A root that does not exist yet (an absent USB stick) is taken as written.
+        roots.extend(
+            cfg.volumes
+                .allowed_roots
+                .iter()
+                .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone())),
+        );
         let self_exe = std::env::current_exe().map_err(|e| MasterError::io("/proc/self/exe", e))?;
         let cgroups = match CgroupRoot::detect(workdir) {
             Ok(root) => {
@@ -93,11 +105,17 @@ impl NativeEngine {
         };
         Ok(NativeEngine {
             workdir: workdir.to_path_buf(),
-            packages: packages.iter().map(|p| workdir.join(p)).collect(),
+            roots,
+            packages: cfg
+                .native
+                .packages
+                .iter()
+                .map(|p| workdir.join(p))
+                .collect(),
             self_exe,
             roles,
             cgroups,
-            log,
+            log: cfg.instance_log.clone(),
             warned: Mutex::new(BTreeSet::new()),
         })
     }
@@ -197,27 +215,41 @@ impl NativeEngine {
         }
     }
 
+    /// Makes `path` (a directory under the work dir or an allowed root) and answers its resolved path;
+    /// a symlink that leads elsewhere is refused before anything is created.
+    fn dir_inside(&self, spec: &InstanceSpec, path: &Path, roots: &[PathBuf]) -> Result<PathBuf> {
+        confine::ensure_dir_inside(path, roots).map_err(|p| self.problem(spec, p))
+    }
+
+    fn problem(&self, spec: &InstanceSpec, p: Problem) -> MasterError {
+        let (service, instance) = (spec.service.clone(), spec.instance.clone());
+        match p {
+            Problem::Outside(path) => MasterError::Escape {
+                service,
+                instance,
+                path,
+            },
+            Problem::InTheWay(link) => MasterError::VolumeInTheWay {
+                service,
+                instance,
+                link,
+            },
+            Problem::Io(path, e) => MasterError::io(path, e),
+        }
+    }
+
     fn link_volumes(&self, spec: &InstanceSpec, dir: &Path) -> Result<()> {
         for m in &spec.mounts {
-            std::fs::create_dir_all(&m.host).map_err(|e| MasterError::io(&m.host, e))?;
-            let link = dir.join(m.target.trim_start_matches('/'));
-            if let Some(parent) = link.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| MasterError::io(parent, e))?;
+            if let Some(why) = confine::target_problem(&m.target) {
+                return Err(MasterError::BadMountTarget {
+                    service: spec.service.clone(),
+                    instance: spec.instance.clone(),
+                    target: m.target.clone(),
+                    why,
+                });
             }
-            match std::fs::symlink_metadata(&link) {
-                Ok(md) if md.file_type().is_symlink() => {
-                    std::fs::remove_file(&link).map_err(|e| MasterError::io(&link, e))?
-                }
-                Ok(_) => {
-                    return Err(MasterError::VolumeInTheWay {
-                        service: spec.service.clone(),
-                        instance: spec.instance.clone(),
-                        link,
-                    });
-                }
-                Err(_) => {}
-            }
-            std::os::unix::fs::symlink(&m.host, &link).map_err(|e| MasterError::io(&link, e))?;
+            let host = self.dir_inside(spec, &m.host, &self.roots)?;
+            confine::link_volume(dir, &m.target, &host).map_err(|p| self.problem(spec, p))?;
             if m.read_only {
                 self.warn_once("ro".into(), || {
                     format!(
@@ -279,18 +311,26 @@ impl Engine for NativeEngine {
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Running>> {
         let program = self.resolve(&spec.service, &spec.spec.image)?;
         let argv = self.argv(&program, &spec.spec);
-        let dir = self
-            .workdir
-            .join("var/run/baetyl/services")
-            .join(&spec.service)
-            .join(&spec.instance);
-        std::fs::create_dir_all(&dir).map_err(|e| MasterError::io(&dir, e))?;
+        let inside_workdir = [self.workdir.clone()];
+        let dir = self.dir_inside(
+            &spec,
+            &self
+                .workdir
+                .join("var/run/baetyl/services")
+                .join(&spec.service)
+                .join(&spec.instance),
+            &inside_workdir,
+        )?;
         self.link_volumes(&spec, &dir)?;
-        let log_path = self
-            .workdir
-            .join("var/log/baetyl/services")
-            .join(&spec.service)
-            .join(format!("{}.log", spec.instance));
+        let log_dir = self.dir_inside(
+            &spec,
+            &self
+                .workdir
+                .join("var/log/baetyl/services")
+                .join(&spec.service),
+            &inside_workdir,
+        )?;
+        let log_path = log_dir.join(format!("{}.log", spec.instance));
         let log = RotatingLog::open(&log_path, self.log.max_size.0, self.log.backups)
             .map_err(|e| MasterError::io(&log_path, e))?;
         let log = Arc::new(Mutex::new(log));
@@ -362,7 +402,17 @@ impl Engine for NativeEngine {
             // With its leader gone, a process group id cannot be reused, so live members are our remnants.
             let remnants =
                 stats::process_start_ticks(state.pid).is_none() && killpg(group, None).is_ok();
-            let cg = state.cgroup.clone().map(Cgroup::at);
+            // Only a group of this engine's own (a state file names what it will kill and remove).
+            let cg = state
+                .cgroup
+                .clone()
+                .filter(|p| {
+                    self.cgroups.as_ref().is_some_and(|root| {
+                        p.starts_with(root.base())
+                            && !p.components().any(|c| c == std::path::Component::ParentDir)
+                    })
+                })
+                .map(Cgroup::at);
             let cg_busy = cg.as_ref().is_some_and(|c| !c.pids().is_empty());
             if leader_ours || remnants || cg_busy {
                 tracing::warn!(
@@ -422,7 +472,12 @@ impl NativeEngine {
             cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
         };
         if let Some(dir) = state_path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            // Only the master reads and writes the state files: they name processes it will kill.
+            use std::os::unix::fs::DirBuilderExt;
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir);
         }
         let text = serde_json::to_vec(&state).unwrap_or_default();
         if let Err(e) = baetyl_sdk::fs::write_atomic(&state_path, &text, 0o600) {

@@ -256,6 +256,7 @@ impl Updater {
     async fn load_and_prepare(&self, origin: &Path, text: &[u8]) -> Result<Application> {
         let app = Application::from_bytes(text, origin).map_err(source::redact)?;
         for (name, spec) in &app.services {
+            self.sup.check_service(&app, name, spec)?;
             self.sup.engine().prepare(name, spec).await?;
         }
         Ok(app)

@@ -467,3 +467,46 @@ async fn what_is_validated_is_what_is_installed() {
     assert_eq!(r.sup.app().app_version, "v2");
     assert_eq!(read(&r, "var/db/baetyl/application.yml"), v2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn volumes_outside_the_work_dir_need_an_allowed_root() {
+    let (r, updater) = three().await;
+    let outside = "app_version: v2\nservices:\n  a: {image: svc}\n  b: {image: svc, volumes: [\"/srv/media:/media\"]}\n  c: {image: svc, depends_on: [a], volumes: [\"usb:/usb\"]}\nvolumes:\n  usb: {path: /media/usb}\n";
+    write(&r, "out/application.yml", outside);
+    updater.submit("out", "t-out").expect("accepted");
+    updater.wait_idle().await;
+    assert_eq!(steps(&r, "t-out"), ["RECEIVED", "UPDATING", "FAILURE"]);
+    let e = r.sup.error();
+    assert!(
+        e.contains("/srv/media") && e.contains("volumes.allowed_roots"),
+        "{e}"
+    );
+    assert_eq!(r.sup.app(), app(THREE));
+    // Listed roots make the same application acceptable.
+    let r = Rig::new("update: {health: 1s}\nvolumes: {allowed_roots: [/srv, /media/usb]}\n");
+    let updater = Arc::new(Updater::new(
+        r.sup.clone(),
+        app_file(r.dir.path()),
+        r.dir.path().join("var/db/baetyl/ota.log"),
+    ));
+    r.run(THREE).await;
+    write(&r, "out/application.yml", outside);
+    updater.submit("out", "t-ok").expect("accepted");
+    updater.wait_idle().await;
+    assert_eq!(
+        steps(&r, "t-ok").last().map(String::as_str),
+        Some("RESTARTED")
+    );
+    let b = r.fake.spec_of("b", "b").expect("b");
+    assert_eq!(b.mounts[0].host, std::path::PathBuf::from("/srv/media"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_application_whose_volumes_leave_the_work_dir_does_not_start_those_services() {
+    let r = Rig::new("");
+    r.run("services:\n  in: {image: svc, volumes: [\"./data:/data\"]}\n  out: {image: svc, volumes: [\"/etc:/host-etc\"]}\n")
+        .await;
+    assert_eq!(r.fake.keys_of(&What::Started), ["in/in"]);
+    let e = r.sup.error();
+    assert!(e.contains("`out`") && e.contains("/etc"), "{e}");
+}

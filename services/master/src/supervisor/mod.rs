@@ -187,6 +187,7 @@ impl Supervisor {
                 .ok_or_else(|| MasterError::UndefinedService {
                     service: name.to_string(),
                 })?;
+        self.check_service(app, name, &spec)?;
         self.engine.prepare(name, &spec).await?;
         let token = new_token();
         lock(&self.tokens).insert(name.to_string(), token.clone());
@@ -428,6 +429,36 @@ impl Supervisor {
         Value::Array(list)
     }
 
+    /// Checks what the master's policy says about a service before it starts (or before an update that
+    /// brings it is accepted): its volumes stay in the work dir or the allowed roots.
+    pub fn check_service(
+        &self,
+        app: &Application,
+        service: &str,
+        spec: &ServiceSpec,
+    ) -> Result<()> {
+        self.mounts(app, service, spec).map(|_| ())
+    }
+
+    fn mounts(
+        &self,
+        app: &Application,
+        service: &str,
+        spec: &ServiceSpec,
+    ) -> Result<Vec<crate::engine::ResolvedMount>> {
+        app.resolve_mounts(
+            &spec.volumes,
+            &self.workdir,
+            &self.config.volumes.allowed_roots,
+        )
+        .map_err(|o| MasterError::VolumeOutside {
+            service: service.to_string(),
+            mount: o.source,
+            host: o.host,
+            workdir: self.workdir.clone(),
+        })
+    }
+
     fn instance_spec(
         &self,
         app: &Application,
@@ -456,7 +487,7 @@ impl Supervisor {
         for (k, v) in contract.into_iter().chain(extra.iter().cloned()) {
             envs.insert(k.to_string(), v);
         }
-        let mounts = app.resolve_mounts(&spec.volumes, &self.workdir);
+        let mounts = self.mounts(app, service, spec)?;
         Ok(InstanceSpec {
             service: service.to_string(),
             instance: instance.to_string(),
