@@ -101,6 +101,15 @@ pub enum MasterError {
         target: String,
         why: &'static str,
     },
+    #[error(
+        "service `{service}`: key `ulimits.nofile`: hard limit {hard} is above {what} ({limit})"
+    )]
+    UlimitTooHigh {
+        service: String,
+        hard: u64,
+        limit: u64,
+        what: String,
+    },
     #[error("instance `{service}/{instance}`: empty command")]
     EmptyCommand { service: String, instance: String },
     #[error(
@@ -256,6 +265,7 @@ impl MasterError {
             | VolumeOutside { .. }
             | Escape { .. }
             | BadMountTarget { .. }
+            | UlimitTooHigh { .. }
             | Spawn { .. }
             | Unhealthy { .. }
             | InvalidBody { .. }

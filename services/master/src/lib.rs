@@ -8,7 +8,7 @@
 //! Layout: [`access`] (who may do what through the API; what a dynamic start may set), [`server`] (`run`, the listeners, start-up and orderly stop), [`config`] (conf.yml,
 //! application.yml, volumes, the dependency graph), [`engine`] (the `Engine` trait; the native engine:
 //! processes, cgroups, logs, leftovers; the fake one), [`supervisor`] (instances, dynamic instances, inspect
-//! data), [`restart`] (the restart decision: policy, backoff, `retry.max`), [`ota`] (application updates
+//! data), [`limits`] (descriptor limits of the master and of services), [`restart`] (the restart decision: policy, backoff, `retry.max`), [`ota`] (application updates
 //! and rollback), [`api`] (the HTTP routes), [`error`] (every failure and its HTTP status), [`stats`] (host
 //! and process figures), [`cli`] (`baetyl master` and `baetyl inspect`), [`default_app`] (the embedded
 //! example application).
@@ -19,6 +19,7 @@ pub mod config;
 pub mod default_app;
 pub mod engine;
 pub mod error;
+pub mod limits;
 pub mod ota;
 pub mod restart;
 pub mod server;

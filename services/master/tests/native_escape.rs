@@ -1,98 +1,14 @@
 //! The native engine with real files and processes: nothing an application or a service planted makes it
 //! create, replace or delete anything outside the instance's own directory and the allowed volume roots.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
-use baetyl_master::config::{Application, MasterConfig};
 use baetyl_master::engine::native::NativeEngine;
-use baetyl_master::engine::{Engine, InstanceSpec, ResolvedMount};
-use baetyl_sdk::config::ConfigFile;
-
-struct Work {
-    dir: tempfile::TempDir,
-    outside: tempfile::TempDir,
-}
-
-impl Work {
-    fn new() -> Work {
-        let w = Work {
-            dir: tempfile::tempdir().expect("dir"),
-            outside: tempfile::tempdir().expect("dir"),
-        };
-        w.write("lib/baetyl/packages/sleeper/package.yml", "entry: run.sh\n");
-        w.write(
-            "lib/baetyl/packages/sleeper/run.sh",
-            "#!/bin/sh\nexec sleep 1000\n",
-        );
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            w.path("lib/baetyl/packages/sleeper/run.sh"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .expect("chmod");
-        w
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn write(&self, rel: &str, text: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("dir");
-        std::fs::write(&p, text).expect("write");
-        p
-    }
-
-    fn engine(&self) -> NativeEngine {
-        NativeEngine::new(self.dir.path(), &MasterConfig::default(), Vec::new()).expect("engine")
-    }
-
-    /// An instance `s/s` of the sleeper with `mounts` (host, target).
-    fn spec(&self, mounts: &[(&Path, &str)]) -> InstanceSpec {
-        let app = Application::parse(
-            "services:\n  s: {image: sleeper}\n",
-            Path::new("application.yml"),
-        )
-        .expect("app");
-        InstanceSpec {
-            service: "s".into(),
-            instance: "s".into(),
-            spec: app.services["s"].clone(),
-            env: Default::default(),
-            mounts: mounts
-                .iter()
-                .map(|(host, target)| ResolvedMount {
-                    host: host.to_path_buf(),
-                    target: target.to_string(),
-                    read_only: false,
-                })
-                .collect(),
-        }
-    }
-
-    fn instance_dir(&self) -> PathBuf {
-        self.path("var/run/baetyl/services/s/s")
-    }
-
-    /// What is in the outside dir, recursively (symlinks listed, not followed).
-    fn outside_entries(&self) -> Vec<String> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
-                let p = e.path();
-                out.push(p.strip_prefix(base).expect("prefix").display().to_string());
-                if e.file_type().expect("type").is_dir() {
-                    walk(&p, base, out);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(self.outside.path(), self.outside.path(), &mut out);
-        out.sort();
-        out
-    }
-}
+use baetyl_master::engine::{Engine, InstanceSpec};
+use common::Work;
 
 async fn start_and_stop(engine: &NativeEngine, spec: InstanceSpec) -> Result<(), String> {
     match engine.start(spec).await {

@@ -59,6 +59,10 @@ pub fn run_master(args: MasterArgs, build: BuildInfo, roles: Vec<Role>) -> anyho
     if !cfg_path.exists() {
         tracing::info!("no {}: using the built-in defaults", cfg_path.display());
     }
+    match crate::limits::raise_nofile() {
+        Ok((soft, _)) => tracing::info!("descriptor limit: {soft}"),
+        Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
     service.block_on(async {
         let _lock = lock_workdir(&workdir)?;
         let engine = engine(&workdir, &cfg, roles)?;

@@ -55,6 +55,9 @@ pub struct ServiceSpec {
     pub restart: RestartPolicy,
     #[serde(default)]
     pub resources: Resources,
+    /// Resource limits of the service's processes (compose's key); only `nofile` is supported.
+    #[serde(default)]
+    pub ulimits: Ulimits,
     #[serde(default)]
     pub network_mode: Option<String>,
     #[serde(default)]
@@ -182,6 +185,47 @@ impl Default for Backoff {
     }
 }
 
+/// `ulimits:` as in compose: each limit a number (soft = hard) or `{soft, hard}`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Ulimits {
+    /// Open file descriptors (sockets included). Default: the master's hard limit, the soft one at most
+    /// 65536.
+    #[serde(default)]
+    pub nofile: Option<Ulimit>,
+}
+
+/// One limit: `{soft, hard}`, or one number for both.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Ulimit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl<'de> Deserialize<'de> for Ulimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Pair {
+            soft: u64,
+            hard: u64,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "a number, or {soft: N, hard: N}")]
+        enum Form {
+            One(u64),
+            Pair(Pair),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::One(n) => Ulimit { soft: n, hard: n },
+            Form::Pair(p) => Ulimit {
+                soft: p.soft,
+                hard: p.hard,
+            },
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
@@ -304,6 +348,14 @@ impl ConfigFile for Application {
                         m.source
                     )));
                 }
+            }
+            if let Some(l) = svc.ulimits.nofile
+                && (l.soft == 0 || l.soft > l.hard)
+            {
+                return Err(bad(format!(
+                    "key `{key}.ulimits.nofile`: need 0 < soft <= hard (got soft {}, hard {})",
+                    l.soft, l.hard
+                )));
             }
             let b = &svc.restart.backoff;
             if b.min.get().is_zero()
@@ -494,6 +546,29 @@ volumes:
         for fine in ["data:/data", "data:/var/db/x", "./raw:/raw", "/srv/x:/x"] {
             with(fine).unwrap_or_else(|e| panic!("{fine}: {e}"));
         }
+    }
+
+    #[test]
+    fn ulimits_take_a_number_or_soft_and_hard() {
+        let a = app("services:\n  a: {image: x, ulimits: {nofile: {soft: 10, hard: 20}}}\n  b: {image: x, ulimits: {nofile: 30}}\n")
+            .unwrap();
+        let nofile = |s: &str| a.services[s].ulimits.nofile.map(|l| (l.soft, l.hard));
+        assert_eq!(nofile("a"), Some((10, 20)));
+        assert_eq!(nofile("b"), Some((30, 30)));
+        let e = app("services:\n  a: {image: x, ulimits: {nofile: {soft: 30, hard: 20}}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("services.a.ulimits.nofile") && e.contains("soft"),
+            "{e}"
+        );
+        let e = app("services:\n  a: {image: x, ulimits: {nproc: 10}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("services.a.ulimits") && e.contains("nofile"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! supervisor and pass the same tests.
 
 pub mod cgroup;
+pub mod child;
 pub mod confine;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;

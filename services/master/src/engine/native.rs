@@ -19,12 +19,13 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::cgroup::{Cgroup, CgroupRoot};
+use super::child::ChildSetup;
 use super::confine::{self, Problem};
 use super::logfile::RotatingLog;
 use super::{Engine, Exit, InstanceSpec, InstanceStats, Running, RunningInfo};
 use crate::config::{InstanceLogConfig, MasterConfig, ServiceSpec};
 use crate::error::{MasterError, Result};
-use crate::stats;
+use crate::{limits, stats};
 
 /// A directory package: `<packages dir>/<name>/package.yml`.
 #[derive(Debug, Deserialize)]
@@ -262,6 +263,44 @@ impl NativeEngine {
         Ok(())
     }
 
+    /// The descriptor limit (soft, hard) an instance of `spec` gets.
+    fn nofile_of(&self, spec: &ServiceSpec) -> (u64, u64) {
+        match spec.ulimits.nofile {
+            Some(l) => (l.soft, l.hard),
+            None => {
+                let master_hard = limits::nofile().map(|(_, h)| h).unwrap_or(1024);
+                limits::default_service_nofile(master_hard)
+            }
+        }
+    }
+
+    /// Refuses a `ulimits.nofile` the system cannot give: above the kernel's maximum, or above the master's
+    /// own hard limit when the master cannot raise it (not root).
+    fn check_ulimits(&self, service: &str, spec: &ServiceSpec) -> Result<()> {
+        let Some(asked) = spec.ulimits.nofile else {
+            return Ok(());
+        };
+        let too_high = |limit: u64, what: &str| MasterError::UlimitTooHigh {
+            service: service.to_string(),
+            hard: asked.hard,
+            limit,
+            what: what.to_string(),
+        };
+        if let Some(max) = limits::nr_open()
+            && asked.hard > max
+        {
+            return Err(too_high(max, "the kernel's maximum (/proc/sys/fs/nr_open)"));
+        }
+        let (_, master_hard) = limits::nofile().map_err(|e| MasterError::io("getrlimit", e))?;
+        if !nix::unistd::geteuid().is_root() && asked.hard > master_hard {
+            return Err(too_high(
+                master_hard,
+                "the master's own hard limit (only a master running as root can raise it)",
+            ));
+        }
+        Ok(())
+    }
+
     fn make_cgroup(&self, spec: &InstanceSpec) -> Option<Cgroup> {
         let root = self.cgroups.as_ref()?;
         let res = &spec.spec.resources;
@@ -305,6 +344,7 @@ impl Engine for NativeEngine {
     }
 
     async fn prepare(&self, service: &str, spec: &ServiceSpec) -> Result<()> {
+        self.check_ulimits(service, spec)?;
         self.resolve(service, &spec.image).map(|_| ())
     }
 
@@ -356,30 +396,25 @@ impl Engine for NativeEngine {
             cmd.env_remove(k);
         }
         cmd.envs(&spec.env);
-        if let Some(cg) = &cgroup {
-            let procs = std::fs::OpenOptions::new()
-                .write(true)
-                .open(cg.procs_file())
-                .map_err(|e| MasterError::io(cg.procs_file(), e))?;
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
-            // SAFETY: the closure runs in the forked child before exec and only calls write(2), which is
-            // async-signal-safe; `procs` stays open in the parent until spawn returns, so `fd` is valid.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    if r < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(())
-                    }
-                });
-            }
-            let child = cmd.spawn();
-            drop(procs);
-            return self.started(spec, child, cgroup, log, &argv).await;
-        }
+        let procs = match &cgroup {
+            Some(cg) => Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(cg.procs_file())
+                    .map_err(|e| MasterError::io(cg.procs_file(), e))?,
+            ),
+            None => None,
+        };
+        let setup = ChildSetup {
+            cgroup_procs: procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+            nofile: self.nofile_of(&spec.spec),
+            credentials: None,
+        };
+        // SAFETY: `procs` stays open until spawn has returned.
+        unsafe { setup.install(&mut cmd) };
         let child = cmd.spawn();
-        self.started(spec, child, None, log, &argv).await
+        drop(procs);
+        self.started(spec, child, cgroup, log, &argv).await
     }
 
     async fn recover(&self, grace: Duration) -> Result<Vec<String>> {
