@@ -110,6 +110,26 @@ pub enum MasterError {
         limit: u64,
         what: String,
     },
+    #[error(
+        "service `{service}`: key `user`: the application asks for root, which conf.yml `users.root` does not allow for this service; list it there, or remove `user: root`"
+    )]
+    RootNotAllowed { service: String },
+    #[error(
+        "service `{service}`: no free id left in conf.yml `users.ids` ({range}); widen the range"
+    )]
+    NoFreeId { service: String, range: String },
+    #[error(
+        "service `{service}`: volume {host} is mounted read-write by `{other}` too; with per-service users a volume has one writer: mount it read-only in the others"
+    )]
+    SharedWritable {
+        service: String,
+        other: String,
+        host: PathBuf,
+    },
+    #[error(
+        "conf.yml `users.mode: on` needs the master to run as root (it gives each service a user of its own); run it as root or set `users.mode: off`"
+    )]
+    UsersNeedRoot,
     #[error("instance `{service}/{instance}`: empty command")]
     EmptyCommand { service: String, instance: String },
     #[error(
@@ -246,7 +266,9 @@ impl MasterError {
             UpdateInProgress => StatusCode::CONFLICT,
             RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
             // The master's own faults, not the request's.
-            Io { .. } | AlreadyRunning { .. } | Bind { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Io { .. } | AlreadyRunning { .. } | Bind { .. } | UsersNeedRoot => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Config(_)
             | OperatorToken { .. }
             | Cycle(_)
@@ -266,6 +288,9 @@ impl MasterError {
             | Escape { .. }
             | BadMountTarget { .. }
             | UlimitTooHigh { .. }
+            | RootNotAllowed { .. }
+            | NoFreeId { .. }
+            | SharedWritable { .. }
             | Spawn { .. }
             | Unhealthy { .. }
             | InvalidBody { .. }

@@ -9,7 +9,7 @@
 //! application.yml, volumes, the dependency graph), [`engine`] (the `Engine` trait; the native engine:
 //! processes, cgroups, logs, leftovers; the fake one), [`supervisor`] (instances, dynamic instances, inspect
 //! data), [`limits`] (descriptor limits of the master and of services), [`restart`] (the restart decision: policy, backoff, `retry.max`), [`ota`] (application updates
-//! and rollback), [`api`] (the HTTP routes), [`error`] (every failure and its HTTP status), [`stats`] (host
+//! and rollback), [`api`] (the HTTP routes), [`error`] (every failure and its HTTP status), [`users`] (per-service users), [`stats`] (host
 //! and process figures), [`cli`] (`baetyl master` and `baetyl inspect`), [`default_app`] (the embedded
 //! example application).
 pub mod access;
@@ -27,6 +27,7 @@ pub mod stats;
 pub mod supervisor;
 #[cfg(test)]
 mod test_rig;
+pub mod users;
 
 pub use api::BuildInfo;
 pub use error::MasterError;

@@ -35,8 +35,12 @@ pub fn app(text: &str) -> Application {
 impl Rig {
     /// A supervisor with `conf.yml` text `conf_text` on a fresh fake engine and work dir.
     pub fn new(conf_text: &str) -> Rig {
+        Rig::in_dir(conf_text, tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// A supervisor like [`Rig::new`]'s in the work dir `dir` (left by an earlier one).
+    pub fn in_dir(conf_text: &str, dir: tempfile::TempDir) -> Rig {
         let fake = FakeEngine::new();
-        let dir = tempfile::tempdir().expect("temp dir");
         let host = HostFacts {
             host_id: "test-host".into(),
             host_sn: String::new(),

@@ -55,6 +55,10 @@ pub struct ServiceSpec {
     pub restart: RestartPolicy,
     #[serde(default)]
     pub resources: Resources,
+    /// `root` to run as root (only where conf.yml `users.root` lists the service too); absent: the service's
+    /// own user when per-service users are on.
+    #[serde(default)]
+    pub user: Option<String>,
     /// Resource limits of the service's processes (compose's key); only `nofile` is supported.
     #[serde(default)]
     pub ulimits: Ulimits,
@@ -62,6 +66,13 @@ pub struct ServiceSpec {
     pub network_mode: Option<String>,
     #[serde(default)]
     pub hostname: Option<String>,
+}
+
+impl ServiceSpec {
+    /// Whether the application asks for the service to run as root (`user: root`, `0` or `0:0`).
+    pub fn wants_root(&self) -> bool {
+        matches!(self.user.as_deref(), Some("root" | "0" | "0:0"))
+    }
 }
 
 fn one() -> u32 {
@@ -348,6 +359,13 @@ impl ConfigFile for Application {
                         m.source
                     )));
                 }
+            }
+            if let Some(u) = &svc.user
+                && !svc.wants_root()
+            {
+                return Err(bad(format!(
+                    "key `{key}.user`: `{u}` is not supported: write `root` (allowed by conf.yml `users.root`), or leave it out for the service's own user"
+                )));
             }
             if let Some(l) = svc.ulimits.nofile
                 && (l.soft == 0 || l.soft > l.hard)

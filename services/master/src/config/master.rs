@@ -28,6 +28,7 @@ pub struct MasterConfig {
     /// Rotation of each instance's stdout/stderr log.
     pub instance_log: InstanceLogConfig,
     pub volumes: VolumesConfig,
+    pub users: UsersConfig,
 }
 
 impl Default for MasterConfig {
@@ -43,7 +44,81 @@ impl Default for MasterConfig {
             native: NativeConfig::default(),
             instance_log: InstanceLogConfig::default(),
             volumes: VolumesConfig::default(),
+            users: UsersConfig::default(),
         }
+    }
+}
+
+/// Per-service users: each service's processes run under a uid/gid of their own.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersConfig {
+    /// `auto` (on when the master runs as root under `baetyl init`, i.e. on a device), `on` or `off`.
+    pub mode: UsersMode,
+    /// The ids services get, allocated once and remembered (`var/db/baetyl/users.json`), uid = gid. The
+    /// first id of the range is the group of the API socket, which every service gets as a supplementary
+    /// group.
+    pub ids: IdRange,
+    /// Fixed ids for services, instead of allocated ones: `{hub: {uid: 1001, gid: 1001}}`.
+    pub services: std::collections::BTreeMap<String, FixedIds>,
+    /// Services that may run as root, when their application also asks for it (`user: root`).
+    pub root: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UsersMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FixedIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `FIRST-LAST`, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl Default for IdRange {
+    fn default() -> Self {
+        IdRange {
+            first: 20000,
+            last: 29999,
+        }
+    }
+}
+
+impl TryFrom<String> for IdRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}` is not an id range; write FIRST-LAST, e.g. 20000-29999 (0 is root's)")
+        };
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let (first, last): (u32, u32) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if first == 0 || last <= first {
+            return Err(bad());
+        }
+        Ok(IdRange { first, last })
+    }
+}
+
+impl From<IdRange> for String {
+    fn from(r: IdRange) -> String {
+        format!("{}-{}", r.first, r.last)
     }
 }
 
@@ -199,6 +274,16 @@ impl ConfigFile for MasterConfig {
                     format!(
                         "key `volumes.allowed_roots`: `{}` must be an absolute path without `..`",
                         root.display()
+                    ),
+                ));
+            }
+        }
+        for (name, ids) in &self.users.services {
+            if ids.uid == 0 || ids.gid == 0 {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!(
+                        "key `users.services.{name}`: uid and gid must not be 0; a service runs as root only when listed under `users.root` and its application asks for `user: root`"
                     ),
                 ));
             }

@@ -117,25 +117,55 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// The host directories of the mounts of `mounts` (a service of this application): relative paths
-    /// are under `workdir`; an absolute one must lie in the work dir or under one of `allowed_roots`.
-    /// A declared volume that is read-only is mounted read-only whatever the service asks.
+    /// Where a mount of this application lives on the host, and whether it is read-only: relative paths
+    /// are under `workdir`; a declared volume that is read-only is mounted read-only whatever the service
+    /// asks.
+    pub fn host_of(&self, m: &VolumeMount, workdir: &Path) -> (PathBuf, bool) {
+        match self.volumes.get(&m.source) {
+            Some(vol) => (
+                workdir.join(vol.path_or_default(&m.source)),
+                m.read_only || vol.read_only,
+            ),
+            None => (workdir.join(m.source.trim_start_matches("./")), m.read_only),
+        }
+    }
+
+    /// The other services that mount the host directory `host`, each with whether it mounts it read-only.
+    pub fn others_mounting(
+        &self,
+        service: &str,
+        host: &Path,
+        workdir: &Path,
+    ) -> Vec<(String, bool)> {
+        self.services
+            .iter()
+            .filter(|(name, _)| name.as_str() != service)
+            .flat_map(|(name, spec)| {
+                spec.volumes.iter().filter_map(move |m| {
+                    let (h, ro) = self.host_of(m, workdir);
+                    (h == host).then(|| (name.clone(), ro))
+                })
+            })
+            .collect()
+    }
+
+    /// The host directories of the mounts of `service`: an absolute one must lie in the work dir or under
+    /// one of `allowed_roots`.
     pub fn resolve_mounts(
         &self,
-        mounts: &[VolumeMount],
+        service: &str,
         workdir: &Path,
         allowed_roots: &[PathBuf],
     ) -> Result<Vec<ResolvedMount>, VolumeOutside> {
+        let mounts = self
+            .services
+            .get(service)
+            .map(|s| s.volumes.as_slice())
+            .unwrap_or_default();
         mounts
             .iter()
             .map(|m| {
-                let (host, read_only) = match self.volumes.get(&m.source) {
-                    Some(vol) => (
-                        workdir.join(vol.path_or_default(&m.source)),
-                        m.read_only || vol.read_only,
-                    ),
-                    None => (workdir.join(m.source.trim_start_matches("./")), m.read_only),
-                };
+                let (host, read_only) = self.host_of(m, workdir);
                 let inside =
                     host.starts_with(workdir) || allowed_roots.iter().any(|r| host.starts_with(r));
                 if !inside {
@@ -144,10 +174,12 @@ impl Application {
                         host,
                     });
                 }
+                let shared = !self.others_mounting(service, &host, workdir).is_empty();
                 Ok(ResolvedMount {
                     host,
                     target: m.target.clone(),
                     read_only,
+                    shared,
                 })
             })
             .collect()
@@ -189,9 +221,7 @@ mod tests {
             "services:\n  s:\n    image: x\n    volumes: [\"data:/data\", \"set:/set\", \"./raw:/raw:ro\"]\nvolumes:\n  data: {}\n  set: {path: var/db/sets/one, read_only: true}\n",
         )
         .unwrap();
-        let got = a
-            .resolve_mounts(&a.services["s"].volumes, Path::new("/w"), &[])
-            .expect("inside");
+        let got = a.resolve_mounts("s", Path::new("/w"), &[]).expect("inside");
         let want = [
             ("/w/var/db/baetyl/volumes/data", "/data", false),
             ("/w/var/db/sets/one", "/set", true),

@@ -10,6 +10,8 @@ pub struct RotatingLog {
     size: u64,
     max_size: u64,
     backups: u32,
+    /// Who owns the files (the service's user), when not the master.
+    owner: Option<(u32, u32)>,
 }
 
 impl RotatingLog {
@@ -25,7 +27,22 @@ impl RotatingLog {
             size,
             max_size,
             backups,
+            owner: None,
         })
+    }
+
+    /// Gives the log's files to `uid:gid` (the service whose output it is), now and after each rotation.
+    pub fn owned_by(mut self, uid: u32, gid: u32) -> std::io::Result<Self> {
+        self.owner = Some((uid, gid));
+        self.chown()?;
+        Ok(self)
+    }
+
+    fn chown(&self) -> std::io::Result<()> {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::fchown(&self.file, Some(uid), Some(gid))?;
+        }
+        Ok(())
     }
 
     pub fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
@@ -68,6 +85,7 @@ impl RotatingLog {
         }
         std::fs::rename(&self.path, numbered(1))?;
         self.file = open_append(&self.path)?;
+        self.chown()?;
         self.size = 0;
         Ok(())
     }

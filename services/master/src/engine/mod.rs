@@ -9,6 +9,7 @@ pub mod confine;
 pub mod fake;
 pub mod logfile;
 pub mod native;
+pub mod owner;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ pub struct InstanceSpec {
     /// The full environment: the service's own, the v1 contract, and any extra given at a dynamic start.
     pub env: BTreeMap<String, String>,
     pub mounts: Vec<ResolvedMount>,
+    /// The user it runs as (per-service users); None: the master's own.
+    pub user: Option<child::Credentials>,
 }
 
 /// A volume resolved to a host directory.
@@ -36,6 +39,8 @@ pub struct ResolvedMount {
     pub host: PathBuf,
     pub target: String,
     pub read_only: bool,
+    /// Other services of the application mount the same directory.
+    pub shared: bool,
 }
 
 /// How an instance ended.

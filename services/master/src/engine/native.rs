@@ -19,10 +19,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::cgroup::{Cgroup, CgroupRoot};
-use super::child::ChildSetup;
+use super::child::{ChildSetup, Credentials};
 use super::confine::{self, Problem};
 use super::logfile::RotatingLog;
-use super::{Engine, Exit, InstanceSpec, InstanceStats, Running, RunningInfo};
+use super::owner;
+use super::{Engine, Exit, InstanceSpec, InstanceStats, ResolvedMount, Running, RunningInfo};
 use crate::config::{InstanceLogConfig, MasterConfig, ServiceSpec};
 use crate::error::{MasterError, Result};
 use crate::{limits, stats};
@@ -104,6 +105,9 @@ impl NativeEngine {
                 None
             }
         };
+        if crate::users::enabled_here(cfg.users.mode) {
+            crate::users::open_workdir_for_services(workdir)?;
+        }
         Ok(NativeEngine {
             workdir: workdir.to_path_buf(),
             roots,
@@ -239,6 +243,34 @@ impl NativeEngine {
         }
     }
 
+    /// With per-service users: a read-write volume becomes the service's own (readable by all when other
+    /// services mount it too); a read-only one readable by the service's group alone, or by all when
+    /// shared. A dataset on a read-only file system is left as it is (the image made it readable).
+    fn let_use(&self, spec: &InstanceSpec, m: &ResolvedMount, host: &Path, user: &Credentials) {
+        let done = match (m.read_only, m.shared) {
+            (false, shared) => owner::give_tree(host, user.uid, user.gid).and_then(|()| {
+                if shared {
+                    owner::share_with_all(host)
+                } else {
+                    Ok(())
+                }
+            }),
+            (true, false) => owner::share_with_group(host, user.gid),
+            (true, true) => owner::share_with_all(host),
+        };
+        if let Err(e) = done {
+            self.warn_once(format!("own:{}", host.display()), || {
+                format!(
+                    "service `{}`: cannot give volume {} to its user {}:{} ({e}); it may not be able to use it",
+                    spec.service,
+                    host.display(),
+                    user.uid,
+                    user.gid
+                )
+            });
+        }
+    }
+
     fn link_volumes(&self, spec: &InstanceSpec, dir: &Path) -> Result<()> {
         for m in &spec.mounts {
             if let Some(why) = confine::target_problem(&m.target) {
@@ -250,6 +282,9 @@ impl NativeEngine {
                 });
             }
             let host = self.dir_inside(spec, &m.host, &self.roots)?;
+            if let Some(user) = &spec.user {
+                self.let_use(spec, m, &host, user);
+            }
             confine::link_volume(dir, &m.target, &host).map_err(|p| self.problem(spec, p))?;
             if m.read_only {
                 self.warn_once("ro".into(), || {
@@ -361,6 +396,10 @@ impl Engine for NativeEngine {
                 .join(&spec.instance),
             &inside_workdir,
         )?;
+        if let Some(user) = &spec.user {
+            owner::give_tree(&dir, user.uid, user.gid)
+                .map_err(|e| MasterError::io(&dir, std::io::Error::from(e)))?;
+        }
         self.link_volumes(&spec, &dir)?;
         let log_dir = self.dir_inside(
             &spec,
@@ -372,6 +411,10 @@ impl Engine for NativeEngine {
         )?;
         let log_path = log_dir.join(format!("{}.log", spec.instance));
         let log = RotatingLog::open(&log_path, self.log.max_size.0, self.log.backups)
+            .and_then(|log| match &spec.user {
+                Some(u) => log.owned_by(u.uid, u.gid),
+                None => Ok(log),
+            })
             .map_err(|e| MasterError::io(&log_path, e))?;
         let log = Arc::new(Mutex::new(log));
         let cgroup = self.make_cgroup(&spec);
@@ -408,7 +451,7 @@ impl Engine for NativeEngine {
         let setup = ChildSetup {
             cgroup_procs: procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
             nofile: self.nofile_of(&spec.spec),
-            credentials: None,
+            credentials: spec.user.clone(),
         };
         // SAFETY: `procs` stays open until spawn has returned.
         unsafe { setup.install(&mut cmd) };

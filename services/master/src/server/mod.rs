@@ -133,6 +133,16 @@ pub async fn run(
     }
 
     let address = listeners.address()?;
+    if crate::users::enabled_here(cfg.users.mode) {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(MasterError::UsersNeedRoot);
+        }
+        // Services reach the socket through the API group every one of them has.
+        if let Address::Unix(path) = &address {
+            std::os::unix::fs::lchown(path, None, Some(cfg.users.ids.first))
+                .map_err(|e| MasterError::io(path, e))?;
+        }
+    }
     let host = HostFacts {
         host_id: host_id(),
         host_sn: cfg

@@ -19,6 +19,7 @@ use crate::config::{Application, MasterConfig, ServiceSpec, valid_name};
 use crate::engine::{Engine, Exit, InstanceSpec, Running, RunningInfo};
 use crate::error::{MasterError, Result};
 use crate::restart::{Decision, Streak, decide};
+use crate::users::Users;
 use baetyl_sdk::env;
 
 /// Facts about the host and the master that every instance's environment carries.
@@ -87,6 +88,7 @@ pub struct Supervisor {
     services: Mutex<BTreeMap<String, ServiceRun>>,
     tokens: Mutex<BTreeMap<String, String>>,
     error: Mutex<String>,
+    users: Users,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,7 +112,10 @@ impl Supervisor {
         engine: Arc<dyn Engine>,
         host: HostFacts,
     ) -> Self {
+        let on = crate::users::enabled_here(config.users.mode);
+        let users = Users::new(&workdir, &config.users, on);
         Supervisor {
+            users,
             workdir,
             config,
             engine,
@@ -132,6 +137,11 @@ impl Supervisor {
 
     pub fn workdir(&self) -> &std::path::Path {
         &self.workdir
+    }
+
+    /// The per-service users.
+    pub fn users(&self) -> &Users {
+        &self.users
     }
 
     pub fn app(&self) -> Application {
@@ -430,33 +440,46 @@ impl Supervisor {
     }
 
     /// Checks what the master's policy says about a service before it starts (or before an update that
-    /// brings it is accepted): its volumes stay in the work dir or the allowed roots.
+    /// brings it is accepted): its volumes stay in the work dir or the allowed roots; root only where
+    /// allowed; with per-service users, one writer per volume. Allocates the service's user if needed.
     pub fn check_service(
         &self,
         app: &Application,
         service: &str,
         spec: &ServiceSpec,
     ) -> Result<()> {
-        self.mounts(app, service, spec).map(|_| ())
+        let mounts = self.mounts(app, service)?;
+        self.users.check(service, spec)?;
+        if self.users.on() {
+            for m in mounts.iter().filter(|m| !m.read_only && m.shared) {
+                let other = app
+                    .others_mounting(service, &m.host, &self.workdir)
+                    .into_iter()
+                    .find(|(_, read_only)| !read_only);
+                if let Some((other, _)) = other {
+                    return Err(MasterError::SharedWritable {
+                        service: service.to_string(),
+                        other,
+                        host: m.host.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn mounts(
         &self,
         app: &Application,
         service: &str,
-        spec: &ServiceSpec,
     ) -> Result<Vec<crate::engine::ResolvedMount>> {
-        app.resolve_mounts(
-            &spec.volumes,
-            &self.workdir,
-            &self.config.volumes.allowed_roots,
-        )
-        .map_err(|o| MasterError::VolumeOutside {
-            service: service.to_string(),
-            mount: o.source,
-            host: o.host,
-            workdir: self.workdir.clone(),
-        })
+        app.resolve_mounts(service, &self.workdir, &self.config.volumes.allowed_roots)
+            .map_err(|o| MasterError::VolumeOutside {
+                service: service.to_string(),
+                mount: o.source,
+                host: o.host,
+                workdir: self.workdir.clone(),
+            })
     }
 
     fn instance_spec(
@@ -487,13 +510,15 @@ impl Supervisor {
         for (k, v) in contract.into_iter().chain(extra.iter().cloned()) {
             envs.insert(k.to_string(), v);
         }
-        let mounts = self.mounts(app, service, spec)?;
+        let mounts = self.mounts(app, service)?;
+        let user = self.users.credentials(service, spec)?;
         Ok(InstanceSpec {
             service: service.to_string(),
             instance: instance.to_string(),
             spec: spec.clone(),
             env: envs,
             mounts,
+            user,
         })
     }
 

@@ -97,8 +97,10 @@ impl Work {
                     host: host.to_path_buf(),
                     target: target.to_string(),
                     read_only: false,
+                    shared: false,
                 })
                 .collect(),
+            user: None,
         }
     }
 
