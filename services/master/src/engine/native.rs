@@ -613,6 +613,8 @@ enum Pipe {
 impl Pipe {
     async fn copy_to(mut self, log: Arc<Mutex<RotatingLog>>) {
         let mut buf = vec![0u8; 8192];
+        // Said once per run of failures (a full disk fails every write), not at every chunk.
+        let mut failing = false;
         loop {
             let n = match &mut self {
                 Pipe::Out(p) => p.read(&mut buf).await,
@@ -622,8 +624,13 @@ impl Pipe {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Err(e) = log.write_all(&buf[..n]) {
-                        tracing::warn!("cannot write instance log: {e}");
+                    match log.write_all(&buf[..n]) {
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!("cannot write instance log ({e}); its output is lost until it can");
+                        }
+                        Err(_) => {}
+                        Ok(()) => failing = false,
                     }
                 }
             }
