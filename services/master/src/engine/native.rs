@@ -627,7 +627,9 @@ impl Pipe {
                     match log.write_all(&buf[..n]) {
                         Err(e) if !failing => {
                             failing = true;
-                            tracing::warn!("cannot write instance log ({e}); its output is lost until it can");
+                            tracing::warn!(
+                                "cannot write instance log ({e}); its output is lost until it can"
+                            );
                         }
                         Err(_) => {}
                         Ok(()) => failing = false,

@@ -22,16 +22,20 @@ volumes:
 /// A master's work dir running THREE from its application file, with an updater.
 async fn three() -> (Rig, Arc<Updater>) {
     let r = Rig::new("update: {health: 5s}\n");
-    let file = app_file(r.dir.path());
     write(&r, "var/db/baetyl/application.yml", THREE);
-    let updater = Arc::new(Updater::new(
-        r.sup.clone(),
-        file,
-        r.dir.path().join("var/db/baetyl/ota.log"),
-    ));
+    let updater = updater_of(&r);
     updater.set_running_text(Some(THREE.as_bytes().to_vec()));
     r.run(THREE).await;
     (r, updater)
+}
+
+/// An updater of the rig's work dir, with the default OTA log.
+fn updater_of(r: &Rig) -> Arc<Updater> {
+    Arc::new(Updater::new(
+        r.sup.clone(),
+        app_file(r.dir.path()),
+        r.dir.path().join("var/db/baetyl/ota.log"),
+    ))
 }
 
 fn write(r: &Rig, rel: &str, text: &str) {
@@ -257,11 +261,7 @@ async fn the_ota_log_rotates_by_size_and_keeps_its_backups() {
     let r = Rig::new("otalog: {max_size: 1k, backups: 2}\nupdate: {health: 1s}\n");
     let cfg = r.sup.config().otalog.clone();
     let log = r.dir.path().join(&cfg.path);
-    let updater = Arc::new(Updater::new(
-        r.sup.clone(),
-        app_file(r.dir.path()),
-        log.clone(),
-    ));
+    let updater = updater_of(&r);
     r.run(THREE).await;
     write(
         &r,
@@ -359,11 +359,7 @@ async fn update_sources_are_regular_files_under_the_work_dir() {
 #[tokio::test(start_paused = true)]
 async fn a_device_or_an_oversized_file_is_refused_before_it_is_read() {
     let r = Rig::new("update: {max_size: 4k}\n");
-    let updater = Arc::new(Updater::new(
-        r.sup.clone(),
-        app_file(r.dir.path()),
-        r.dir.path().join("var/db/baetyl/ota.log"),
-    ));
+    let updater = updater_of(&r);
     let work = r.dir.path();
     // /dev/zero under another name: reading it whole would never end.
     let zero = nix::sys::stat::makedev(1, 5);
@@ -484,11 +480,7 @@ async fn volumes_outside_the_work_dir_need_an_allowed_root() {
     assert_eq!(r.sup.app(), app(THREE));
     // Listed roots make the same application acceptable.
     let r = Rig::new("update: {health: 1s}\nvolumes: {allowed_roots: [/srv, /media/usb]}\n");
-    let updater = Arc::new(Updater::new(
-        r.sup.clone(),
-        app_file(r.dir.path()),
-        r.dir.path().join("var/db/baetyl/ota.log"),
-    ));
+    let updater = updater_of(&r);
     r.run(THREE).await;
     write(&r, "out/application.yml", outside);
     updater.submit("out", "t-ok").expect("accepted");
