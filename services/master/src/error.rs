@@ -87,7 +87,7 @@ pub enum MasterError {
         workdir: PathBuf,
     },
     #[error(
-        "instance `{service}/{instance}`: {path} leads outside the work dir and the allowed volume roots (conf.yml `volumes.allowed_roots`) through a symbolic link; nothing was created there"
+        "instance `{service}/{instance}`: {path} is outside the work dir and the allowed volume roots (conf.yml `volumes.allowed_roots`) once symbolic links are resolved, or its allowed root does not exist; nothing was created there"
     )]
     Escape {
         service: String,

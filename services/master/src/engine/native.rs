@@ -551,11 +551,12 @@ impl NativeEngine {
         };
         if let Some(dir) = state_path.parent() {
             // Only the master reads and writes the state files: they name processes it will kill.
-            use std::os::unix::fs::DirBuilderExt;
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
             let _ = std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir);
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         let text = serde_json::to_vec(&state).unwrap_or_default();
         if let Err(e) = baetyl_sdk::fs::write_atomic(&state_path, &text, 0o600) {
