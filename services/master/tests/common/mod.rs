@@ -15,20 +15,15 @@ pub const SLEEPER: &str =
 
 /// The text of `path` once it exists and ends with a newline (written whole by a probe), within 10 s.
 pub fn wait_text(path: &Path) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if let Ok(t) = std::fs::read_to_string(path)
-            && t.ends_with('\n')
-        {
-            return t;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} was not written",
-            path.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    baetyl_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        &format!("{} to be written", path.display()),
+        || {
+            std::fs::read_to_string(path)
+                .ok()
+                .filter(|t| t.ends_with('\n'))
+        },
+    )
 }
 
 pub struct Work {
