@@ -3,7 +3,8 @@
 //!
 //! The checks, in order: no `..` and nothing outside the work dir (an absolute path must lie in it); a
 //! directory stands for its `application.yml`; the directories on the way must resolve inside the work dir
-//! (no symlinked escape); the file itself is opened with `O_NOFOLLOW` (a symlink is refused) and
+//! (no symlinked escape: the directory is opened once and checked through its descriptor, and the
+//! file opened in it); the file itself is opened with `O_NOFOLLOW` (a symlink is refused) and
 //! `O_NONBLOCK` (a FIFO cannot block the master), and fstat after the open must say a regular file of the
 //! size allowed (not a FIFO, a device or a directory, the very file that was looked at). Reading stops at
 //! the limit, whatever the file claims.
@@ -13,6 +14,7 @@
 //! or inspect.
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -40,19 +42,29 @@ pub fn read_source(workdir: &Path, path: &str, max: ByteSize) -> Result<(PathBuf
         _ => full,
     };
     let parent = file.parent().ok_or_else(outside)?;
-    let real_parent = parent.canonicalize().map_err(|e| source_error(parent, e))?;
+    let name = file.file_name().ok_or_else(outside)?;
     let real_workdir = workdir
         .canonicalize()
         .map_err(|e| MasterError::io(workdir, e))?;
+    // The directory is opened once and what follows goes through its descriptor: the place checked is
+    // the place the file is opened in, whatever is renamed or symlinked on the way meanwhile.
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(parent)
+        .map_err(|e| source_error(parent, e))?;
+    let dir_path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let real_parent = std::fs::read_link(&dir_path).map_err(|e| source_error(parent, e))?;
     if !real_parent.starts_with(&real_workdir) {
         return Err(outside());
     }
-    let looked = std::fs::symlink_metadata(&file).map_err(|e| source_error(&file, e))?;
+    let at = dir_path.join(name);
+    let looked = std::fs::symlink_metadata(&at).map_err(|e| source_error(&file, e))?;
     check_kind(&file, &looked, max)?;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(&file)
+        .open(&at)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => MasterError::UpdateSourceSymlink { path: file.clone() },
             _ => source_error(&file, e),
