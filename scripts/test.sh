@@ -27,7 +27,14 @@ for arch in x86_64 aarch64; do
     done
     grep -E '^==>|^    [a-z.]+ +[0-9.]+ [KM]iB|disk layout' "$images/$arch.log" || true
     echo "image $arch: two builds in $(( $(date +%s) - start )) s"
+    # The services' OCI images (reusing the static binary just built).
+    if ! "$target/debug/baetyl" image oci --arch "$arch" --out "$images/$arch.oci" > "$images/$arch.oci.log" 2>&1; then
+        cat "$images/$arch.oci.log"; echo "OCI images ($arch) failed"; status=1
+    fi
+    grep -E 'layer|layout' "$images/$arch.oci.log" || true
 done
+BAETYL_IMAGES=$images cargo test --locked -p baetyl-e2e --test oci -- --ignored --test-threads=1 --nocapture \
+    2>&1 | tee -a "$log" || status=$?
 BAETYL_IMAGES=$images cargo test --locked -p baetyl-e2e --test os_image -- --ignored --test-threads=2 --nocapture \
     2>&1 | tee -a "$log" || status=$?
 

@@ -13,6 +13,8 @@ pub struct ImageArgs {
 pub enum ImageCommand {
     /// Build the kernel + initramfs, the unified kernel image, the squashfs root and the GPT disk image.
     Build(BuildArgs),
+    /// Build the OCI image layout of the services (no registry, no container tool).
+    Oci(crate::oci::OciArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -36,6 +36,7 @@ pub mod error;
 pub mod fs;
 pub mod initramfs;
 pub mod modules;
+pub mod oci;
 pub mod rootfs;
 pub mod run;
 pub mod uki;

@@ -104,6 +104,9 @@ fn main() -> ExitCode {
             baetyl_image::ImageCommand::Build(b) => {
                 baetyl_image::build(&b).map(|_| ()).map_err(Into::into)
             }
+            baetyl_image::ImageCommand::Oci(o) => {
+                baetyl_image::oci::build(&o).map(|_| ()).map_err(Into::into)
+            }
         },
         Command::Hub(args) => baetyl_hub::run_cli(args).map_err(Into::into),
         Command::Function(args) => baetyl_function::manager::run_cli(args).map_err(Into::into),
@@ -222,20 +225,14 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Roles of this binary that an application can name as a service image (`image: baetyl-<role>`).
+/// Roles of this binary that an application can name as a service image (`image: baetyl-<role>`): the same
+/// names and roles as the OCI images of `baetyl image oci`, so an application runs on either engine.
 fn roles() -> Vec<baetyl_master::engine::native::Role> {
-    [
-        ("baetyl-hub", "hub"),
-        ("baetyl-function-manager", "function"),
-        ("baetyl-function-sql", "runtime-sql"),
-        ("baetyl-function-python3", "runtime-python"),
-        ("baetyl-remote-mqtt", "remote"),
-        ("baetyl-timer", "timer"),
-    ]
-    .into_iter()
-    .map(|(image, role)| baetyl_master::engine::native::Role {
-        image: image.to_string(),
-        args: vec![role.to_string()],
-    })
-    .collect()
+    baetyl_image::oci::IMAGES
+        .iter()
+        .map(|img| baetyl_master::engine::native::Role {
+            image: img.name.to_string(),
+            args: vec![img.role.to_string()],
+        })
+        .collect()
 }

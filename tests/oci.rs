@@ -1,0 +1,195 @@
+//! The OCI image layouts of `baetyl image oci`, both architectures. `scripts/test.sh` builds them into
+//! `$BAETYL_IMAGES/<arch>.oci` (after the OS images, whose static binaries they reuse) and runs these tests
+//! with `--ignored`: each layout validates (every blob's size and digest, every layer's diff_id), its six v1
+//! images share the one binary layer, the binary is a static executable for the architecture, and the Python
+//! image's root runs Python with grpcio for its architecture: on x86_64 it serves a v1 function call from the
+//! runtime's code (chroot, as root), on aarch64 it imports grpc under qemu-aarch64.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use baetyl_function::proto::FunctionMessage;
+use baetyl_function::proto::function_client::FunctionClient;
+use baetyl_function::runtime::PYTHON_RUNTIME;
+use baetyl_image::oci::layout::{Found, validate};
+use baetyl_testkit::process::Process;
+use baetyl_testkit::{eventually_async, free_port, test_dir, workspace_dir};
+
+fn layout(arch: &str) -> PathBuf {
+    let dir = std::env::var_os("BAETYL_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target/images"))
+        .join(format!("{arch}.oci"));
+    assert!(
+        dir.join("index.json").is_file(),
+        "{}/index.json is missing: build it with `baetyl image oci --arch {arch} --out {}` (scripts/test.sh does)",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
+fn image<'a>(found: &'a [Found], name: &str) -> &'a Found {
+    found
+        .iter()
+        .find(|f| f.name == format!("{name}:latest"))
+        .unwrap_or_else(|| panic!("{name}:latest in the layout"))
+}
+
+/// The image's layers unpacked in order into a new directory.
+fn unpack(dir: &Path, img: &Found, into: &Path) {
+    for l in &img.layers {
+        let blob = dir
+            .join("blobs/sha256")
+            .join(l.as_digest_sha256().expect("sha256"));
+        let st = Command::new("tar")
+            .arg("-xzf")
+            .arg(&blob)
+            .arg("-C")
+            .arg(into)
+            .status()
+            .expect("tar");
+        assert!(st.success(), "tar -xzf {}", blob.display());
+    }
+}
+
+fn check_layout(arch: &str, debarch: &str, elf_machine: u16) {
+    let dir = layout(arch);
+    let found = validate(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+    for n in [
+        "baetyl-hub",
+        "baetyl-function-manager",
+        "baetyl-function-sql",
+        "baetyl-function-python3",
+        "baetyl-remote-mqtt",
+        "baetyl-timer",
+    ] {
+        assert!(
+            names.contains(&format!("{n}:latest").as_str()),
+            "{n} in {names:?}"
+        );
+    }
+    let base = &found[0].layers[0];
+    for f in &found {
+        assert_eq!(f.arch, debarch, "{}", f.name);
+        assert_eq!(&f.layers[0], base, "{} shares the binary layer", f.name);
+        let want = if f.name.starts_with("baetyl-function-python3") {
+            2
+        } else {
+            1
+        };
+        assert_eq!(f.layers.len(), want, "{}", f.name);
+    }
+    let root = test_dir("oci-hub");
+    unpack(&dir, image(&found, "baetyl-hub"), root.path());
+    let bin = std::fs::read(root.path().join("bin/baetyl")).expect("/bin/baetyl in the hub image");
+    assert_eq!(&bin[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([bin[18], bin[19]]), elf_machine);
+    let blobs = std::fs::read_dir(dir.join("blobs/sha256"))
+        .expect("blobs")
+        .count();
+    // 6 configs + 6 manifests + 2 layers: the binary layer is stored once
+    assert_eq!(blobs, 14);
+}
+
+#[test]
+#[ignore = "needs the layouts scripts/test.sh builds"]
+fn oci_layouts_validate_and_share_the_binary_layer() {
+    check_layout("x86_64", "amd64", 62);
+    check_layout("aarch64", "arm64", 183);
+}
+
+#[tokio::test]
+#[ignore = "needs the layouts scripts/test.sh builds"]
+async fn oci_python_image_serves_a_function_x86_64() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: chroot into the Python image needs root");
+        return;
+    }
+    let dir = layout("x86_64");
+    let found = validate(&dir).expect("valid layout");
+    let root = test_dir("oci-python");
+    unpack(&dir, image(&found, "baetyl-function-python3"), root.path());
+    // What a container runtime gives every container (grpc reads /dev/urandom).
+    for (node, minor) in [("dev/null", 3), ("dev/urandom", 9)] {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        mknod(
+            &root.path().join(node),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(1, minor),
+        )
+        .expect("mknod");
+    }
+    std::fs::create_dir_all(root.path().join("code")).expect("mkdir");
+    std::fs::write(
+        root.path().join("code/index.py"),
+        "import sys\n\ndef handler(event, context):\n    return {'event': event, 'python': sys.executable}\n",
+    )
+    .expect("write");
+    let port = free_port();
+    let cfg = serde_json::json!({"functions": [{"name": "f", "handler": "index.handler", "codedir": "/code"}]});
+    // The image's interpreter and grpcio, nothing of the host's: the root is the image's.
+    let _rt = Process::spawn(
+        Command::new("/usr/sbin/chroot")
+            .arg(root.path())
+            .args(["/usr/bin/python3", "-c", PYTHON_RUNTIME, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--config-json")
+            .arg(cfg.to_string())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        "python runtime in the image's root",
+    )
+    .expect("spawn");
+    let mut c = eventually_async(Duration::from_secs(60), "the runtime to serve", || {
+        FunctionClient::connect(format!("http://127.0.0.1:{port}"))
+    })
+    .await;
+    let r = c
+        .call(FunctionMessage {
+            id: 1,
+            qos: 0,
+            topic: "t".into(),
+            payload: br#"{"x":1}"#.to_vec(),
+            timestamp: 0,
+            function_name: "f".into(),
+            function_invoke_id: "i".into(),
+        })
+        .await
+        .expect("call")
+        .into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("json");
+    assert_eq!(v["event"], serde_json::json!({"x": 1}));
+    assert_eq!(v["python"], "/usr/bin/python3");
+}
+
+#[test]
+#[ignore = "needs the layouts scripts/test.sh builds"]
+fn oci_python_image_imports_grpc_aarch64() {
+    let dir = layout("aarch64");
+    let found = validate(&dir).expect("valid layout");
+    let root = test_dir("oci-python-arm");
+    unpack(&dir, image(&found, "baetyl-function-python3"), root.path());
+    let out = Command::new("qemu-aarch64")
+        .arg("-L")
+        .arg(root.path())
+        .arg(root.path().join("usr/bin/python3.11"))
+        .args([
+            "-c",
+            "import grpc, platform; print(platform.machine(), grpc.__version__)",
+        ])
+        .env_clear()
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("qemu-aarch64 (qemu-user-static)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("aarch64 "),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
