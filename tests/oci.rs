@@ -3,7 +3,9 @@
 //! with `--ignored`: each layout validates (every blob's size and digest, every layer's diff_id), its six v1
 //! images share the one binary layer, the binary is a static executable for the architecture, and the Python
 //! image's root runs Python with grpcio for its architecture: on x86_64 it serves a v1 function call from the
-//! runtime's code (chroot, as root), on aarch64 it imports grpc under qemu-aarch64.
+//! runtime's code (chroot, as root), on aarch64 it imports grpc under qemu-aarch64. The x86_64 layout also
+//! imports into a real containerd 1.6 (the test kit's, as root), where the Python image runs under runc and a
+//! read-only bind mount refuses writes with EROFS.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +15,7 @@ use baetyl_function::proto::FunctionMessage;
 use baetyl_function::proto::function_client::FunctionClient;
 use baetyl_function::runtime::PYTHON_RUNTIME;
 use baetyl_image::oci::layout::{Found, validate};
+use baetyl_testkit::containerd::Containerd;
 use baetyl_testkit::process::Process;
 use baetyl_testkit::{eventually_async, free_port, test_dir, workspace_dir};
 
@@ -192,4 +195,71 @@ fn oci_python_image_imports_grpc_aarch64() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+#[ignore = "needs the layouts scripts/test.sh builds"]
+fn oci_layouts_import_into_containerd_and_run_x86_64() {
+    if let Some(why) = Containerd::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = layout("x86_64");
+    let ctd = Containerd::start().expect("containerd");
+    // containerd 1.6 imports a layout as a tar archive; the names come from io.containerd.image.name.
+    let tar = ctd.dir().join("layout.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&dir)
+        .args(["oci-layout", "index.json", "blobs"])
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let tar = tar.display().to_string();
+    ctd.ctr_ok(&["images", "import", "--all-platforms", &tar])
+        .expect("import");
+    let images = ctd.ctr_ok(&["images", "ls", "-q"]).expect("images ls");
+    for n in [
+        "baetyl-hub:latest",
+        "baetyl-function-python3:latest",
+        "baetyl-timer:latest",
+    ] {
+        assert!(images.lines().any(|l| l == n), "{n} in {images}");
+    }
+    // The Python image's interpreter and grpcio run under runc.
+    let out = ctd
+        .ctr_ok(&[
+            "run",
+            "--rm",
+            "baetyl-function-python3:latest",
+            "py",
+            "/usr/bin/python3",
+            "-c",
+            "import grpc, sys; print('grpc', grpc.__version__)",
+        ])
+        .expect("python in a container");
+    assert!(out.starts_with("grpc 1."), "{out}");
+    // A read-only bind (what a dataset is) refuses writes with EROFS.
+    let data = test_dir("oci-dataset");
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        data.path().display()
+    );
+    let out = ctd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--mount",
+            &mount,
+            "baetyl-function-python3:latest",
+            "ro",
+            "/usr/bin/python3",
+            "-c",
+            "import errno\ntry:\n  open('/data/x', 'w')\nexcept OSError as e:\n  print(errno.errorcode[e.errno])",
+        ])
+        .expect("ctr");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EROFS");
+    assert!(!data.path().join("x").exists());
 }

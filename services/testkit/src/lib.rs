@@ -5,6 +5,7 @@
 //! - [`wait`]: [`eventually`] and [`eventually_async`]: poll until a condition holds, fail with what was awaited.
 //! - [`mqtt`]: one MQTT test client on rumqttc: connect, subscribe and wait for the SUBACK, publish and wait for
 //!   the acknowledgement, the next message with a timeout, collect N.
+//! - [`containerd`]: a real containerd with its own temporary root, state and socket (root only), and `ctr`.
 //! - [`mosquitto`]: Debian's mosquitto on free ports with a generated config (TLS and passwords optional),
 //!   killed on drop, its log kept for failure messages.
 //! - [`pki`]: a test CA with a server certificate for localhost/127.0.0.1 and client certificates, as files.
@@ -15,6 +16,7 @@
 //! Everything fails loudly: a port that cannot be bound, a broker that does not start or a wait that times out
 //! panics (or returns an error) naming what was expected, never passes silently.
 
+pub mod containerd;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod net;
