@@ -5,7 +5,10 @@
 //! image's root runs Python with grpcio for its architecture: on x86_64 it serves a v1 function call from the
 //! runtime's code (chroot, as root), on aarch64 it imports grpc under qemu-aarch64. The x86_64 layout also
 //! imports into a real containerd 1.6 (the test kit's, as root), where the Python image runs under runc and a
-//! read-only bind mount refuses writes with EROFS.
+//! read-only bind mount refuses writes with EROFS. The containerd engine's runtime spec runs the Python image
+//! under runc (as root): a dataset refuses writes (EROFS), a volume takes them, the root is read-only, the
+//! process sees only itself (PID 1), runs as the service's user without capabilities and with no_new_privs,
+//! cannot see the host's files, reaches the host's 127.0.0.1; over its memory limit it is OOM-killed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +18,9 @@ use baetyl_function::proto::FunctionMessage;
 use baetyl_function::proto::function_client::FunctionClient;
 use baetyl_function::runtime::PYTHON_RUNTIME;
 use baetyl_image::oci::layout::{Found, validate};
+use baetyl_master::engine::child::Credentials;
+use baetyl_master::engine::containerd::spec::{ImageProcess, SpecParams, runtime_spec};
+use baetyl_master::engine::{InstanceSpec, ResolvedMount};
 use baetyl_testkit::containerd::Containerd;
 use baetyl_testkit::process::Process;
 use baetyl_testkit::{eventually_async, free_port, test_dir, workspace_dir};
@@ -262,4 +268,197 @@ fn oci_layouts_import_into_containerd_and_run_x86_64() {
         .expect("ctr");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EROFS");
     assert!(!data.path().join("x").exists());
+}
+
+/// The python3 image's root, unpacked for runc.
+fn python_bundle(prefix: &str) -> tempfile::TempDir {
+    let dir = layout("x86_64");
+    let found = validate(&dir).expect("valid layout");
+    let bundle = test_dir(prefix);
+    std::fs::create_dir_all(bundle.path().join("rootfs")).expect("mkdir");
+    unpack(
+        &dir,
+        image(&found, "baetyl-function-python3"),
+        &bundle.path().join("rootfs"),
+    );
+    bundle
+}
+
+/// Runs the bundle with runc, the container's spec from the containerd engine's spec builder.
+fn runc(bundle: &Path, inst: &InstanceSpec, argv: &[&str]) -> std::process::Output {
+    let image = ImageProcess {
+        entrypoint: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![
+            "PATH=/usr/bin:/bin".into(),
+            "PYTHONDONTWRITEBYTECODE=1".into(),
+        ],
+        ..Default::default()
+    };
+    let id = format!("baetyl-e2e-{}-{}", std::process::id(), inst.instance);
+    let spec = runtime_spec(
+        inst,
+        &SpecParams {
+            image: &image,
+            api_socket: None,
+            cgroups_path: format!("/{id}"),
+            rootfs: "rootfs".into(),
+        },
+    )
+    .expect("spec");
+    spec.save(bundle.join("config.json")).expect("config.json");
+    Command::new("runc")
+        .arg("--root")
+        .arg(bundle.join("runc-state"))
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runc")
+}
+
+fn instance(name: &str, spec: serde_json::Value, mounts: Vec<ResolvedMount>) -> InstanceSpec {
+    InstanceSpec {
+        service: name.into(),
+        instance: name.into(),
+        spec: serde_json::from_value(spec).expect("service spec"),
+        env: [("BAETYL_SERVICE_NAME".to_string(), name.to_string())]
+            .into_iter()
+            .collect(),
+        mounts,
+        user: Some(Credentials {
+            uid: 4321,
+            gid: 4321,
+            groups: vec![],
+        }),
+    }
+}
+
+const ISOLATION_PY: &str = r#"
+import errno, json, os, socket, sys
+def attempt(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(b"hello from the container")
+s.close()
+print(json.dumps({
+    "dataset": attempt("/etc/baetyl/new"),
+    "volume": attempt("/var/db/new"),
+    "root": attempt("/usr/new"),
+    "dataset_read": open("/etc/baetyl/conf").read(),
+    "uid": os.getuid(),
+    "pid": os.getpid(),
+    "processes": len([d for d in os.listdir("/proc") if d.isdigit()]),
+    "no_new_privs": status["NoNewPrivs"].strip(),
+    "cap_eff": status["CapEff"].strip(),
+    "cap_bnd": status["CapBnd"].strip(),
+    "host_root_hidden": not os.path.exists("/work") and not os.path.exists("/root/.cargo"),
+}))
+"#;
+
+#[test]
+#[ignore = "needs the layouts scripts/test.sh builds"]
+fn container_spec_isolates_under_runc() {
+    if let Some(why) = Containerd::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let bundle = python_bundle("runc-isolation");
+    let data = test_dir("runc-dataset");
+    std::fs::write(data.path().join("conf"), "dataset content").expect("write");
+    let vol = test_dir("runc-volume");
+    std::os::unix::fs::chown(vol.path(), Some(4321), Some(4321)).expect("chown");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let mounts = vec![
+        ResolvedMount {
+            host: data.path().to_path_buf(),
+            target: "etc/baetyl".into(),
+            read_only: true,
+            shared: false,
+        },
+        ResolvedMount {
+            host: vol.path().to_path_buf(),
+            target: "/var/db".into(),
+            read_only: false,
+            shared: false,
+        },
+    ];
+    let inst = instance(
+        "iso",
+        serde_json::json!({"image": "baetyl-function-python3"}),
+        mounts,
+    );
+    let port_arg = port.to_string();
+    let out = runc(
+        bundle.path(),
+        &inst,
+        &["/usr/bin/python3", "-c", ISOLATION_PY, &port_arg],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "runc: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+    assert_eq!(v["dataset"], "EROFS", "{v}");
+    assert_eq!(v["volume"], "ok", "{v}");
+    assert_eq!(v["root"], "EROFS", "{v}");
+    assert_eq!(v["dataset_read"], "dataset content");
+    assert!(vol.path().join("new").is_file());
+    assert!(!data.path().join("new").exists());
+    assert_eq!(v["uid"], 4321);
+    assert_eq!(v["pid"], 1, "own PID namespace");
+    assert_eq!(v["processes"], 1, "sees no other process: {v}");
+    assert_eq!(v["no_new_privs"], "1");
+    assert_eq!(v["cap_eff"], "0000000000000000");
+    assert_eq!(
+        v["cap_bnd"], "0000000000000400",
+        "CAP_NET_BIND_SERVICE only"
+    );
+    assert_eq!(v["host_root_hidden"], true);
+    // The host's network: the container reached this listener at 127.0.0.1.
+    let (mut conn, _) = listener.accept().expect("accept");
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut got).expect("read");
+    assert_eq!(got, "hello from the container");
+}
+
+#[test]
+#[ignore = "needs the layouts scripts/test.sh builds"]
+fn container_over_its_memory_limit_is_oom_killed() {
+    if let Some(why) = Containerd::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let bundle = python_bundle("runc-oom");
+    let inst = instance(
+        "oom",
+        serde_json::json!({"image": "baetyl-function-python3", "resources": {"memory": {"limit": "48m", "swap": "0"}}}),
+        vec![],
+    );
+    let out = runc(
+        bundle.path(),
+        &inst,
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "b = bytearray(256 * 1024 * 1024); print('survived')",
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
+    // runc reports a container killed by a signal as 128 + the signal: SIGKILL from the OOM killer.
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

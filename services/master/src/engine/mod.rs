@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod child;
 pub mod confine;
+pub mod containerd;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod logfile;
