@@ -19,6 +19,7 @@ use baetyl_function::proto::function_client::FunctionClient;
 use baetyl_function::runtime::PYTHON_RUNTIME;
 use baetyl_image::oci::layout::{Found, validate};
 use baetyl_master::engine::child::Credentials;
+use baetyl_master::engine::containerd::import;
 use baetyl_master::engine::containerd::spec::{ImageProcess, SpecParams, runtime_spec};
 use baetyl_master::engine::{InstanceSpec, ResolvedMount};
 use baetyl_testkit::containerd::Containerd;
@@ -461,4 +462,59 @@ fn container_over_its_memory_limit_is_oom_killed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+#[ignore = "needs the layouts scripts/test.sh builds"]
+async fn engine_imports_the_layout_once_without_a_registry() {
+    if let Some(why) = Containerd::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = layout("x86_64");
+    let ctd = Containerd::start().expect("containerd");
+    let channel = import::connect(&ctd.socket()).await.expect("connect");
+    let importer = import::Importer::new(channel, "baetyl");
+    let first = importer.import(&dir).await.expect("import");
+    assert_eq!(first.images.len(), 6, "{first:?}");
+    assert_eq!(
+        first.blobs_written, 14,
+        "one shared binary layer: {first:?}"
+    );
+    assert_eq!(first.layers_unpacked, 2, "{first:?}");
+    let again = importer.import(&dir).await.expect("second import");
+    assert_eq!(
+        (again.blobs_written, again.layers_unpacked),
+        (0, 0),
+        "{again:?}"
+    );
+    // What containerd's own client sees: the images, unpacked, runnable.
+    let images = ctd.ctr_ok(&["images", "ls", "-q"]).expect("images ls");
+    assert!(images.lines().any(|l| l == "baetyl-hub:latest"), "{images}");
+    let out = ctd
+        .ctr_ok(&[
+            "run",
+            "--rm",
+            "baetyl-function-python3:latest",
+            "imported",
+            "/usr/bin/python3",
+            "-c",
+            "import grpc; print('grpc', grpc.__version__)",
+        ])
+        .expect("run the imported image");
+    assert!(out.starts_with("grpc 1."), "{out}");
+    // The lease is gone and the garbage collector keeps everything (the labels hold it).
+    let leases = ctd.ctr_ok(&["leases", "ls", "-q"]).expect("leases");
+    assert!(leases.trim().is_empty(), "{leases}");
+    // Deleting a lease with --sync runs the garbage collector before it answers.
+    let lease = ctd.ctr_ok(&["leases", "create"]).expect("lease");
+    let lease = lease
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    ctd.ctr_ok(&["leases", "delete", "--sync", &lease])
+        .expect("gc");
+    let content = ctd.ctr_ok(&["content", "ls", "-q"]).expect("content ls");
+    assert_eq!(content.lines().count(), 14, "{content}");
 }
