@@ -21,7 +21,7 @@ use crate::fs::{read, sha256, touch_tree, write};
 use crate::initramfs::{self, Entry, Kind};
 use crate::modules::module_order;
 use crate::rootfs::stage_rootfs;
-use crate::run::{Runner, System, have};
+use crate::run::{Runner, System, require};
 use crate::uki;
 
 /// The outputs, in the order of the manifest.
@@ -125,19 +125,7 @@ fn check_tools(a: &Arch, build_binaries: bool) -> Result<()> {
     } else if build_binaries {
         tools.push(("cargo", "rustup or cargo-web"));
     }
-    let missing: Vec<String> = tools
-        .iter()
-        .filter(|(t, _)| !have(t))
-        .map(|(t, p)| format!("{t} (package {p})"))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(ImageError::MissingTools(format!(
-            "{}; scripts/setup.sh installs them",
-            missing.join(", ")
-        )))
-    }
+    require(&tools)
 }
 
 /// Adds the file `dir/rel` to the initramfs entries as `into/rel`.

@@ -68,6 +68,24 @@ impl Runner for System {
     }
 }
 
+/// Checks that every `(tool, Debian package)` is installed; the error lists the missing ones with their
+/// packages.
+pub fn require(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(t, _)| !have(t))
+        .map(|(t, p)| format!("{t} (package {p})"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ImageError::MissingTools(format!(
+            "{}; scripts/setup.sh installs them",
+            missing.join(", ")
+        )))
+    }
+}
+
 /// Is `prog` on PATH (or an existing path)?
 pub fn have(prog: &str) -> bool {
     if prog.contains('/') {

@@ -22,7 +22,7 @@ use crate::arch::{Arch, arch};
 use crate::binaries::{cargo_build, default_source};
 use crate::elf;
 use crate::error::{ImageError, Result};
-use crate::run::{Runner, System, have};
+use crate::run::{Runner, System, require};
 use layer::LayerBuilder;
 use layout::{ImageDef, LayoutWriter, Written};
 
@@ -155,19 +155,7 @@ fn check_tools(python: bool, build_binary: bool, a: &Arch) -> Result<()> {
             ("cargo", "rustup or cargo-web")
         });
     }
-    let missing: Vec<String> = tools
-        .iter()
-        .filter(|(t, _)| !have(t))
-        .map(|(t, p)| format!("{t} (package {p})"))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(ImageError::MissingTools(format!(
-            "{}; scripts/setup.sh installs them",
-            missing.join(", ")
-        )))
-    }
+    require(&tools)
 }
 
 pub fn build(args: &OciArgs) -> Result<Vec<Written>> {
