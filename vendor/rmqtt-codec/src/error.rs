@@ -89,6 +89,13 @@ pub enum DecodeError {
     InvalidTopicFilter,
     #[error("Invalid topic name")]
     InvalidTopicName,
+    /// A well-formed packet that breaks a rule MQTT 5 calls a Protocol Error (a property twice, a boolean
+    /// property other than 0/1, an empty topic without a Topic Alias, a SUBSCRIBE without filters, ...).
+    #[error("Protocol error")]
+    ProtocolViolation,
+    /// A Topic Alias of 0 (MQTT 5 MQTT-3.3.2-8).
+    #[error("Invalid topic alias")]
+    TopicAliasInvalid,
     #[error("utf8 error")]
     Utf8Error,
     #[error("io error, {:?}", _0)]
@@ -108,16 +115,22 @@ impl ToReasonCode for DecodeError {
             DecodeError::InvalidLength => DisconnectReasonCode::MalformedPacket,
             DecodeError::MalformedPacket => DisconnectReasonCode::MalformedPacket,
             DecodeError::UnsupportedProtocolLevel => DisconnectReasonCode::ImplementationSpecificError,
-            DecodeError::ConnectReservedFlagSet => DisconnectReasonCode::ProtocolError,
-            DecodeError::InvalidConnectFlags => DisconnectReasonCode::ProtocolError,
+            // MQTT-3.1.2-3: a reserved CONNECT flag set "is a Malformed Packet".
+            DecodeError::ConnectReservedFlagSet => DisconnectReasonCode::MalformedPacket,
+            DecodeError::InvalidConnectFlags => DisconnectReasonCode::MalformedPacket,
             DecodeError::ConnAckReservedFlagSet => DisconnectReasonCode::ProtocolError,
             DecodeError::InvalidClientId => DisconnectReasonCode::NotAuthorized,
-            DecodeError::UnsupportedPacketType => DisconnectReasonCode::ImplementationSpecificError,
+            // A reserved packet type or invalid fixed-header flags (MQTT-2.1.3-1): a Malformed Packet.
+            DecodeError::UnsupportedPacketType => DisconnectReasonCode::MalformedPacket,
             DecodeError::PacketIdRequired => DisconnectReasonCode::ProtocolError,
             DecodeError::MaxSizeExceeded { .. } => DisconnectReasonCode::PacketTooLarge,
             DecodeError::InvalidTopicFilter => DisconnectReasonCode::TopicFilterInvalid,
             DecodeError::InvalidTopicName => DisconnectReasonCode::TopicNameInvalid,
-            DecodeError::Utf8Error => DisconnectReasonCode::PayloadFormatInvalid,
+            DecodeError::ProtocolViolation => DisconnectReasonCode::ProtocolError,
+            DecodeError::TopicAliasInvalid => DisconnectReasonCode::TopicAliasInvalid,
+            // An ill-formed or forbidden UTF-8 string is a Malformed Packet (MQTT-1.5.4-1, -2), not a payload
+            // format problem.
+            DecodeError::Utf8Error => DisconnectReasonCode::MalformedPacket,
             DecodeError::Io(_) => DisconnectReasonCode::UnspecifiedError,
         }
     }

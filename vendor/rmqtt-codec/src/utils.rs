@@ -57,7 +57,9 @@ pub(super) trait Property {
 
 impl<T: Decode> Property for Option<T> {
     fn read_value(&mut self, src: &mut Bytes) -> Result<(), DecodeError> {
-        ensure!(self.is_none(), DecodeError::MalformedPacket);
+        // MQTT 5 (2.2.2.2): "It is a Protocol Error to include [a property other than the User Property] more
+        // than once".
+        ensure!(self.is_none(), DecodeError::ProtocolViolation);
         *self = Some(T::decode(src)?);
         Ok(())
     }
@@ -68,7 +70,8 @@ impl Decode for bool {
     fn decode(src: &mut Bytes) -> Result<Self, DecodeError> {
         ensure!(src.has_remaining(), DecodeError::InvalidLength);
         let v = src.get_u8();
-        ensure!(v <= 0x1, DecodeError::MalformedPacket);
+        // Every MQTT 5 boolean property: "It is a Protocol Error to have a value other than 0 or 1".
+        ensure!(v <= 0x1, DecodeError::ProtocolViolation);
         Ok(v == 0x1)
     }
 }
@@ -109,8 +112,38 @@ impl Decode for Bytes {
 
 impl Decode for ByteString {
     fn decode(src: &mut Bytes) -> Result<Self, DecodeError> {
-        ByteString::try_from(Bytes::decode(src)?).map_err(|_| DecodeError::Utf8Error)
+        let s = ByteString::try_from(Bytes::decode(src)?).map_err(|_| DecodeError::Utf8Error)?;
+        ensure!(!has_forbidden_code_points(&s), DecodeError::Utf8Error);
+        Ok(s)
     }
+}
+
+/// Whether a UTF-8 string holds a code point MQTT forbids or lets a receiver refuse: U+0000 (3.1.1
+/// MQTT-1.5.3-2, 5.0 MQTT-1.5.4-2), the control characters U+0001..U+001F and U+007F..U+009F and the Unicode
+/// non-characters (1.5.3 / 1.5.4: "MAY ... treat it as a Malformed Packet"; mosquitto does). Surrogates are
+/// already refused by the UTF-8 check.
+///
+/// Runs on every topic of every packet, so the common case is one pass over the bytes looking for the only
+/// bytes such code points can start with; only a string holding one of them is decoded by character.
+#[inline]
+pub(crate) fn has_forbidden_code_points(s: &str) -> bool {
+    // Controls are single bytes < 0x20 or 0x7F; U+0080..U+009F start with 0xC2; U+FDD0..U+FDEF and
+    // U+xFFFE/U+xFFFF start with 0xEF (BMP) or 0xF0..0xF4 (other planes).
+    let suspect = s.bytes().any(|b| b < 0x20 || b == 0x7F || b == 0xC2 || b == 0xEF || (0xF0..=0xF4).contains(&b));
+    suspect && s.chars().any(is_forbidden_char)
+}
+
+#[inline]
+fn is_forbidden_char(c: char) -> bool {
+    let u = c as u32;
+    u <= 0x1F || (0x7F..=0x9F).contains(&u) || (0xFDD0..=0xFDEF).contains(&u) || (u & 0xFFFE) == 0xFFFE
+}
+
+/// A Topic Name as PUBLISH (and a will) may carry one: no wildcard characters (3.1.1 MQTT-3.3.2-2, 5.0
+/// MQTT-3.3.2-2). Emptiness is checked by the caller: MQTT 5 allows an empty name with a Topic Alias.
+#[inline]
+pub(crate) fn is_valid_topic_name(s: &str) -> bool {
+    !s.bytes().any(|b| b == b'+' || b == b'#')
 }
 
 /// Extracts property bytes with length prefix

@@ -76,7 +76,9 @@ impl Decoder for VersionCodec {
                     match src[consumed + 2 + protocol_len as usize] {
                         MQTT_LEVEL_31 | MQTT_LEVEL_311 => Ok(Some(ProtocolVersion::MQTT3)),
                         MQTT_LEVEL_5 => Ok(Some(ProtocolVersion::MQTT5)),
-                        _ => Err(DecodeError::InvalidProtocol),
+                        // A valid protocol name with a level we do not speak: the server answers CONNACK 0x01
+                        // (MQTT-3.1.2-2), so tell it apart from a bad name.
+                        _ => Err(DecodeError::UnsupportedProtocolLevel),
                     }
                 } else {
                     Err(DecodeError::UnsupportedPacketType)
@@ -110,6 +112,15 @@ mod tests {
         let mut buf = BytesMut::from(
             b"\x10\x7f\x7f\x00\x04MQTT\x06\xC0\x00\x3C\x00\x0512345\x00\x04user\x00\x04pass".as_ref(),
         );
+        assert!(matches!(VersionCodec.decode(&mut buf), Err(DecodeError::InvalidProtocol)));
+    }
+
+    /// A known protocol name with an unknown level is told apart from a bad name.
+    #[test]
+    fn test_unsupported_level() {
+        let mut buf = BytesMut::from(b"\x10\x10\x00\x04MQTT\x06\xC2\x00\x3C\x00\x0512345".as_ref());
+        assert!(matches!(VersionCodec.decode(&mut buf), Err(DecodeError::UnsupportedProtocolLevel)));
+        let mut buf = BytesMut::from(b"\x10\x10\x00\x04MQTX\x04\xC2\x00\x3C\x00\x0512345".as_ref());
         assert!(matches!(VersionCodec.decode(&mut buf), Err(DecodeError::InvalidProtocol)));
     }
 

@@ -12,7 +12,7 @@ use bytestring::ByteString;
 
 use crate::error::DecodeError;
 use crate::types::{packet_type, Protocol, QoS, MQISDP, MQTT, MQTT_LEVEL_31, MQTT_LEVEL_311, WILL_QOS_SHIFT};
-use crate::utils::Decode;
+use crate::utils::{is_valid_topic_name, Decode};
 
 use super::packet::{Connect, ConnectAck, LastWill, Packet, Publish, SubscribeReturnCode};
 use super::{ConnectAckFlags, ConnectFlags};
@@ -32,11 +32,18 @@ pub(crate) fn decode_packet(mut src: Bytes, first_byte: u8) -> Result<Packet, De
         packet_type::SUBACK => decode_subscribe_ack_packet(&mut src),
         packet_type::UNSUBSCRIBE => decode_unsubscribe_packet(&mut src),
         packet_type::UNSUBACK => decode_ack(src, |packet_id| Packet::UnsubscribeAck { packet_id }),
-        packet_type::PINGREQ => Ok(Packet::PingRequest),
-        packet_type::PINGRESP => Ok(Packet::PingResponse),
-        packet_type::DISCONNECT => Ok(Packet::Disconnect),
+        // These packets have no variable header or payload: anything after the fixed header is malformed.
+        packet_type::PINGREQ => empty(src, Packet::PingRequest),
+        packet_type::PINGRESP => empty(src, Packet::PingResponse),
+        packet_type::DISCONNECT => empty(src, Packet::Disconnect),
         _ => Err(DecodeError::UnsupportedPacketType),
     }
+}
+
+#[inline]
+fn empty(src: Bytes, p: Packet) -> Result<Packet, DecodeError> {
+    ensure!(src.is_empty(), DecodeError::InvalidLength);
+    Ok(p)
 }
 
 #[inline]
@@ -72,6 +79,12 @@ fn decode_connect_packet(src: &mut Bytes) -> Result<Packet, DecodeError> {
         DecodeError::InvalidConnectFlags
     );
 
+    // MQTT-3.1.2-22: if the User Name Flag is 0, the Password Flag MUST be 0.
+    ensure!(
+        flags.contains(ConnectFlags::USERNAME) || !flags.contains(ConnectFlags::PASSWORD),
+        DecodeError::InvalidConnectFlags
+    );
+
     let keep_alive = u16::decode(src)?;
     let client_id = ByteString::decode(src)?;
 
@@ -79,6 +92,8 @@ fn decode_connect_packet(src: &mut Bytes) -> Result<Packet, DecodeError> {
 
     let last_will = if flags.contains(ConnectFlags::WILL) {
         let topic = ByteString::decode(src)?;
+        // The will is published on this topic: a Topic Name, non-empty and without wildcards.
+        ensure!(!topic.is_empty() && is_valid_topic_name(&topic), DecodeError::InvalidTopicName);
         let message = Bytes::decode(src)?;
         Some(LastWill {
             qos: QoS::try_from((flags & ConnectFlags::WILL_QOS).bits() >> WILL_QOS_SHIFT)?,
@@ -91,6 +106,8 @@ fn decode_connect_packet(src: &mut Bytes) -> Result<Packet, DecodeError> {
     };
     let username = if flags.contains(ConnectFlags::USERNAME) { Some(ByteString::decode(src)?) } else { None };
     let password = if flags.contains(ConnectFlags::PASSWORD) { Some(Bytes::decode(src)?) } else { None };
+    // MQTT-3.1.4-1: a CONNECT that does not match its format (here: bytes after the last field) is refused.
+    ensure!(!src.has_remaining(), DecodeError::InvalidLength);
     Ok(Connect {
         protocol: Protocol(level),
         clean_session: flags.contains(ConnectFlags::CLEAN_START),
@@ -117,8 +134,8 @@ fn decode_connect_ack_packet(src: &mut Bytes) -> Result<Packet, DecodeError> {
 
 fn decode_publish_packet(src: &mut Bytes, packet_flags: u8) -> Result<Packet, DecodeError> {
     let topic = ByteString::decode(src)?;
-    // MQTT-4.7.3-1: Topic Names MUST be at least one character long
-    ensure!(!topic.is_empty(), DecodeError::InvalidTopicName);
+    // MQTT-4.7.3-1: Topic Names MUST be at least one character long; MQTT-3.3.2-2: no wildcards
+    ensure!(!topic.is_empty() && is_valid_topic_name(&topic), DecodeError::InvalidTopicName);
     let qos = QoS::try_from((packet_flags & 0b0110) >> 1)?;
     let packet_id = if qos == QoS::AtMostOnce {
         None
@@ -145,7 +162,10 @@ fn decode_subscribe_packet(src: &mut Bytes) -> Result<Packet, DecodeError> {
         // MQTT-4.7.3-1: topic filters MUST be at least one character long
         ensure!(!topic.is_empty(), DecodeError::InvalidTopicFilter);
         ensure!(src.remaining() >= 1, DecodeError::InvalidLength);
-        let qos = (src.get_u8() & 0b0000_0011).try_into()?;
+        // MQTT-3-8.3-4: reserved bits in the requested QoS byte set, or QoS 3: malformed.
+        let options = src.get_u8();
+        ensure!(options & 0b1111_1100 == 0, DecodeError::MalformedPacket);
+        let qos = options.try_into()?;
         topic_filters.push((topic, qos));
     }
     // MQTT-3.8.3-1: the payload of a SUBSCRIBE packet MUST contain at least
@@ -381,5 +401,54 @@ mod tests {
     fn test_decode_ping_packets() {
         assert_decode_packet!(b"\xc0\x00", Packet::PingRequest);
         assert_decode_packet!(b"\xd0\x00", Packet::PingResponse);
+    }
+
+    fn decode_err(bytes: &'static [u8]) -> DecodeError {
+        let (_len, consumed) = decode_variable_length(&bytes[1..]).unwrap().unwrap();
+        decode_packet(Bytes::from_static(&bytes[consumed + 1..]), bytes[0]).unwrap_err()
+    }
+
+    /// Packets the specification calls malformed or protocol violations (baetyl patch 1).
+    #[test]
+    fn test_refused_packets() {
+        // Password flag without user name flag (MQTT-3.1.2-22).
+        assert!(matches!(
+            decode_connect_packet(&mut Bytes::from_static(b"\x00\x04MQTT\x04\x42\x00\x3C\x00\x01a\x00\x01p")),
+            Err(DecodeError::InvalidConnectFlags)
+        ));
+        // Bytes after the last CONNECT field (MQTT-3.1.4-1).
+        assert!(matches!(
+            decode_connect_packet(&mut Bytes::from_static(b"\x00\x04MQTT\x04\x02\x00\x3C\x00\x01axx")),
+            Err(DecodeError::InvalidLength)
+        ));
+        // A will topic with a wildcard.
+        assert!(matches!(
+            decode_connect_packet(&mut Bytes::from_static(b"\x00\x04MQTT\x04\x06\x00\x3C\x00\x01a\x00\x03a/#\x00\x01m")),
+            Err(DecodeError::InvalidTopicName)
+        ));
+        // PUBLISH topic with a wildcard (MQTT-3.3.2-2), with control characters or non-characters (1.5.3).
+        assert!(matches!(decode_err(b"\x30\x06\x00\x03a/+x"), DecodeError::InvalidTopicName));
+        assert!(matches!(decode_err(b"\x30\x06\x00\x03a\x01bx"), DecodeError::Utf8Error));
+        assert!(matches!(decode_err(b"\x30\x07\x00\x04a\xc2\x85x"), DecodeError::Utf8Error));
+        assert!(matches!(decode_err(b"\x30\x08\x00\x05a\xef\xbf\xbfx"), DecodeError::Utf8Error));
+        // ... but é and other characters are fine.
+        assert_decode_packet!(
+            b"\x30\x06\x00\x03\xc3\xa9/x",
+            Packet::Publish(Box::new(Publish {
+                dup: false,
+                retain: false,
+                qos: QoS::AtMostOnce,
+                topic: ByteString::from_static("é/"),
+                packet_id: None,
+                payload: Bytes::from_static(b"x"),
+                properties: None,
+            }))
+        );
+        // SUBSCRIBE options with reserved bits or QoS 3 (MQTT-3-8.3-4).
+        assert!(matches!(decode_err(b"\x82\x06\x00\x01\x00\x01a\x04"), DecodeError::MalformedPacket));
+        assert!(matches!(decode_err(b"\x82\x06\x00\x01\x00\x01a\x03"), DecodeError::MalformedPacket));
+        // DISCONNECT and PINGREQ with a body.
+        assert!(matches!(decode_err(b"\xe0\x01\x00"), DecodeError::InvalidLength));
+        assert!(matches!(decode_err(b"\xc0\x01\x00"), DecodeError::InvalidLength));
     }
 }

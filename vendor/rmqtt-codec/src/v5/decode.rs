@@ -13,8 +13,10 @@ pub(super) fn decode_packet(mut src: Bytes, first_byte: u8) -> Result<Packet, De
             Ok(Packet::Publish(Box::new(Publish::decode(src, first_byte & 0b0000_1111)?)))
         }
         packet_type::PUBACK => Ok(Packet::PublishAck(PublishAck::decode(&mut src)?)),
-        packet_type::PINGREQ => Ok(Packet::PingRequest),
-        packet_type::PINGRESP => Ok(Packet::PingResponse),
+        // No variable header or payload: anything after the fixed header is malformed.
+        packet_type::PINGREQ if src.is_empty() => Ok(Packet::PingRequest),
+        packet_type::PINGRESP if src.is_empty() => Ok(Packet::PingResponse),
+        packet_type::PINGREQ | packet_type::PINGRESP => Err(DecodeError::InvalidLength),
         packet_type::SUBSCRIBE => Ok(Packet::Subscribe(Subscribe::decode(&mut src)?)),
         packet_type::SUBACK => Ok(Packet::SubscribeAck(SubscribeAck::decode(&mut src)?)),
         packet_type::UNSUBSCRIBE => Ok(Packet::Unsubscribe(Unsubscribe::decode(&mut src)?)),
@@ -362,5 +364,51 @@ mod tests {
     fn test_decode_ping_packets() {
         assert_decode_packet(b"\xc0\x00", Packet::PingRequest);
         assert_decode_packet(b"\xd0\x00", Packet::PingResponse);
+    }
+
+    fn decode_err(bytes: &'static [u8]) -> DecodeError {
+        let (_len, consumed) = decode_variable_length(&bytes[1..]).unwrap().unwrap();
+        decode_packet(Bytes::from_static(&bytes[consumed + 1..]), bytes[0]).unwrap_err()
+    }
+
+    /// Packets MQTT 5 calls malformed or protocol errors, with the reason code each must give (baetyl patch 1).
+    #[test]
+    fn test_refused_packets() {
+        use crate::v5::{DisconnectReasonCode as D, ToReasonCode};
+        let cases: [(&'static [u8], D); 13] = [
+            // PUBLISH: wildcard topic, empty topic without alias, alias 0, alias twice, control character.
+            (b"\x30\x07\x00\x03a/#\x00x", D::TopicNameInvalid),
+            (b"\x30\x04\x00\x00\x00x", D::ProtocolError),
+            (b"\x30\x07\x00\x00\x03\x23\x00\x00x", D::TopicAliasInvalid),
+            (b"\x30\x0a\x00\x00\x06\x23\x00\x01\x23\x00\x01x", D::ProtocolError),
+            (b"\x30\x07\x00\x03a\x00b\x00x", D::MalformedPacket),
+            // SUBSCRIBE: no filters, empty filter, reserved option bits, Retain Handling 3.
+            (b"\x82\x03\x00\x01\x00", D::ProtocolError),
+            (b"\x82\x06\x00\x01\x00\x00\x00\x00", D::TopicFilterInvalid),
+            (b"\x82\x07\x00\x01\x00\x00\x01a\x40", D::MalformedPacket),
+            (b"\x82\x07\x00\x01\x00\x00\x01a\x30", D::ProtocolError),
+            // UNSUBSCRIBE: no filters, empty filter.
+            (b"\xa2\x03\x00\x01\x00", D::ProtocolError),
+            (b"\xa2\x05\x00\x01\x00\x00\x00", D::TopicFilterInvalid),
+            // PINGREQ with a body; a reserved packet type.
+            (b"\xc0\x01\x00", D::MalformedPacket),
+            (b"\x00\x00", D::MalformedPacket),
+        ];
+        for (bytes, code) in cases {
+            assert_eq!(decode_err(bytes).to_reason_code(), code, "{bytes:x?}");
+        }
+        // CONNECT: duplicate property (Protocol Error), will QoS without will flag, trailing bytes, will topic
+        // with a wildcard.
+        let connect = |b: &'static [u8]| Connect::decode(&mut Bytes::from_static(b)).unwrap_err().to_reason_code();
+        assert_eq!(
+            connect(b"\x00\x04MQTT\x05\x02\x00\x3C\x0a\x11\x00\x00\x00\x01\x11\x00\x00\x00\x02\x00\x01a"),
+            D::ProtocolError
+        );
+        assert_eq!(connect(b"\x00\x04MQTT\x05\x0a\x00\x3C\x00\x00\x01a"), D::MalformedPacket);
+        assert_eq!(connect(b"\x00\x04MQTT\x05\x02\x00\x3C\x00\x00\x01axx"), D::MalformedPacket);
+        assert_eq!(
+            connect(b"\x00\x04MQTT\x05\x06\x00\x3C\x00\x00\x01a\x00\x00\x03a/+\x00\x01m"),
+            D::TopicNameInvalid
+        );
     }
 }

@@ -116,6 +116,12 @@ impl Connect {
         ensure!(level == MQTT_LEVEL_5, DecodeError::UnsupportedProtocolLevel);
 
         let flags = ConnectFlags::from_bits(src.get_u8()).ok_or(DecodeError::ConnectReservedFlagSet)?;
+        // MQTT-3.1.2-11, -13: without the Will Flag, Will QoS and Will Retain MUST be 0.
+        ensure!(
+            flags.contains(ConnectFlags::WILL)
+                || (!flags.intersects(ConnectFlags::WILL_QOS) && !flags.contains(ConnectFlags::WILL_RETAIN)),
+            DecodeError::InvalidConnectFlags
+        );
         let keep_alive = src.get_u16();
 
         // reading properties
@@ -158,6 +164,8 @@ impl Connect {
         let username =
             if flags.contains(ConnectFlags::USERNAME) { Some(ByteString::decode(src)?) } else { None };
         let password = if flags.contains(ConnectFlags::PASSWORD) { Some(Bytes::decode(src)?) } else { None };
+        // MQTT-3.1.4-1: bytes after the last field: the CONNECT does not match its format.
+        ensure!(!src.has_remaining(), DecodeError::InvalidLength);
 
         Ok(Connect {
             clean_start: flags.contains(ConnectFlags::CLEAN_START),
@@ -227,6 +235,8 @@ fn decode_last_will(src: &mut Bytes, flags: ConnectFlags) -> Result<LastWill, De
     }
 
     let topic = ByteString::decode(src)?;
+    // The will is published on this topic: a Topic Name, non-empty and without wildcards.
+    ensure!(!topic.is_empty() && utils::is_valid_topic_name(&topic), DecodeError::InvalidTopicName);
     let message = Bytes::decode(src)?;
     Ok(LastWill {
         qos: QoS::try_from((flags & ConnectFlags::WILL_QOS).bits() >> WILL_QOS_SHIFT)?,

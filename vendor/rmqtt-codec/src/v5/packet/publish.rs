@@ -30,6 +30,8 @@ pub struct PublishProperties {
 impl Publish {
     pub(crate) fn decode(mut src: Bytes, packet_flags: u8) -> Result<Self, DecodeError> {
         let topic = ByteString::decode(&mut src)?;
+        // MQTT-3.3.2-2: no wildcards in a Topic Name.
+        ensure!(utils::is_valid_topic_name(&topic), DecodeError::InvalidTopicName);
         let qos = QoS::try_from((packet_flags & 0b0110) >> 1)?;
         let packet_id = if qos == QoS::AtMostOnce {
             None
@@ -38,6 +40,8 @@ impl Publish {
         };
 
         let properties = parse_publish_properties(&mut src)?;
+        // 3.3.2.1: "It is a Protocol Error if the Topic Name is zero length and there is no Topic Alias".
+        ensure!(!topic.is_empty() || properties.topic_alias.is_some(), DecodeError::ProtocolViolation);
         let payload = src;
 
         Ok(Self {
@@ -84,7 +88,13 @@ fn parse_publish_properties(src: &mut Bytes) -> Result<PublishProperties, Decode
                 let id = utils::decode_variable_length_cursor(prop_src)?;
                 subscription_ids.push(NonZeroU32::new(id).ok_or(DecodeError::MalformedPacket)?);
             }
-            pt::TOPIC_ALIAS => topic_alias.read_value(prop_src)?,
+            pt::TOPIC_ALIAS => {
+                // MQTT-3.3.2-8: a Topic Alias of 0 is not permitted (DISCONNECT 0x94, not "malformed").
+                let mut alias: Option<u16> = None;
+                alias.read_value(prop_src)?;
+                ensure!(topic_alias.is_none(), DecodeError::ProtocolViolation);
+                topic_alias = Some(alias.and_then(NonZeroU16::new).ok_or(DecodeError::TopicAliasInvalid)?);
+            }
             pt::USER => user_props.push(<(ByteString, ByteString)>::decode(prop_src)?),
             _ => return Err(DecodeError::MalformedPacket),
         }

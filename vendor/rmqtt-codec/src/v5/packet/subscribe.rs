@@ -184,12 +184,14 @@ impl Subscribe {
         let mut topic_filters = Vec::new();
         while src.has_remaining() {
             let topic = ByteString::decode(src)?;
+            // MQTT-4.7.3-1: a Topic Filter is at least one character long.
+            ensure!(!topic.is_empty(), DecodeError::InvalidTopicFilter);
             let opts = SubscriptionOptions::decode(src)?;
             topic_filters.push((topic, opts));
         }
-        // [MQTT-3.8.3-3] The SUBSCRIBE payload MUST contain at least one
-        // Topic Filter; an empty payload is a Protocol Error (parity with v3).
-        ensure!(!topic_filters.is_empty(), DecodeError::InvalidTopicFilter);
+        // [MQTT-3.8.3-2] The SUBSCRIBE payload MUST contain at least one
+        // Topic Filter; an empty payload is a Protocol Error.
+        ensure!(!topic_filters.is_empty(), DecodeError::ProtocolViolation);
 
         Ok(Self { packet_id, id: sub_id, user_properties, topic_filters })
     }
@@ -223,11 +225,14 @@ impl Unsubscribe {
 
         let mut topic_filters = Vec::new();
         while src.remaining() > 0 {
-            topic_filters.push(ByteString::decode(src)?);
+            let topic = ByteString::decode(src)?;
+            // MQTT-4.7.3-1: a Topic Filter is at least one character long.
+            ensure!(!topic.is_empty(), DecodeError::InvalidTopicFilter);
+            topic_filters.push(topic);
         }
         // [MQTT-3.10.3-2] The UNSUBSCRIBE payload MUST contain at least one
-        // Topic Filter; an empty payload is a Protocol Error (parity with v3).
-        ensure!(!topic_filters.is_empty(), DecodeError::InvalidTopicFilter);
+        // Topic Filter; an empty payload is a Protocol Error.
+        ensure!(!topic_filters.is_empty(), DecodeError::ProtocolViolation);
 
         Ok(Self { packet_id, user_properties, topic_filters })
     }
@@ -287,7 +292,9 @@ impl Decode for SubscriptionOptions {
         // byte MUST be set to 0; otherwise it is a Malformed Packet.
         ensure!(val & 0b1100_0000 == 0, DecodeError::MalformedPacket);
         let qos = (val & 0b0000_0011).try_into()?;
-        let retain_handling = ((val & 0b0011_0000) >> 4).try_into()?;
+        // 3.8.3.1: "It is a Protocol Error to send a Retain Handling value of 3".
+        let retain_handling =
+            ((val & 0b0011_0000) >> 4).try_into().map_err(|_| DecodeError::ProtocolViolation)?;
         Ok(SubscriptionOptions {
             qos,
             no_local: val & 0b0000_0100 != 0,
