@@ -142,6 +142,9 @@ pub struct Builder {
     pub max_topic_aliases: u16,
     /// Enable subscription count limiting
     pub limit_subscription: bool,
+    /// A client id's session belongs to the user name that created it: a CONNECT with that client id and
+    /// another user name is refused (not authorized) instead of taking the session over.
+    pub session_owner_check: bool,
 
     /// Enable mutual TLS authentication
     pub tls_cross_certificate: bool,
@@ -229,6 +232,7 @@ impl Builder {
             max_topic_aliases: 0,
 
             limit_subscription: false,
+            session_owner_check: false,
 
             tls_cross_certificate: false,
             tls_cert: None,
@@ -425,6 +429,12 @@ impl Builder {
     /// Enables subscription count limiting
     pub fn limit_subscription(mut self, limit_subscription: bool) -> Self {
         self.limit_subscription = limit_subscription;
+        self
+    }
+
+    /// Binds sessions to their user name (see [`Builder::session_owner_check`])
+    pub fn session_owner_check(mut self, session_owner_check: bool) -> Self {
+        self.session_owner_check = session_owner_check;
         self
     }
 

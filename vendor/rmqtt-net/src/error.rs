@@ -71,7 +71,15 @@ impl ToReasonCode for MqttError {
             | MqttError::WriteTimeout
             | MqttError::FlushTimeout
             | MqttError::CloseTimeout => DisconnectReasonCode::KeepAliveTimeout,
-            MqttError::PublishAckReason(_, _) => DisconnectReasonCode::ImplementationSpecificError,
+            // A publish refused with disconnect: the DISCONNECT says why, as the PUBACK would have.
+            MqttError::PublishAckReason(code, _) => match code {
+                PublishAckReason::NotAuthorized => DisconnectReasonCode::NotAuthorized,
+                PublishAckReason::TopicNameInvalid => DisconnectReasonCode::TopicNameInvalid,
+                PublishAckReason::QuotaExceeded => DisconnectReasonCode::QuotaExceeded,
+                PublishAckReason::PayloadFormatInvalid => DisconnectReasonCode::PayloadFormatInvalid,
+                PublishAckReason::UnspecifiedError => DisconnectReasonCode::UnspecifiedError,
+                _ => DisconnectReasonCode::ImplementationSpecificError,
+            },
             MqttError::ServiceUnavailable => DisconnectReasonCode::ServerBusy,
             MqttError::InvalidProtocol => DisconnectReasonCode::ProtocolError,
             MqttError::TooManySubscriptions => DisconnectReasonCode::QuotaExceeded,

@@ -73,10 +73,31 @@ where
     }
 
     /// Detects protocol version from initial handshake
+    ///
+    /// The first bytes must arrive within `handshake_timeout`, on every listener (a plain TCP socket that
+    /// never sends CONNECT would otherwise hold its descriptor for good). A CONNECT with a valid protocol
+    /// name but a level this server does not speak is answered with CONNACK 0x01 (unacceptable protocol
+    /// level) before the close (MQTT-3.1.2-2), in the 3.1.1 form every client version can read.
     #[inline]
     async fn probe_version(&mut self) -> Result<ProtocolVersion> {
-        let Some(Ok((MqttPacket::Version(ver), _))) = self.io.next().await else {
-            return Err(anyhow!(DecodeError::InvalidProtocol));
+        let first = match tokio::time::timeout(self.cfg.handshake_timeout, self.io.next()).await {
+            Ok(first) => first,
+            Err(_) => return Err(MqttError::ReadTimeout.into()),
+        };
+        let ver = match first {
+            Some(Ok((MqttPacket::Version(ver), _))) => ver,
+            Some(Err(DecodeError::UnsupportedProtocolLevel)) => {
+                use tokio::io::AsyncWriteExt;
+                let io = self.io.get_mut();
+                let refuse = async {
+                    io.write_all(&[0x20, 0x02, 0x00, 0x01]).await?;
+                    io.flush().await?;
+                    io.shutdown().await
+                };
+                let _ = tokio::time::timeout(self.cfg.send_timeout, refuse).await;
+                return Err(anyhow!(DecodeError::UnsupportedProtocolLevel));
+            }
+            _ => return Err(anyhow!(DecodeError::InvalidProtocol)),
         };
 
         let codec = match ver {
@@ -391,12 +412,21 @@ pub mod v5 {
         Io: AsyncRead + AsyncWrite + Unpin,
     {
         /// Sends DISCONNECT packet with reason code
+        ///
+        /// Only sends and flushes: the caller closes the connection ([`MqttStream::close`]) and may
+        /// [`MqttStream::drain`] it so that the peer reads the DISCONNECT before the socket goes away.
         #[inline]
         pub async fn send_disconnect(&mut self, disc: Disconnect) -> Result<()> {
             self.send(PacketV5::Disconnect(disc)).await?;
-            self.flush().await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            Ok(())
+            self.flush().await
+        }
+
+        /// After [`MqttStream::close`]: reads and discards what the peer still sends until it closes too, for
+        /// at most `max`. Closing a socket with unread input makes the kernel send a reset, which can destroy
+        /// a DISCONNECT the peer has not read yet.
+        #[inline]
+        pub async fn drain(&mut self, max: Duration) {
+            super::drain(&mut self.io, max).await
         }
 
         /// Publishes a message to the broker
@@ -589,6 +619,23 @@ where
         }?;
         Ok(())
     }
+}
+
+#[inline]
+async fn drain<Io>(io: &mut Framed<Io, MqttCodec>, max: Duration)
+where
+    Io: AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(max, async {
+        while let Ok(n) = io.get_mut().read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[inline]
