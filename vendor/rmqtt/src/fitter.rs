@@ -127,11 +127,12 @@ impl Fitter for DefaultFitter {
     fn keep_alive(&self, keep_alive: &mut u16) -> Result<u16> {
         if self.conn_info.proto_ver() == MQTT_LEVEL_5 {
             if *keep_alive == 0 {
-                return if self.listen_cfg.allow_zero_keepalive {
-                    Ok(0)
-                } else {
-                    Err(anyhow!("Keepalive must be greater than 0"))
-                };
+                if self.listen_cfg.allow_zero_keepalive {
+                    return Ok(0);
+                }
+                // MQTT 5 can tell the client which keep alive to use (Server Keep Alive, MQTT-3.2.2-21): a
+                // client asking for none gets the server's maximum instead of a refusal.
+                *keep_alive = self.listen_cfg.max_keepalive;
             } else if *keep_alive < self.listen_cfg.min_keepalive {
                 *keep_alive = self.listen_cfg.min_keepalive;
             } else if *keep_alive > self.listen_cfg.max_keepalive {
@@ -155,11 +156,9 @@ impl Fitter for DefaultFitter {
             )));
         }
 
-        if *keep_alive < 6 {
-            Ok(*keep_alive + 3)
-        } else {
-            Ok(((*keep_alive as f32 * self.listen_cfg.keepalive_backoff) * 2.0) as u16)
-        }
+        // MQTT-3.1.2-24 (5.0: -22): closed after one and a half times the keep alive (with the default backoff
+        // of 0.75), rounded up to the second; not the "+3 s" this used to add to short keep alives.
+        Ok(((*keep_alive as f32 * self.listen_cfg.keepalive_backoff) * 2.0).ceil().min(u16::MAX as f32) as u16)
     }
 
     #[inline]

@@ -735,6 +735,7 @@ impl HookManager for DefaultHookManager {
             Some(HookResult::AuthResult(AuthResult::Allow(superuser, auth_info))) => {
                 return (ok(), superuser, auth_info)
             }
+            Some(HookResult::AuthResult(AuthResult::Refused(code))) => return (code, false, None),
             _ => {
                 //or AuthResult::NotFound
                 if allow_anonymous {
@@ -1064,21 +1065,26 @@ impl Hook for DefaultHook {
             return MessageExpiryCheckResult::Expiry;
         }
 
-        let expiry_interval = publish
+        // The publisher's Message Expiry Interval, or else the listener's own bound on how long a message may
+        // wait. Only the publisher's travels on in the forwarded PUBLISH: a server MUST NOT invent one
+        // (MQTT-3.3.2-6 sends "the received value minus the time ... waiting").
+        let own = publish
             .properties
             .as_ref()
-            .and_then(|p| p.message_expiry_interval.map(|i| i.get() as i64 * 1000))
-            .unwrap_or_else(|| self.s.listen_cfg().message_expiry_interval.as_millis() as i64);
+            .and_then(|p| p.message_expiry_interval.map(|i| i.get() as i64 * 1000));
+        let expiry_interval =
+            own.unwrap_or_else(|| self.s.listen_cfg().message_expiry_interval.as_millis() as i64);
 
         log::debug!("{:?} expiry_interval: {:?}", self.s.id, expiry_interval);
         if expiry_interval == 0 {
             return MessageExpiryCheckResult::Remaining(None);
         }
-        let remaining = timestamp_millis() - publish.create_time.unwrap_or_else(timestamp_millis);
-        if remaining < expiry_interval {
-            return MessageExpiryCheckResult::Remaining(NonZeroU32::new(
-                ((expiry_interval - remaining) / 1000) as u32,
-            ));
+        let waited = timestamp_millis() - publish.create_time.unwrap_or_else(timestamp_millis);
+        if waited < expiry_interval {
+            // Rounded up: a message with time left is not forwarded with an interval of 0 (= absent).
+            return MessageExpiryCheckResult::Remaining(own.and_then(|_| {
+                NonZeroU32::new(((expiry_interval - waited + 999) / 1000) as u32)
+            }));
         }
         MessageExpiryCheckResult::Expiry
     }

@@ -414,6 +414,12 @@ impl InInflight {
     /// Used by the QoS 2 duplicate detection path ([MQTT-4.3.3-10]): when a
     /// PUBLISH with the same Packet Identifier arrives before the exchange is
     /// complete, the broker must answer PUBREC without delivering again.
+    /// Whether as many exchanges are open as the Receive Maximum allows.
+    #[inline]
+    pub(crate) fn is_full(&self) -> bool {
+        self.cached.len() >= self.max_inflight as usize
+    }
+
     #[inline]
     pub(crate) fn exist(&self, pid: &NonZeroU16) -> bool {
         self.cached.contains(pid)

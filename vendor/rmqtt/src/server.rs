@@ -86,8 +86,11 @@
 //! ```
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use futures::FutureExt;
 use itertools::Itertools;
@@ -104,12 +107,22 @@ pub struct MqttServerBuilder {
     scx: ServerContext,
     /// Collection of network listeners
     listeners: Vec<(ListenerId, Listener)>,
+    /// Open network connections allowed across all listeners (0 = no limit)
+    max_connections: usize,
 }
 
 impl MqttServerBuilder {
     /// Creates a new builder with server context
     fn new(scx: ServerContext) -> Self {
-        Self { scx, listeners: Vec::default() }
+        Self { scx, listeners: Vec::default(), max_connections: 0 }
+    }
+
+    /// Caps the network connections open at once, over all listeners, from accept (before any handshake) to
+    /// close. A connection over the cap is closed as soon as it is accepted, so that idle or slow clients
+    /// cannot use up the process's file descriptors. 0 means no cap.
+    pub fn max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections;
+        self
     }
 
     /// Adds a single network listener configuration
@@ -144,7 +157,32 @@ impl MqttServerBuilder {
 
     /// Constructs the MQTT server instance
     pub fn build(self) -> MqttServer {
-        MqttServer { inner: Arc::new(MqttServerInner { scx: self.scx, listeners: self.listeners }) }
+        let gate = ConnectionGate {
+            permits: (self.max_connections > 0).then(|| Arc::new(Semaphore::new(self.max_connections))),
+            refused: Arc::new(AtomicU64::new(0)),
+        };
+        MqttServer { inner: Arc::new(MqttServerInner { scx: self.scx, listeners: self.listeners, gate }) }
+    }
+}
+
+/// Admits accepted connections up to the server's `max_connections`.
+#[derive(Clone)]
+struct ConnectionGate {
+    permits: Option<Arc<Semaphore>>,
+    refused: Arc<AtomicU64>,
+}
+
+impl ConnectionGate {
+    /// `Err` when the connection must be closed: as many are open as allowed. The permit lives as long as
+    /// the connection's task.
+    fn admit(&self, remote: std::net::SocketAddr) -> std::result::Result<Option<OwnedSemaphorePermit>, ()> {
+        let Some(permits) = &self.permits else { return Ok(None) };
+        permits.clone().try_acquire_owned().map(Some).map_err(|_| {
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == 1 || n % 1000 == 0 {
+                log::warn!("connection from {remote} refused: the connection limit is reached ({n} refused so far)");
+            }
+        })
     }
 }
 
@@ -160,6 +198,8 @@ pub struct MqttServerInner {
     scx: ServerContext,
     /// Active network listeners
     listeners: Vec<(ListenerId, Listener)>,
+    /// The connection cap
+    gate: ConnectionGate,
 }
 
 impl Deref for MqttServer {
@@ -187,6 +227,11 @@ impl MqttServer {
         });
     }
 
+    /// Connections closed at accept because `max_connections` were open.
+    pub fn refused_connections(&self) -> u64 {
+        self.gate.refused.load(Ordering::Relaxed)
+    }
+
     /// Main server execution loop handling all listeners
     /// # Returns
     /// Result indicating success or failure
@@ -199,16 +244,16 @@ impl MqttServer {
             self.listeners
                 .iter()
                 .map(|(lid, l)| match l.typ {
-                    ListenerType::TCP => listen_tcp(self.scx.clone(), l, *lid).boxed(),
+                    ListenerType::TCP => listen_tcp(self.scx.clone(), l, *lid, self.gate.clone()).boxed(),
                     #[cfg(feature = "tls")]
-                    ListenerType::TLS => listen_tls(self.scx.clone(), l, *lid).boxed(),
+                    ListenerType::TLS => listen_tls(self.scx.clone(), l, *lid, self.gate.clone()).boxed(),
                     #[cfg(feature = "ws")]
-                    ListenerType::WS => listen_ws(self.scx.clone(), l, *lid).boxed(),
+                    ListenerType::WS => listen_ws(self.scx.clone(), l, *lid, self.gate.clone()).boxed(),
                     #[cfg(feature = "tls")]
                     #[cfg(feature = "ws")]
-                    ListenerType::WSS => listen_wss(self.scx.clone(), l, *lid).boxed(),
+                    ListenerType::WSS => listen_wss(self.scx.clone(), l, *lid, self.gate.clone()).boxed(),
                     #[cfg(feature = "quic")]
-                    ListenerType::QUIC => listen_quic(self.scx.clone(), l, *lid).boxed(),
+                    ListenerType::QUIC => listen_quic(self.scx.clone(), l, *lid, self.gate.clone()).boxed(),
                 })
                 .collect_vec(),
         )
@@ -221,12 +266,14 @@ impl MqttServer {
 /// # Arguments
 /// * `scx` - Server context
 /// * `l` - TCP listener configuration
-async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId) {
+async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId, gate: ConnectionGate) {
     loop {
         match l.accept().await {
             Ok(accept) => {
+                let Ok(permit) = gate.admit(accept.remote_addr) else { continue };
                 let scx = scx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // Extract before `accept.tcp()` consumes the acceptor.
                     let remote_addr = accept.remote_addr;
                     log::debug!("TCP connection from {remote_addr}");
@@ -269,12 +316,14 @@ async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId) {
 /// # Arguments
 /// * `scx` - Server context
 /// * `l` - TLS listener configuration
-async fn listen_tls(scx: ServerContext, l: &Listener, lid: ListenerId) {
+async fn listen_tls(scx: ServerContext, l: &Listener, lid: ListenerId, gate: ConnectionGate) {
     loop {
         match l.accept().await {
             Ok(accept) => {
+                let Ok(permit) = gate.admit(accept.remote_addr) else { continue };
                 let scx = scx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // Extract before `accept.tls()` consumes the acceptor.
                     let remote_addr = accept.remote_addr;
                     log::debug!("TLS connection from {remote_addr}");
@@ -317,12 +366,14 @@ async fn listen_tls(scx: ServerContext, l: &Listener, lid: ListenerId) {
 /// # Arguments
 /// * `scx` - Server context
 /// * `l` - WebSocket listener configuration
-async fn listen_ws(scx: ServerContext, l: &Listener, lid: ListenerId) {
+async fn listen_ws(scx: ServerContext, l: &Listener, lid: ListenerId, gate: ConnectionGate) {
     loop {
         match l.accept().await {
             Ok(accept) => {
+                let Ok(permit) = gate.admit(accept.remote_addr) else { continue };
                 let scx = scx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // Extract before `accept.ws()` consumes the acceptor.
                     let remote_addr = accept.remote_addr;
                     log::debug!("WebSocket connection from {remote_addr}");
@@ -365,12 +416,14 @@ async fn listen_ws(scx: ServerContext, l: &Listener, lid: ListenerId) {
 /// # Arguments
 /// * `scx` - Server context
 /// * `l` - WSS listener configuration
-async fn listen_wss(scx: ServerContext, l: &Listener, lid: ListenerId) {
+async fn listen_wss(scx: ServerContext, l: &Listener, lid: ListenerId, gate: ConnectionGate) {
     loop {
         match l.accept().await {
             Ok(accept) => {
+                let Ok(permit) = gate.admit(accept.remote_addr) else { continue };
                 let scx = scx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // Extract before `accept.wss()` consumes the acceptor.
                     let remote_addr = accept.remote_addr;
                     log::debug!("WSS connection from {remote_addr}");
@@ -413,12 +466,14 @@ async fn listen_wss(scx: ServerContext, l: &Listener, lid: ListenerId) {
 /// # Arguments
 /// * `scx` - Server context
 /// * `l` - QUIC listener configuration
-async fn listen_quic(scx: ServerContext, l: &Listener, lid: ListenerId) {
+async fn listen_quic(scx: ServerContext, l: &Listener, lid: ListenerId, gate: ConnectionGate) {
     loop {
         match l.accept_quic().await {
             Ok(accept) => {
+                let Ok(permit) = gate.admit(accept.remote_addr) else { continue };
                 let scx = scx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // Extract before `accept.quic()` consumes the acceptor.
                     let remote_addr = accept.remote_addr;
                     log::debug!("QUIC connection from {remote_addr}");

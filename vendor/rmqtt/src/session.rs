@@ -64,7 +64,7 @@ use std::collections::vec_deque::VecDeque;
 use std::convert::From as _f;
 use std::fmt;
 use std::num::NonZeroU16;
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -87,7 +87,7 @@ use crate::codec::v5::RetainHandling;
 use crate::codec::{
     v3,
     v5::{
-        self, PublishAck2, PublishAck2Reason, PublishAckReason, SubscribeAckReason, ToReasonCode,
+        self, PublishAck2, PublishAck2Reason, PublishAckReason, SubscribeAckReason,
         UserProperties,
     },
 };
@@ -103,6 +103,9 @@ use crate::shared::RetainLoadCallback;
 use crate::types::*;
 use crate::utils::timestamp_millis;
 use crate::Result;
+
+/// After its DISCONNECT, how long an MQTT 5 connection is read (and discarded) for the client to close first.
+const DISCONNECT_DRAIN: Duration = Duration::from_millis(500);
 
 /// Runtime state for an active MQTT session.
 ///
@@ -199,6 +202,7 @@ impl SessionState {
         let mut flags = StateFlags::empty();
 
         self.scx.connections.inc();
+        let mut server_disconnect = None;
         match self.run_loop(&mut sink, keep_alive, &mut flags, &deliver_queue_tx, &mut deliver_queue_rx).await
         {
             Ok(()) => {
@@ -206,13 +210,29 @@ impl SessionState {
             }
             Err(reason) => {
                 log::debug!("{} Reason: {}", self.id, reason);
+                // MQTT 5 (4.13.1): a server that closes a connection for a reason says which, in a DISCONNECT
+                // sent before the close (not after it, and never in answer to the client's own DISCONNECT).
+                if matches!(sink, Sink::V5(_)) {
+                    server_disconnect = reason.server_disconnect().map(|reason_code| v5::Disconnect {
+                        reason_code,
+                        reason_string: Some(reason.to_string().into()),
+                        ..Default::default()
+                    });
+                }
                 let _ = self.disconnected_reason_add(reason).await;
             }
         }
         self.scx.connections.dec();
 
+        let sent_disconnect = match (&mut sink, server_disconnect) {
+            (Sink::V5(s), Some(d)) => s.send_disconnect(d).await.is_ok(),
+            _ => false,
+        };
         if let Err(e) = sink.close().await {
             log::info!("{} close io error, {e}", self.id);
+        }
+        if let (Sink::V5(s), true) = (&mut sink, sent_disconnect) {
+            s.drain(DISCONNECT_DRAIN).await;
         }
 
         let disconnect = self.disconnect().await.unwrap_or(None);
@@ -262,19 +282,6 @@ impl SessionState {
             }
             Reason::ConnectRemoteClose
         };
-
-        if let Sink::V5(s) = &mut sink {
-            let d = if let Reason::ConnectDisconnect(Some(Disconnect::V5(d))) = &reason {
-                d.clone()
-            } else {
-                v5::Disconnect {
-                    reason_code: reason.to_reason_code(),
-                    reason_string: Some(reason.to_string().into()),
-                    ..Default::default()
-                }
-            };
-            let _ = s.send_disconnect(d).await;
-        }
 
         self.hook.client_disconnected(reason).await;
 
@@ -395,6 +402,10 @@ impl SessionState {
                     match pkt? {
                         Some(pkt) => {
                             state.process_mqtt_message(sink, pkt, flags).await?;
+                            // The client's DISCONNECT ends the connection: the server closes it too.
+                            if flags.contains(StateFlags::ClientDisconnected) {
+                                return Ok(());
+                            }
                         },
                         None => {
                             return Err(Reason::ConnectRemoteClose);
@@ -690,7 +701,7 @@ impl SessionState {
             }
             Message::Unsubscribe(unsub, reply_tx) => {
                 log::debug!("{:?} Message::Unsubscribe, unsub {:?}", self.id, unsub,);
-                let unsub_reply = self.unsubscribe(unsub).await;
+                let unsub_reply = self.unsubscribe(unsub).await.map(|_| ());
                 if !reply_tx.is_closed() {
                     if let Err(e) = reply_tx.send(unsub_reply) {
                         log::warn!("{:?} Message::Unsubscribe, send response error, {:?}", self.id, e);
@@ -725,8 +736,20 @@ impl SessionState {
                 let p: Publish = publish.into();
                 self.process_publish(sink, p.create_time(timestamp_millis())).await?;
             }
-            Packet::V5(v5::Packet::Publish(publish)) => {
+            Packet::V5(v5::Packet::Publish(mut publish)) => {
                 log::debug!("{} publish: {:?}", self.id, publish);
+                if let Some(props) = publish.properties.as_ref() {
+                    // MQTT-3.3.4-6: a PUBLISH from a client MUST NOT contain a Subscription Identifier.
+                    if !props.subscription_ids.is_empty() {
+                        return Err(Reason::ProtocolError(ByteString::from_static(
+                            "a PUBLISH from a client carries a Subscription Identifier",
+                        )));
+                    }
+                }
+                let alias = publish.properties.as_ref().and_then(|p| p.topic_alias);
+                let topic = std::mem::take(&mut publish.topic);
+                publish.topic =
+                    ClientTopicAliases::resolve(self.client_topic_aliases.as_deref(), alias, topic).await?;
                 let p: Publish = publish.into();
                 self.process_publish(sink, p.create_time(timestamp_millis())).await?;
             }
@@ -738,51 +761,48 @@ impl SessionState {
             }
             Packet::V5(v5::Packet::PublishRelease(ack2)) => {
                 log::debug!("{} PublishRelease: {:?}", self.id, ack2);
-                self.in_inflight.remove(&ack2.packet_id);
+                // 3.7.2.1: PUBCOMP 0x92 when the packet identifier is not one we are waiting to release.
+                let reason_code = if self.in_inflight.remove(&ack2.packet_id) {
+                    PublishAck2Reason::Success
+                } else {
+                    PublishAck2Reason::PacketIdNotFound
+                };
                 sink.v5_mut()
-                    .send_publish_complete(PublishAck2 { packet_id: ack2.packet_id, ..Default::default() })
+                    .send_publish_complete(PublishAck2 { packet_id: ack2.packet_id, reason_code, ..Default::default() })
                     .await?;
             }
 
             Packet::V3(v3::Packet::PublishAck { packet_id }) => {
-                if let Some(iflt_msg) = self.out_inflight().write().await.remove(&packet_id.get()) {
-                    //hook, message_ack
-                    self.hook.message_acked(iflt_msg.from, &iflt_msg.publish).await;
-                }
+                self.acked(packet_id, MomentStatus::UnAck, "PUBACK").await?;
             }
             Packet::V5(v5::Packet::PublishAck(ack)) => {
-                if let Some(iflt_msg) = self.out_inflight().write().await.remove(&ack.packet_id.get()) {
-                    //hook, message_ack
-                    self.hook.message_acked(iflt_msg.from, &iflt_msg.publish).await;
-                }
+                self.acked(ack.packet_id, MomentStatus::UnAck, "PUBACK").await?;
             }
 
             Packet::V3(v3::Packet::PublishReceived { packet_id }) => {
-                self.out_inflight().write().await.update_status(&packet_id.get(), MomentStatus::UnComplete);
+                self.received(packet_id).await?;
                 sink.v3_mut().send_publish_release(packet_id).await?;
             }
             Packet::V5(v5::Packet::PublishReceived(ack)) => {
-                self.out_inflight()
-                    .write()
-                    .await
-                    .update_status(&ack.packet_id.get(), MomentStatus::UnComplete);
-
+                let reason_code = if !self.received(ack.packet_id).await? {
+                    PublishAck2Reason::PacketIdNotFound
+                } else if u8::from(ack.reason_code) >= 0x80 {
+                    // 4.3.3: a PUBREC with a failure reason code ends the exchange: no PUBREL follows.
+                    self.acked(ack.packet_id, MomentStatus::UnComplete, "PUBREC").await?;
+                    return Ok(());
+                } else {
+                    PublishAck2Reason::Success
+                };
                 sink.v5_mut()
-                    .send_publish_release(PublishAck2 { packet_id: ack.packet_id, ..Default::default() })
+                    .send_publish_release(PublishAck2 { packet_id: ack.packet_id, reason_code, ..Default::default() })
                     .await?;
             }
 
             Packet::V3(v3::Packet::PublishComplete { packet_id }) => {
-                if let Some(iflt_msg) = self.out_inflight().write().await.remove(&packet_id.get()) {
-                    //hook, message_ack
-                    self.hook.message_acked(iflt_msg.from, &iflt_msg.publish).await;
-                }
+                self.acked(packet_id, MomentStatus::UnComplete, "PUBCOMP").await?;
             }
             Packet::V5(v5::Packet::PublishComplete(ack2)) => {
-                if let Some(iflt_msg) = self.out_inflight().write().await.remove(&ack2.packet_id.get()) {
-                    //hook, message_ack
-                    self.hook.message_acked(iflt_msg.from, &iflt_msg.publish).await;
-                }
+                self.acked(ack2.packet_id, MomentStatus::UnComplete, "PUBCOMP").await?;
             }
 
             Packet::V3(v3::Packet::Subscribe { packet_id, topic_filters }) => {
@@ -796,6 +816,12 @@ impl SessionState {
                 sink.v3_mut().send_subscribe_ack(packet_id, status).await?;
             }
             Packet::V5(v5::Packet::Subscribe(subs)) => {
+                // MQTT-3.8.3-4: "It is a Protocol Error to set the No Local bit to 1 on a Shared Subscription".
+                if subs.topic_filters.iter().any(|(f, opts)| opts.no_local && f.starts_with("$share/")) {
+                    return Err(Reason::ProtocolError(ByteString::from_static(
+                        "No Local set on a shared subscription",
+                    )));
+                }
                 let ack = match self.subscribes_v5(subs).await {
                     Err(e) => {
                         log::warn!("{} Subscribe Refused, reason: {e}", self.id);
@@ -833,15 +859,28 @@ impl SessionState {
             }
 
             Packet::V3(v3::Packet::Disconnect) => {
-                flags.insert(StateFlags::DisconnectReceived);
+                flags.insert(StateFlags::DisconnectReceived | StateFlags::ClientDisconnected);
                 self.disconnected_set(Some(Disconnect::V3), None).await?;
-                // return Err(Reason::ConnectDisconnect(Some(Disconnect::V3)));
                 return Ok(());
             }
             Packet::V5(v5::Packet::Disconnect(d)) => {
-                flags.insert(StateFlags::DisconnectReceived);
+                // 3.14.2.2.2: a non-zero Session Expiry Interval on DISCONNECT after a CONNECT with 0 is a
+                // Protocol Error, and such a DISCONNECT is not taken as valid (the will stays).
+                let connect_expiry = match self.connect_info().await.ok().as_deref() {
+                    Some(ConnectInfo::V5(_, c)) => c.session_expiry_interval_secs,
+                    _ => 0,
+                };
+                if connect_expiry == 0 && d.session_expiry_interval_secs.is_some_and(|s| s > 0) {
+                    return Err(Reason::ProtocolError(ByteString::from_static(
+                        "Session Expiry Interval set on DISCONNECT after 0 on CONNECT",
+                    )));
+                }
+                // 0x04 (Disconnect with Will Message): the will is published, any other code discards it.
+                if d.reason_code != v5::DisconnectReasonCode::DisconnectWithWillMessage {
+                    flags.insert(StateFlags::DisconnectReceived);
+                }
+                flags.insert(StateFlags::ClientDisconnected);
                 self.disconnected_set(Some(Disconnect::V5(d)), None).await?;
-                // return Err(Reason::ConnectDisconnect(Some(Disconnect::V5(d))));
                 return Ok(());
             }
             Packet::V5(v5::Packet::Auth(_)) => {
@@ -854,7 +893,14 @@ impl SessionState {
                 )));
             }
             _ => {
-                return Err(format!("Received an unimplemented message, {pkt:?}").into());
+                // A second CONNECT (MQTT-3.1.0-2) or a packet only a server sends: a protocol violation.
+                return Err(Reason::ProtocolError(ByteString::from(format!(
+                    "unexpected packet from a client: type {}",
+                    match &pkt {
+                        Packet::V3(p) => p.packet_type() >> 4,
+                        Packet::V5(p) => p.packet_type() >> 4,
+                    }
+                ))));
             }
         }
 
@@ -866,6 +912,50 @@ impl SessionState {
             flags.remove(StateFlags::Ping);
         }
         Ok(())
+    }
+
+    /// PUBACK (for a QoS 1 message) or PUBCOMP (for a QoS 2 message released): the acknowledgement must match
+    /// what the message is waiting for; another type is a protocol violation (3.1.1 MQTT-4.8.0-1, 5.0 0x82).
+    /// An unknown packet identifier (a late duplicate) is ignored.
+    #[inline]
+    async fn acked(
+        &self,
+        packet_id: NonZeroU16,
+        expected: MomentStatus,
+        what: &'static str,
+    ) -> std::result::Result<(), Reason> {
+        let mut inflight = self.out_inflight().write().await;
+        match inflight.get(packet_id.get()).map(|m| m.status) {
+            None => Ok(()),
+            Some(status) if status == expected => {
+                if let Some(iflt_msg) = inflight.remove(&packet_id.get()) {
+                    drop(inflight);
+                    //hook, message_ack
+                    self.hook.message_acked(iflt_msg.from, &iflt_msg.publish).await;
+                }
+                Ok(())
+            }
+            Some(_) => Err(Reason::ProtocolError(ByteString::from(format!(
+                "{what} for packet id {packet_id}, which waits for another acknowledgement"
+            )))),
+        }
+    }
+
+    /// PUBREC: valid for a QoS 2 message not yet released (or again, for one already released); a PUBREC for a
+    /// QoS 1 message is a protocol violation. Returns whether the packet identifier was known.
+    #[inline]
+    async fn received(&self, packet_id: NonZeroU16) -> std::result::Result<bool, Reason> {
+        let mut inflight = self.out_inflight().write().await;
+        match inflight.get(packet_id.get()).map(|m| m.status) {
+            None => Ok(false),
+            Some(MomentStatus::UnReceived | MomentStatus::UnComplete) => {
+                inflight.update_status(&packet_id.get(), MomentStatus::UnComplete);
+                Ok(true)
+            }
+            Some(MomentStatus::UnAck) => Err(Reason::ProtocolError(ByteString::from(format!(
+                "PUBREC for packet id {packet_id}, a QoS 1 message"
+            )))),
+        }
     }
 
     #[inline]
@@ -887,8 +977,20 @@ impl SessionState {
                 let p = Publish::try_from(lw)?;
                 let from = From::from_lastwill(self.id.clone());
                 //hook, message_publish
-                let p = self.hook.message_publish(from.clone(), &p).await.unwrap_or(p);
+                let mut p = self.hook.message_publish(from.clone(), &p).await.unwrap_or(p);
                 log::debug!("process_last_will, publish: {p:?}");
+
+                // A will is a publish by its client: it passes the same publish ACL, when it is published.
+                let acl_result = self.hook.message_publish_check_acl(&p).await;
+                if !acl_result.is_allow() {
+                    log::info!("{:?} will on {:?} refused by the publish ACL", self.id, p.topic);
+                    let reason = Reason::PublishResult(acl_result.pub_res());
+                    self.scx.extends.hook_mgr().message_dropped(None, from, p, reason).await;
+                    return Ok(());
+                }
+                if acl_result.unretain() {
+                    p.retain = false;
+                }
 
                 let message_storage_available = {
                     #[cfg(feature = "msgstore")]
@@ -994,10 +1096,20 @@ impl SessionState {
                     );
                     #[cfg(feature = "metrics")]
                     self.scx.metrics.client_publish_duplicate_inc();
-                    let pub_res =
-                        PublishResult::reason_code(PublishAckReason::PacketIdentifierInUse, None, false);
+                    // A resend (DUP) is acknowledged as the first one was; a new message reusing the identifier
+                    // of one not yet released is told so (0x91).
+                    let pub_res = if publish.dup {
+                        PublishResult::success()
+                    } else {
+                        PublishResult::reason_code(PublishAckReason::PacketIdentifierInUse, None, false)
+                    };
                     sink.send_publish_received(packet_id, pub_res).await?;
                     return Ok(());
+                }
+                // 3.3.4: more unreleased QoS 2 messages than the Receive Maximum the server announced: DISCONNECT
+                // 0x93, before the message is published.
+                if self.in_inflight.is_full() {
+                    return Err(Reason::InflightWindowFull);
                 }
                 let pub_res = self.publish(publish).await?;
                 let inflight_res =
@@ -1043,13 +1155,8 @@ impl SessionState {
     }
 
     #[inline]
-    async fn _publish(&self, mut publish: Publish) -> Result<PublishResult> {
-        if let Some(client_topic_aliases) = &self.client_topic_aliases {
-            publish.deref_mut().topic = client_topic_aliases
-                .set_and_get(publish.properties.as_ref().and_then(|p| p.topic_alias), publish.topic.clone())
-                .await?;
-        }
-
+    async fn _publish(&self, #[allow(unused_mut)] mut publish: Publish) -> Result<PublishResult> {
+        // (MQTT 5 Topic Aliases are resolved when the PUBLISH arrives, in process_mqtt_message.)
         let from = From::from_custom(self.id.clone());
 
         #[cfg(feature = "delayed")]
@@ -1058,11 +1165,14 @@ impl SessionState {
         }
 
         //hook, message_publish
-        let publish = self.hook.message_publish(from.clone(), &publish).await.unwrap_or(publish);
+        let mut publish = self.hook.message_publish(from.clone(), &publish).await.unwrap_or(publish);
 
         //hook, message_publish_check_acl
         let acl_result = self.hook.message_publish_check_acl(&publish).await;
         log::debug!("{:?} acl_result: {:?}", self.id, acl_result);
+        if acl_result.is_allow() && acl_result.unretain() {
+            publish.retain = false;
+        }
         if !acl_result.is_allow() {
             #[cfg(feature = "metrics")]
             self.scx.metrics.client_publish_auth_error_inc();
@@ -1262,13 +1372,16 @@ impl SessionState {
             }
         };
         let limit_subscription = self.listen_cfg().limit_subscription;
+        let mut status = Vec::with_capacity(unsubs.topic_filters.len());
         for topic_filter in &unsubs.topic_filters {
             let unsub = Unsubscribe::from(topic_filter, shared_subscription, limit_subscription)?;
-            self.unsubscribe(unsub).await?;
+            // 3.11.3: 0x11 (No subscription existed) for a filter this session had not subscribed.
+            status.push(if self.unsubscribe(unsub).await? {
+                v5::UnsubscribeAckReason::Success
+            } else {
+                v5::UnsubscribeAckReason::NoSubscriptionExisted
+            });
         }
-
-        let mut status = Vec::with_capacity(unsubs.topic_filters.len());
-        (0..unsubs.topic_filters.len()).for_each(|_| status.push(v5::UnsubscribeAckReason::Success));
 
         let ack = v5::UnsubscribeAck {
             status,
@@ -1279,8 +1392,9 @@ impl SessionState {
         Ok(ack)
     }
 
+    /// Returns whether the session had that subscription.
     #[inline]
-    async fn unsubscribe(&self, mut unsub: Unsubscribe) -> Result<()> {
+    async fn unsubscribe(&self, mut unsub: Unsubscribe) -> Result<bool> {
         log::debug!("{:?} unsubscribe: {:?}", self.id, unsub);
         //hook, client_unsubscribe
         let topic_filter = self.hook.client_unsubscribe(&unsub).await;
@@ -1293,7 +1407,7 @@ impl SessionState {
             //hook, session_unsubscribed
             self.hook.session_unsubscribed(unsub).await;
         }
-        Ok(())
+        Ok(ok)
     }
 
     #[inline]
@@ -1577,12 +1691,23 @@ impl SessionState {
         let publish = self.hook.message_delivered(from.clone(), &publish).await.unwrap_or(publish);
 
         //send message
-        sink.publish(
-            publish.clone(),
-            expiry_check_res.message_expiry_interval(),
-            self.server_topic_aliases.as_ref(),
-        )
-        .await?; //@TODO ... at exception, send hook and or store message
+        if let Err(e) = sink
+            .publish(publish.clone(), expiry_check_res.message_expiry_interval(), self.server_topic_aliases.as_ref())
+            .await
+        {
+            // MQTT-3.1.2-25: a packet over the client's Maximum Packet Size is discarded, as if it had been sent
+            // (the encoder refuses it before writing a byte); the connection stays.
+            if is_over_max_packet_size(&e) {
+                log::debug!("{:?} message over the client's Maximum Packet Size discarded", self.id);
+                self.scx
+                    .extends
+                    .hook_mgr()
+                    .message_dropped(Some(self.id.clone()), from, publish, Reason::from_static("packet too large"))
+                    .await;
+                return Ok(());
+            }
+            return Err(e);
+        }
 
         //cache messages to inflight window
         let moment_status = match publish.qos {
@@ -1821,12 +1946,19 @@ impl SessionState {
             let retain = scx.extends.retain().await;
             if retain.enable() && publish.retain {
                 let retain_msg = Retain { msg_id, from: from.clone(), publish: publish.clone() };
-                retain.set(&publish.topic, retain_msg.clone(), message_expiry_interval).await?;
+                // A retained message expires only when its publisher set a Message Expiry Interval
+                // (MQTT-3.3.2-5); the server's bound on how long ordinary messages wait does not apply.
+                let retain_expiry = publish
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.message_expiry_interval)
+                    .map(|i| Duration::from_secs(u64::from(i.get())));
+                retain.set(&publish.topic, retain_msg.clone(), retain_expiry).await?;
                 let _ = scx
                     .extends
                     .shared()
                     .await
-                    .retain_set_broadcast(&publish.topic, &retain_msg, message_expiry_interval)
+                    .retain_set_broadcast(&publish.topic, &retain_msg, retain_expiry)
                     .await;
             }
             drop(retain);
@@ -1863,6 +1995,18 @@ impl SessionState {
 
         Ok(())
     }
+}
+
+/// Whether a send failed because the packet exceeds the peer's Maximum Packet Size.
+fn is_over_max_packet_size(e: &crate::Error) -> bool {
+    use crate::codec::error::{EncodeError, SendPacketError};
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<MqttError>(),
+            Some(MqttError::SendPacket(SendPacketError::Encode(EncodeError::OverMaxPacketSize { .. })))
+                | Some(MqttError::Encode(EncodeError::OverMaxPacketSize { .. }))
+        ) || matches!(c.downcast_ref::<EncodeError>(), Some(EncodeError::OverMaxPacketSize { .. }))
+    })
 }
 
 /// Thread-safe handle to an MQTT session.

@@ -81,6 +81,9 @@ use crate::session::Session;
 use crate::types::*;
 use crate::Result;
 
+/// How long a handshake waits for another one with the same client id to finish.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Represents a client session entry in the shared state.
 ///
 /// Provides atomic operations for session lifecycle management,
@@ -343,8 +346,11 @@ pub struct LockEntry {
 impl Drop for LockEntry {
     #[inline]
     fn drop(&mut self) {
-        if self._locker.is_some() {
-            let _t = self.shared.lockers.remove(&self.id.client_id);
+        if let Some(guard) = self._locker.take() {
+            // Release first, then forget the lock only if nobody else holds or waits for it: removing it
+            // while another handshake waits would let a third one create a fresh lock and run alongside.
+            drop(guard);
+            let _t = self.shared.lockers.remove_if(&self.id.client_id, |_, l| Arc::strong_count(l) == 1);
             log::debug!("{:?} LockEntry Drop ..., {}", self.id, _t.is_some());
         }
     }
@@ -423,16 +429,17 @@ impl LockEntry {
 
 #[async_trait]
 impl Entry for LockEntry {
+    /// Serialises handshakes with the same client id. A second CONNECT that arrives while the first one is
+    /// still being handled (a client reconnecting right after a dropped connection) waits its turn, up to
+    /// [`LOCK_WAIT`], instead of being refused with "server unavailable".
     #[inline]
     async fn try_lock(&self) -> Result<Box<dyn Entry>> {
         log::debug!("{:?} LockEntry.try_lock", self.id);
-        let locker = self
-            .shared
-            .lockers
-            .entry(self.id.client_id.clone())
-            .or_insert(Arc::new(Mutex::new(())))
-            .clone()
-            .try_lock_owned()?;
+        let lock =
+            self.shared.lockers.entry(self.id.client_id.clone()).or_insert(Arc::new(Mutex::new(()))).clone();
+        let locker = tokio::time::timeout(LOCK_WAIT, lock.lock_owned())
+            .await
+            .map_err(|_| anyhow!("another connection with this client id is still being handled"))?;
         Ok(Box::new(LockEntry::new(self.id.clone(), self.shared.clone(), Some(locker))))
     }
 
@@ -485,14 +492,14 @@ impl Entry for LockEntry {
                     Ok(Ok(())) => {
                         log::debug!("{:?} kicked, from {:?}", self.id, self.session().map(|s| s.id.clone()));
                     }
-                    Ok(Err(e)) => {
-                        log::warn!(
-                            "{:?} kick, recv result is {:?}, from {:?}",
+                    Ok(Err(_)) => {
+                        // The session's task ended before it read the Kick (its connection was closing at the
+                        // same moment): it is gone, which is what the kick wanted. Take its state over below.
+                        log::debug!(
+                            "{:?} kicked session ended by itself, from {:?}",
                             self.id,
-                            e,
                             self.session().map(|s| s.id.clone())
                         );
-                        return Err(anyhow!(format!("recv kick result is {:?}", e)));
                     }
                     Err(_) => {
                         log::warn!(

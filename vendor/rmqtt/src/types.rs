@@ -393,7 +393,11 @@ pub type SubscribeAclResult = SubscribeReturn;
 /// Wraps a `PublishResult` indicating whether the publish operation was
 /// allowed or rejected, and whether the connection should be terminated.
 #[derive(Default, Debug, Clone, Deserialize, Serialize)]
-pub struct PublishAclResult(pub PublishResult);
+pub struct PublishAclResult(pub PublishResult, pub Unretain);
+
+/// With an allowed publish: `true` when the message is delivered but not retained (e.g. a retained-message
+/// quota is full).
+pub type Unretain = bool;
 
 impl PublishAclResult {
     #[inline]
@@ -403,16 +407,40 @@ impl PublishAclResult {
 
     #[inline]
     pub fn allow() -> Self {
-        PublishAclResult(PublishResult::reason_code(PublishAckReason::Success, None, false))
+        PublishAclResult(PublishResult::reason_code(PublishAckReason::Success, None, false), false)
+    }
+
+    /// Allowed, but the RETAIN flag is cleared: delivered to subscribers, not stored as retained.
+    #[inline]
+    pub fn allow_unretained() -> Self {
+        PublishAclResult(PublishResult::reason_code(PublishAckReason::Success, None, false), true)
     }
 
     #[inline]
     pub fn rejected(disconnect: IsDisconnect, reason_string: Option<ByteString>) -> Self {
-        PublishAclResult(PublishResult::reason_code(
-            PublishAckReason::NotAuthorized,
-            Some(reason_string.unwrap_or_else(|| "PublishRefused".into())),
-            disconnect,
-        ))
+        Self::rejected_with(PublishAckReason::NotAuthorized, disconnect, reason_string)
+    }
+
+    /// Refused with this PUBACK/PUBREC reason code (MQTT 5), closing the connection when `disconnect`.
+    #[inline]
+    pub fn rejected_with(
+        reason_code: PublishAckReason,
+        disconnect: IsDisconnect,
+        reason_string: Option<ByteString>,
+    ) -> Self {
+        PublishAclResult(
+            PublishResult::reason_code(
+                reason_code,
+                Some(reason_string.unwrap_or_else(|| "PublishRefused".into())),
+                disconnect,
+            ),
+            false,
+        )
+    }
+
+    #[inline]
+    pub fn unretain(&self) -> bool {
+        self.1
     }
 
     #[inline]
@@ -438,6 +466,9 @@ pub enum AuthResult {
     NotFound,
     BadUsernameOrPassword,
     NotAuthorized,
+    /// Refused with exactly this CONNACK code (e.g. 0x85 client identifier not valid, 0x97 quota exceeded,
+    /// 0x90 topic name invalid for a will): a refusal other than "who are you".
+    Refused(ConnectAckReason),
 }
 
 /// Result of checking whether a publish message has expired.
@@ -552,7 +583,11 @@ pub fn parse_topic_filter(
         match (levels.first(), levels.get(1), levels.get(2)) {
             #[cfg(feature = "shared-subscription")]
             (Some(&"$share"), group, tf) => match (shared_subscription, group, tf) {
-                (true, Some(group), Some(tf)) => {
+                // MQTT-4.8.2-1, -2: a ShareName of at least one character, without `+` or `#`, then a
+                // non-empty Topic Filter.
+                (true, Some(group), Some(tf))
+                    if !group.is_empty() && !group.contains(['+', '#']) && !tf.is_empty() =>
+                {
                     let tf = TopicFilter::from(*tf);
                     (tf, Some(SharedGroup::from(*group)), None)
                 }
@@ -2365,6 +2400,9 @@ bitflags! {
         const DisconnectReceived = 0b00000100;
         const CleanStart = 0b00001000;
         const Ping = 0b00010000;
+        /// The client sent DISCONNECT (with any reason code): the connection ends, and the server sends
+        /// no DISCONNECT of its own. `DisconnectReceived` says whether the will is discarded.
+        const ClientDisconnected = 0b00100000;
     }
 }
 
@@ -2548,8 +2586,39 @@ impl std::convert::From<Error> for Reason {
     #[inline]
     fn from(e: Error) -> Self {
         match e.downcast::<MqttError>() {
-            Err(e) => Reason::Error(ByteString::from(e.to_string())),
+            // The codec's errors (a malformed packet, a protocol error, a packet too large) keep their kind,
+            // so that the DISCONNECT sent to an MQTT 5 client carries the right reason code.
+            Err(e) => match e.downcast::<crate::codec::error::DecodeError>() {
+                Ok(e) => Reason::MqttError(MqttError::Decode(e)),
+                Err(e) => Reason::Error(ByteString::from(e.to_string())),
+            },
             Ok(e) => Reason::MqttError(e),
+        }
+    }
+}
+
+impl Reason {
+    /// The DISCONNECT an MQTT 5 server sends before it closes a connection for this reason (4.13.1), or
+    /// `None` when nothing can or should be sent: the client closed or sent DISCONNECT itself, or the
+    /// network failed.
+    #[inline]
+    pub fn server_disconnect(&self) -> Option<DisconnectReasonCode> {
+        use crate::codec::error::{DecodeError, SendPacketError};
+        match self {
+            Reason::ConnectDisconnect(_)
+            | Reason::ConnectRemoteClose
+            | Reason::ConnectReadWriteError
+            | Reason::ConnectReadWriteTimeout
+            | Reason::MqttError(
+                MqttError::Decode(DecodeError::Io(_))
+                | MqttError::Encode(_)
+                | MqttError::SendPacket(SendPacketError::Encode(_))
+                | MqttError::WriteTimeout
+                | MqttError::FlushTimeout
+                | MqttError::CloseTimeout,
+            ) => None,
+            Reason::Reasons(rs) => rs.first().and_then(|r| r.server_disconnect()),
+            r => Some(r.to_reason_code()),
         }
     }
 }
@@ -2567,7 +2636,8 @@ impl ToReasonCode for Reason {
                 if *is_admin {
                     DisconnectReasonCode::AdministrativeAction
                 } else {
-                    DisconnectReasonCode::NotAuthorized
+                    // Another connection with this client id took the session over (MQTT-3.1.4-3).
+                    DisconnectReasonCode::SessionTakenOver
                 }
             }
             Reason::HandshakeRateExceeded => DisconnectReasonCode::ConnectionRateExceeded,
@@ -2733,42 +2803,37 @@ impl ClientTopicAliases {
         ClientTopicAliases { max_topic_aliases, aliases: RwLock::new(HashMap::default()) }
     }
 
+    /// Resolves a PUBLISH's topic from its Topic Alias. `aliases` is `None` when the server announced no Topic
+    /// Alias Maximum (0): then every alias is out of range.
+    ///
+    /// MQTT 5: an alias above the announced maximum is "Topic Alias invalid" (0x94, MQTT-3.3.2-9); an empty
+    /// topic with an alias never mapped, or without any alias, is a Protocol Error (3.3.2.3.4).
     #[inline]
-    pub async fn set_and_get(&self, alias: Option<NonZeroU16>, topic: TopicName) -> Result<TopicName> {
-        match (alias, topic.len()) {
-            (Some(alias), 0) => {
-                self.aliases.read().await.get(&alias).ok_or_else(|| {
-                    MqttError::PublishAckReason(
-                        PublishAckReason::ImplementationSpecificError,
-                        ByteString::from(
-                            "implementation specific error, the ‘topic‘ associated with the ‘alias‘ was not found",
-                        ),
-                    ).into()
-                }).cloned()
-            }
-            (Some(alias), _) => {
-                let mut aliases = self.aliases.write().await;
-                let len = aliases.len();
-                if let Some(topic_mut) = aliases.get_mut(&alias) {
-                    *topic_mut = topic.clone()
-                }else{
-                    if len >= self.max_topic_aliases {
-                        return Err(MqttError::PublishAckReason(
-                            PublishAckReason::ImplementationSpecificError,
-                            ByteString::from(
-                                format!("implementation specific error, the number of topic aliases exceeds the limit ({})", self.max_topic_aliases),
-                            ),
-                        ).into())
-                    }
-                    aliases.insert(alias, topic.clone());
-                }
+    pub async fn resolve(
+        aliases: Option<&Self>,
+        alias: Option<NonZeroU16>,
+        topic: TopicName,
+    ) -> std::result::Result<TopicName, Reason> {
+        let max = aliases.map_or(0, |a| a.max_topic_aliases);
+        match (aliases, alias) {
+            (_, Some(a)) if a.get() as usize > max => Err(Reason::MqttError(MqttError::Decode(
+                crate::codec::error::DecodeError::TopicAliasInvalid,
+            ))),
+            (Some(aliases), Some(a)) if topic.is_empty() => aliases
+                .aliases
+                .read()
+                .await
+                .get(&a)
+                .cloned()
+                .ok_or_else(|| Reason::ProtocolError(ByteString::from_static("Topic Alias not mapped"))),
+            (Some(aliases), Some(a)) => {
+                aliases.aliases.write().await.insert(a, topic.clone());
                 Ok(topic)
             }
-            (None, 0) => Err(MqttError::PublishAckReason(
-                PublishAckReason::ImplementationSpecificError,
-                ByteString::from("implementation specific error, ‘alias’ and ‘topic’ are both empty"),
-            ).into()),
-            (None, _) => Ok(topic),
+            (_, None) if topic.is_empty() => {
+                Err(Reason::ProtocolError(ByteString::from_static("empty Topic Name without a Topic Alias")))
+            }
+            _ => Ok(topic),
         }
     }
 }

@@ -78,7 +78,10 @@ where
         let (state, keep_alive) = match handshake(&scx, &mut sink, lid).await {
             Ok(c) => c,
             Err((ack_code, e)) => {
-                refused_ack_v3(&scx, &mut sink, None, ack_code, e.to_string()).await?;
+                match ack_code {
+                    Some(ack_code) => refused_ack_v3(&scx, &mut sink, None, ack_code, e.to_string()).await?,
+                    None => log::info!("{lid} connection closed without CONNACK: {e}"),
+                }
                 if let Err(e) = sink.close().await {
                     log::info!("{lid} close io error, {e}");
                 }
@@ -104,29 +107,31 @@ fn invalid_client_id(e: &Error) -> bool {
     })
 }
 
+/// Performs the handshake. An error carries the CONNACK refusal to send, or `None` to close the connection
+/// without CONNACK: a CONNECT that does not match its format (MQTT-3.1.4-1), or none in time.
 #[inline]
 async fn handshake<Io>(
     scx: &ServerContext,
     sink: &mut v3::MqttStream<Io>,
     lid: ListenerId,
-) -> std::result::Result<(SessionState, u16), (ConnectAckReason, Error)>
+) -> std::result::Result<(SessionState, u16), (Option<ConnectAckReason>, Error)>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
 {
     if scx.busy_check_enable && scx.node.sys_is_busy() {
         return Err((
-            ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable),
+            Some(ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable)),
             anyhow!("the system is currently overloaded"),
         ));
     }
 
     let mut c = sink.recv_connect(sink.cfg.handshake_timeout).await.map_err(|e| {
         if invalid_client_id(&e) {
-            // [MQTT-3.1.3-6] An empty ClientId with CleanSession = 0 must be
+            // [MQTT-3.1.3-8] An empty ClientId with CleanSession = 0 must be
             // rejected with CONNACK return code 0x02 (Identifier Rejected).
-            (ConnectAckReason::V3(ConnectAckReasonV3::IdentifierRejected), e)
+            (Some(ConnectAckReason::V3(ConnectAckReasonV3::IdentifierRejected)), e)
         } else {
-            (ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable), e)
+            (None, e)
         }
     })?;
 
@@ -154,7 +159,7 @@ where
                 )
             );
             return Err((
-                ConnectAckReason::V3(ConnectAckReasonV3::IdentifierRejected),
+                Some(ConnectAckReason::V3(ConnectAckReasonV3::IdentifierRejected)),
                 MqttError::IdentifierRejected.into(),
             ));
         }
@@ -176,22 +181,22 @@ where
             let session_present = state
                 .session_present()
                 .await
-                .map_err(|e| (ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable), e))?;
+                .map_err(|e| (Some(ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable)), e))?;
             sink.send_connect_ack(ConnectAckReasonV3::ConnectionAccepted, session_present)
                 .await
-                .map_err(|e| (ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable), e))?;
+                .map_err(|e| (None, e))?;
             Ok((state, keep_alive))
         }
         Ok(Err((ack_code, e))) => {
             log::info!("{id:?} Connection Refused, handshake error, reason: {ack_code:?}, {e}");
-            Err((ack_code, e))
+            Err((Some(ack_code), e))
         }
         Err(e) => {
             #[cfg(feature = "metrics")]
             scx.metrics.client_handshaking_timeout_inc();
             let err = anyhow!("Connection Refused, execute handshake timeout");
             log::info!("{:?} {:?}, reason: {:?}", id, err, e.to_string(),);
-            Err((ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable), err))
+            Err((Some(ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable)), err))
         }
     }
 }
@@ -246,6 +251,16 @@ async fn _handshake(
         }
         Ok(entry) => entry,
     };
+
+    // With `session_owner_check`, a session belongs to the user that created it: another user's CONNECT with
+    // its client id never takes it over, never kicks its connection and never reads its messages.
+    if listen_cfg.session_owner_check {
+        if let Some(owner) = entry.session().map(|s| s.id.username.clone()) {
+            if owner != id.username {
+                return Err((ConnectAckReason::V3(ConnectAckReasonV3::NotAuthorized), anyhow!("client id in use by another user")));
+            }
+        }
+    }
 
     // Kick out the current session, if it exists
     let clean_session = connect_info.clean_start();

@@ -94,7 +94,10 @@ where
         let (state, keep_alive) = match handshake(&scx, &mut sink, lid).await {
             Ok(c) => c,
             Err((ack_code, e)) => {
-                refused_ack(&scx, &mut sink, None, ack_code, e.to_string()).await?;
+                match ack_code {
+                    Some(ack_code) => refused_ack(&scx, &mut sink, None, ack_code, e.to_string()).await?,
+                    None => log::info!("{lid} connection closed without CONNACK: {e}"),
+                }
                 if let Err(e) = sink.close().await {
                     log::info!("{lid} close io error, {e}");
                 }
@@ -109,42 +112,47 @@ where
     Ok(())
 }
 
-#[inline]
-/// Returns true when the error chain contains `DecodeError::InvalidClientId`,
-/// i.e. the client sent a zero-length ClientId while CleanStart was 0
-/// (MQTT-3.1.3-8). Such connections must be rejected with CONNACK 0x85
-/// (Client Identifier not valid) instead of a generic ServerUnavailable.
-fn invalid_client_id(e: &Error) -> bool {
-    e.chain().any(|cause| {
-        cause.downcast_ref::<DecodeError>().is_some_and(|de| matches!(de, DecodeError::InvalidClientId))
+/// The CONNACK that refuses a CONNECT the codec rejected (4.13.1: "In the case of an error in a CONNECT
+/// packet it MAY send a CONNACK packet containing the Reason Code, before closing the Network Connection"),
+/// or `None` to close without one (no CONNECT in time, a network error).
+fn connect_error_ack(e: &Error) -> Option<ConnectAckReasonV5> {
+    use crate::codec::v5::{DisconnectReasonCode as D, ToReasonCode};
+    let de = e.chain().find_map(|c| c.downcast_ref::<DecodeError>())?;
+    Some(match de {
+        DecodeError::Io(_) => return None,
+        // [MQTT-3.1.3-8] The server may refuse an empty ClientId with CleanStart = 0: 0x85.
+        DecodeError::InvalidClientId => ConnectAckReasonV5::ClientIdentifierNotValid,
+        de => match de.to_reason_code() {
+            D::ProtocolError => ConnectAckReasonV5::ProtocolError,
+            D::TopicNameInvalid => ConnectAckReasonV5::TopicNameInvalid,
+            D::PacketTooLarge => ConnectAckReasonV5::PacketTooLarge,
+            _ => ConnectAckReasonV5::MalformedPacket,
+        },
     })
 }
 
+/// Performs the handshake. An error carries the CONNACK refusal to send, or `None` to close the connection
+/// without CONNACK.
 #[inline]
 async fn handshake<Io>(
     scx: &ServerContext,
     sink: &mut v5::MqttStream<Io>,
     lid: ListenerId,
-) -> std::result::Result<(SessionState, u16), (ConnectAckReason, Error)>
+) -> std::result::Result<(SessionState, u16), (Option<ConnectAckReason>, Error)>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
 {
     if scx.busy_check_enable && scx.node.sys_is_busy() {
         return Err((
-            ConnectAckReason::V5(ConnectAckReasonV5::ServerUnavailable),
+            Some(ConnectAckReason::V5(ConnectAckReasonV5::ServerUnavailable)),
             anyhow!("the system is currently overloaded"),
         ));
     }
 
-    let mut c = sink.recv_connect(sink.cfg.handshake_timeout).await.map_err(|e| {
-        if invalid_client_id(&e) {
-            // [MQTT-3.1.3-8] An empty ClientId with CleanStart = 0 must be
-            // rejected with CONNACK reason 0x85 (Client Identifier not valid).
-            (ConnectAckReason::V5(ConnectAckReasonV5::ClientIdentifierNotValid), e)
-        } else {
-            (ConnectAckReason::V5(ConnectAckReasonV5::ServerUnavailable), e)
-        }
-    })?;
+    let mut c = sink
+        .recv_connect(sink.cfg.handshake_timeout)
+        .await
+        .map_err(|e| (connect_error_ack(&e).map(ConnectAckReason::V5), e))?;
 
     log::debug!(
         "new Connection: local_addr: {:?}, remote_addr: {:?}, listen_cfg: {:?}",
@@ -185,21 +193,19 @@ where
         .await
     {
         Ok(Ok((state, ack, keep_alive))) => {
-            sink.send_connect_ack(ack)
-                .await
-                .map_err(|e| (ConnectAckReason::V5(ConnectAckReasonV5::ServerUnavailable), e))?;
+            sink.send_connect_ack(ack).await.map_err(|e| (None, e))?;
             Ok((state, keep_alive))
         }
         Ok(Err((ack_code, e))) => {
             log::info!("{id:?} Connection Refused, handshake error, reason: {ack_code:?}, {e}");
-            Err((ack_code, e))
+            Err((Some(ack_code), e))
         }
         Err(e) => {
             #[cfg(feature = "metrics")]
             scx.metrics.client_handshaking_timeout_inc();
             let err = anyhow!("Connection Refused, execute handshake timeout");
             log::info!("{:?} {:?}, reason: {:?}", id, err, e.to_string(),);
-            Err((ConnectAckReason::V5(ConnectAckReasonV5::ServerUnavailable), err))
+            Err((Some(ConnectAckReason::V5(ConnectAckReasonV5::ServerUnavailable)), err))
         }
     }
 }
@@ -286,6 +292,16 @@ async fn _handshake(
         }
         Ok(entry) => entry,
     };
+
+    // With `session_owner_check`, a session belongs to the user that created it: another user's CONNECT with
+    // its client id never takes it over, never kicks its connection and never reads its messages.
+    if listen_cfg.session_owner_check {
+        if let Some(owner) = entry.session().map(|s| s.id.username.clone()) {
+            if owner != id.username {
+                return Err((ConnectAckReason::V5(ConnectAckReasonV5::NotAuthorized), anyhow!("client id in use by another user")));
+            }
+        }
+    }
 
     // Kick out the current session, if it exists
     let clean_session = connect_info.clean_start();
@@ -434,7 +450,9 @@ async fn _handshake(
         session_present,
         server_keepalive_sec: Some(server_keepalive_sec),
         session_expiry_interval_secs,
-        receive_max: max_inflight,
+        // The server's own Receive Maximum: how many QoS 1/2 PUBLISH it takes unacknowledged (what in_inflight
+        // enforces), not the client's.
+        receive_max: state.listen_cfg().max_inflight,
         max_qos,
         retain_available,
         max_packet_size: Some(max_server_packet_size),
