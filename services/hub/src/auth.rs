@@ -4,24 +4,37 @@
 //! - `ClientAuthenticate`: a password principal must send its password (compared in constant time); a
 //!   certificate principal is accepted only when the connection presented a client certificate that the TLS
 //!   listener verified and whose common name is the principal's username. The plain TCP and WS listeners never
-//!   collect certificates, so a certificate principal cannot be claimed there.
-//! - `ClientSubscribeCheckAcl`: a subscription is granted when one `sub` permission covers the whole filter.
-//! - `MessagePublishCheckAcl`: a topic with a wildcard or NUL, or a payload over `message.length.max`, closes
-//!   the connection (MQTT says a malformed PUBLISH is a protocol error); a topic without `pub` permission is
-//!   dropped (MQTT 5: reason code 0x87) and counted. Allowed messages are handed to the routing rules.
+//!   collect certificates, so a certificate principal cannot be claimed there. The CONNECT's will must pass the
+//!   principal's publish permissions (never `$SYS/...`), its client id the configured rule, and the principal
+//!   must be under its connection quota; each refusal has its own CONNACK code. (That a client id's session
+//!   belongs to the principal that made it is enforced by the engine under the client id's lock:
+//!   `session_owner_check`.)
+//! - `ClientConnected` / `ClientDisconnected`: connections per principal, for the quota.
+//! - `ClientSubscribeCheckAcl`: a subscription is granted when one `sub` permission covers the whole filter;
+//!   an invalid filter is refused as such (MQTT 5: 0x8F).
+//! - `MessagePublishCheckAcl` (also for wills, when published): a payload over `message.length.max` is refused
+//!   (3.1.1: the connection closes; MQTT 5: PUBACK 0x97), a topic without `pub` permission or under `$SYS/` is
+//!   dropped (MQTT 5: 0x87) and counted, a retained message over the retained limits is delivered without being
+//!   retained. Allowed messages are handed to the routing rules. Malformed topics never get here: the engine's
+//!   codec closes the connection first.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::codec::v3::ConnectAckReason as AckV3;
+use rmqtt::codec::v5::{ConnectAckReason as AckV5, PublishAckReason, SubscribeAckReason};
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
-use rmqtt::types::{AuthResult, PublishAclResult, SubscribeAclResult};
+use rmqtt::types::{
+    AuthResult, ConnectAckReason, ConnectInfo, LastWill, PublishAclResult, SubscribeAclResult,
+};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Action, HubConfig};
+use crate::config::{Action, ClientIdRule, HubConfig};
+use crate::limits::{PrincipalConnections, RetainedBudget};
 use crate::routing::Router;
 use crate::topic;
 
@@ -39,9 +52,17 @@ struct Account {
 pub struct Counters {
     pub auth_accepted: AtomicU64,
     pub auth_refused: AtomicU64,
+    /// CONNECTs refused for their will (topic not permitted, `$SYS/`, payload too large).
+    pub will_refused: AtomicU64,
+    /// CONNECTs refused because the principal had `limits.connections_per_principal` open.
+    pub quota_refused: AtomicU64,
+    /// CONNECTs refused for a client id outside `client_id: v1`.
+    pub client_id_refused: AtomicU64,
     pub publish_denied: AtomicU64,
     pub publish_malformed: AtomicU64,
     pub subscribe_denied: AtomicU64,
+    /// Retained PUBLISHes delivered without being retained: the retained limits were reached.
+    pub retained_refused: AtomicU64,
     pub routed: AtomicU64,
 }
 
@@ -51,12 +72,75 @@ impl Counters {
         serde_json::json!({
             "auth_accepted": g(&self.auth_accepted),
             "auth_refused": g(&self.auth_refused),
+            "will_refused": g(&self.will_refused),
+            "quota_refused": g(&self.quota_refused),
+            "client_id_refused": g(&self.client_id_refused),
             "publish_denied": g(&self.publish_denied),
             "publish_malformed": g(&self.publish_malformed),
             "subscribe_denied": g(&self.subscribe_denied),
+            "retained_refused": g(&self.retained_refused),
             "routed": g(&self.routed),
         })
     }
+}
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown principal, wrong password, certificate principal without its certificate.
+    NotAuthorized,
+    /// The client id breaks `client_id: v1`.
+    ClientId,
+    /// The will's topic is not one the principal may publish to (or is under `$SYS/`).
+    WillNotAuthorized,
+    /// The will's payload is over `message.length.max`.
+    WillTooLarge,
+    /// The principal has `limits.connections_per_principal` connections open.
+    Quota,
+}
+
+impl Refusal {
+    /// The CONNACK code for this refusal, in the client's protocol version.
+    pub fn ack(self, v5: bool) -> ConnectAckReason {
+        if v5 {
+            ConnectAckReason::V5(match self {
+                Refusal::NotAuthorized | Refusal::WillNotAuthorized => AckV5::NotAuthorized,
+                Refusal::ClientId => AckV5::ClientIdentifierNotValid,
+                Refusal::WillTooLarge => AckV5::PacketTooLarge,
+                Refusal::Quota => AckV5::QuotaExceeded,
+            })
+        } else {
+            ConnectAckReason::V3(match self {
+                Refusal::NotAuthorized | Refusal::WillNotAuthorized | Refusal::WillTooLarge => {
+                    AckV3::NotAuthorized
+                }
+                Refusal::ClientId => AckV3::IdentifierRejected,
+                Refusal::Quota => AckV3::ServiceUnavailable,
+            })
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::NotAuthorized => "not authorized",
+            Refusal::ClientId => "client id outside `client_id: v1`",
+            Refusal::WillNotAuthorized => "will topic not permitted",
+            Refusal::WillTooLarge => "will payload over message.length.max",
+            Refusal::Quota => "limits.connections_per_principal reached",
+        }
+    }
+}
+
+/// What a CONNECT asks for, as the checks need it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectRequest<'a> {
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+    /// The common name of a verified client certificate.
+    pub cert_cn: Option<&'a str>,
+    pub client_id: &'a str,
+    /// The will's topic and payload size.
+    pub will: Option<(&'a str, usize)>,
 }
 
 /// Principals and permissions, built once from the config.
@@ -64,6 +148,7 @@ impl Counters {
 pub struct Access {
     accounts: HashMap<String, Account>,
     max_payload: usize,
+    client_id: ClientIdRule,
 }
 
 impl Access {
@@ -92,10 +177,30 @@ impl Access {
         Access {
             accounts,
             max_payload: usize::try_from(cfg.message.length.max.0).unwrap_or(usize::MAX),
+            client_id: cfg.client_id,
         }
     }
 
-    /// Decides a CONNECT. `cert_cn` is the common name of a verified client certificate, if any.
+    /// Decides a CONNECT (everything but the connection quota and the session owner).
+    pub fn check_connect(&self, c: &ConnectRequest<'_>) -> Result<(), Refusal> {
+        if !self.authenticate(c.username, c.password, c.cert_cn) {
+            return Err(Refusal::NotAuthorized);
+        }
+        if self.client_id == ClientIdRule::V1 && !valid_v1_client_id(c.client_id) {
+            return Err(Refusal::ClientId);
+        }
+        if let Some((will_topic, size)) = c.will {
+            if size > self.max_payload {
+                return Err(Refusal::WillTooLarge);
+            }
+            if !self.may_publish(c.username, will_topic) {
+                return Err(Refusal::WillNotAuthorized);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the credentials name a principal. `cert_cn` is the common name of a verified client certificate.
     pub fn authenticate(
         &self,
         username: Option<&str>,
@@ -114,9 +219,12 @@ impl Access {
         }
     }
 
+    /// Whether the principal may publish on `topic_name`. Nobody publishes under `$SYS/`: the hub's own.
     pub fn may_publish(&self, username: Option<&str>, topic_name: &str) -> bool {
-        self.account(username)
-            .is_some_and(|a| a.publish.iter().any(|f| topic::matches(f, topic_name)))
+        !topic_name.starts_with("$SYS/")
+            && self
+                .account(username)
+                .is_some_and(|a| a.publish.iter().any(|f| topic::matches(f, topic_name)))
     }
 
     pub fn may_subscribe(&self, username: Option<&str>, filter: &str) -> bool {
@@ -129,13 +237,20 @@ impl Access {
     }
 }
 
-/// v1's client id rule: `^[0-9A-Za-z_-]{1,128}$`.
-pub fn valid_client_id(id: &str) -> bool {
+/// v1's client id rule (`client_id: v1`): `^[0-9A-Za-z_-]{1,128}$`.
+pub fn valid_v1_client_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn will_of(ci: &ConnectInfo) -> Option<(&str, usize)> {
+    ci.last_will().map(|w| match w {
+        LastWill::V3(w) => (&*w.topic, w.message.len()),
+        LastWill::V5(w) => (&*w.topic, w.message.len()),
+    })
 }
 
 /// The hub's single hook handler; registered for every hook type it decides.
@@ -144,7 +259,56 @@ pub struct HubHandler {
     pub access: Arc<Access>,
     pub counters: Arc<Counters>,
     pub router: Arc<Router>,
+    pub connections: Arc<PrincipalConnections>,
+    pub retained: Arc<RetainedBudget>,
+    /// How long routed copies may wait for subscribers (`limits.message_expiry`).
+    pub message_expiry: Duration,
     pub scx: ServerContext,
+}
+
+impl HubHandler {
+    fn authenticate(&self, ci: &ConnectInfo) -> AuthResult {
+        let req = ConnectRequest {
+            username: ci.username().map(|u| &**u),
+            password: ci.password().map(|p| &p[..]),
+            cert_cn: ci.cert().and_then(|c| c.common_name.as_deref()),
+            client_id: &ci.id().client_id,
+            will: will_of(ci),
+        };
+        let user = req.username.unwrap_or("");
+        let decision = self.access.check_connect(&req).and_then(|()| {
+            if self.connections.admits(user, req.client_id) {
+                Ok(())
+            } else {
+                Err(Refusal::Quota)
+            }
+        });
+        match decision {
+            Ok(()) => {
+                self.counters.auth_accepted.fetch_add(1, Ordering::Relaxed);
+                AuthResult::Allow(false, None)
+            }
+            Err(refusal) => {
+                let counter = match refusal {
+                    Refusal::NotAuthorized => &self.counters.auth_refused,
+                    Refusal::ClientId => &self.counters.client_id_refused,
+                    Refusal::WillNotAuthorized | Refusal::WillTooLarge => {
+                        &self.counters.will_refused
+                    }
+                    Refusal::Quota => &self.counters.quota_refused,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    client_id = %req.client_id,
+                    username = user,
+                    remote = ?ci.ipaddress(),
+                    "connection refused: {}",
+                    refusal.reason()
+                );
+                AuthResult::Refused(refusal.ack(ci.proto_ver() == 5))
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -152,64 +316,56 @@ impl Handler for HubHandler {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         match param {
             Parameter::ClientAuthenticate(ci) => {
-                // A client id outside v1's rule is refused here (CONNACK "not authorized"): the engine offers no
-                // earlier hook that can refuse a connection; ids over 128 bytes get "identifier rejected" from it.
-                let ok = valid_client_id(&ci.id().client_id)
-                    && self.access.authenticate(
-                        ci.username().map(|u| &**u),
-                        ci.password().map(|p| &p[..]),
-                        ci.cert().and_then(|c| c.common_name.as_deref()),
-                    );
-                let result = if ok {
-                    self.counters.auth_accepted.fetch_add(1, Ordering::Relaxed);
-                    AuthResult::Allow(false, None)
-                } else {
-                    self.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        client_id = %ci.id().client_id,
-                        username = ci.username().map(|u| &**u).unwrap_or(""),
-                        remote = ?ci.ipaddress(),
-                        "connection refused: not authorized"
-                    );
-                    AuthResult::NotAuthorized
-                };
-                (false, Some(HookResult::AuthResult(result)))
+                (false, Some(HookResult::AuthResult(self.authenticate(ci))))
+            }
+            Parameter::ClientConnected(s) => {
+                if let Some(user) = s.id.username.as_deref() {
+                    self.connections.connected(user, &s.id);
+                }
+                (true, acc)
+            }
+            Parameter::ClientDisconnected(s, _) => {
+                if let Some(user) = s.id.username.as_deref() {
+                    self.connections.disconnected(user, &s.id);
+                }
+                (true, acc)
             }
             Parameter::ClientSubscribeCheckAcl(s, sub) => {
                 let filter: &str = &sub.topic_filter;
-                let allowed = topic::validate_filter(filter).is_ok()
-                    && self.access.may_subscribe(s.id.username.as_deref(), filter);
-                let result = if allowed {
+                let result = if topic::validate_filter(filter).is_err() {
+                    SubscribeAclResult::new_failure(SubscribeAckReason::TopicFilterInvalid)
+                } else if self.access.may_subscribe(s.id.username.as_deref(), filter) {
                     SubscribeAclResult::new_success(sub.opts.qos(), None)
                 } else {
+                    SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
+                };
+                if result.failure() {
                     self.counters
                         .subscribe_denied
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(client_id = %s.id.client_id, filter, "subscribe denied");
-                    SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
-                };
+                }
                 (false, Some(HookResult::SubscribeAclResult(result)))
             }
             Parameter::MessagePublishCheckAcl(s, publish) => {
                 let name: &str = &publish.topic;
-                if let Err(e) = topic::validate_name(name) {
-                    self.counters
-                        .publish_malformed
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(client_id = %s.id.client_id, "publish refused, closing the connection: {e}");
-                    let r = PublishAclResult::rejected(true, Some(e.to_string().into()));
-                    return (false, Some(HookResult::PublishAclResult(r)));
-                }
                 if publish.payload.len() > self.access.max_payload {
                     self.counters
                         .publish_malformed
                         .fetch_add(1, Ordering::Relaxed);
+                    let v5 = publish.properties.is_some();
                     tracing::info!(
                         client_id = %s.id.client_id,
                         size = publish.payload.len(),
-                        "publish refused, closing the connection: payload over message.length.max"
+                        "publish refused{}: payload over message.length.max",
+                        if v5 { "" } else { ", closing the connection" }
                     );
-                    let r = PublishAclResult::rejected(true, Some("payload too large".into()));
+                    // MQTT 5 says why per message (PUBACK 0x97); 3.1.1 has no way to but closing.
+                    let r = PublishAclResult::rejected_with(
+                        PublishAckReason::QuotaExceeded,
+                        !v5,
+                        Some("payload over message.length.max".into()),
+                    );
                     return (false, Some(HookResult::PublishAclResult(r)));
                 }
                 if !self.access.may_publish(s.id.username.as_deref(), name) {
@@ -217,6 +373,31 @@ impl Handler for HubHandler {
                     tracing::debug!(client_id = %s.id.client_id, topic = name, "publish denied");
                     let r = PublishAclResult::rejected(false, None);
                     return (false, Some(HookResult::PublishAclResult(r)));
+                }
+                let mut result = PublishAclResult::allow();
+                if publish.retain {
+                    let expiry = publish
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.message_expiry_interval)
+                        .map(|i| Duration::from_secs(u64::from(i.get())));
+                    if !self
+                        .retained
+                        .admit(name, publish.payload.len() as u64, expiry)
+                    {
+                        let n = self
+                            .counters
+                            .retained_refused
+                            .fetch_add(1, Ordering::Relaxed)
+                            + 1;
+                        if n == 1 || n.is_multiple_of(1000) {
+                            tracing::warn!(
+                                topic = name,
+                                "retained message delivered but not retained: limits.retained reached ({n} so far)"
+                            );
+                        }
+                        result = PublishAclResult::allow_unretained();
+                    }
                 }
                 if !self.router.is_empty() {
                     let routes = self
@@ -227,13 +408,15 @@ impl Handler for HubHandler {
                             .routed
                             .fetch_add(routes.len() as u64, Ordering::Relaxed);
                         let scx = self.scx.clone();
-                        tokio::spawn(crate::broker::republish(scx, routes, (*publish).clone()));
+                        tokio::spawn(crate::broker::republish(
+                            scx,
+                            routes,
+                            (*publish).clone(),
+                            self.message_expiry,
+                        ));
                     }
                 }
-                (
-                    false,
-                    Some(HookResult::PublishAclResult(PublishAclResult::allow())),
-                )
+                (false, Some(HookResult::PublishAclResult(result)))
             }
             _ => (true, acc),
         }
@@ -289,11 +472,84 @@ mod tests {
     }
 
     #[test]
-    fn client_ids() {
-        assert!(valid_client_id("abc_DEF-123"));
-        assert!(!valid_client_id(""));
-        assert!(!valid_client_id("a b"));
-        assert!(!valid_client_id("é"));
-        assert!(!valid_client_id(&"x".repeat(129)));
+    fn v1_client_ids() {
+        assert!(valid_v1_client_id("abc_DEF-123"));
+        assert!(!valid_v1_client_id(""));
+        assert!(!valid_v1_client_id("a b"));
+        assert!(!valid_v1_client_id("é"));
+        assert!(!valid_v1_client_id(&"x".repeat(129)));
+    }
+
+    fn req<'a>(
+        user: &'a str,
+        client_id: &'a str,
+        will: Option<(&'a str, usize)>,
+    ) -> ConnectRequest<'a> {
+        ConnectRequest {
+            username: Some(user),
+            password: Some(b"pw"),
+            cert_cn: None,
+            client_id,
+            will,
+        }
+    }
+
+    #[test]
+    fn connect_checks() {
+        let yaml = "principals:\n\
+             - {username: u, password: pw, permissions: [{action: pub, permit: ['a/#', '$SYS/#']}]}\n\
+             message: {length: {max: 10}}\n";
+        let any = access(yaml);
+        assert_eq!(any.check_connect(&req("u", "id with / : .", None)), Ok(()));
+        assert_eq!(
+            any.check_connect(&req("u", "x", Some(("a/will", 10)))),
+            Ok(())
+        );
+        assert_eq!(
+            any.check_connect(&req("u", "x", Some(("b/will", 1)))),
+            Err(Refusal::WillNotAuthorized)
+        );
+        assert_eq!(
+            any.check_connect(&req("u", "x", Some(("$SYS/x", 1)))),
+            Err(Refusal::WillNotAuthorized),
+            "`$SYS/` even with a `$SYS/#` permission"
+        );
+        assert_eq!(
+            any.check_connect(&req("u", "x", Some(("a/will", 11)))),
+            Err(Refusal::WillTooLarge)
+        );
+        assert_eq!(
+            any.check_connect(&req("nobody", "x", None)),
+            Err(Refusal::NotAuthorized)
+        );
+        let v1 = access(&format!("{yaml}client_id: v1\n"));
+        assert_eq!(
+            v1.check_connect(&req("u", "a b", None)),
+            Err(Refusal::ClientId)
+        );
+        assert_eq!(v1.check_connect(&req("u", "ab_1-2", None)), Ok(()));
+        // The codes each refusal gets.
+        use rmqtt::codec::v3::ConnectAckReason as V3;
+        use rmqtt::codec::v5::ConnectAckReason as V5;
+        assert_eq!(
+            Refusal::WillNotAuthorized.ack(false),
+            ConnectAckReason::V3(V3::NotAuthorized)
+        );
+        assert_eq!(
+            Refusal::WillNotAuthorized.ack(true),
+            ConnectAckReason::V5(V5::NotAuthorized)
+        );
+        assert_eq!(
+            Refusal::ClientId.ack(true),
+            ConnectAckReason::V5(V5::ClientIdentifierNotValid)
+        );
+        assert_eq!(
+            Refusal::Quota.ack(true),
+            ConnectAckReason::V5(V5::QuotaExceeded)
+        );
+        assert_eq!(
+            Refusal::Quota.ack(false),
+            ConnectAckReason::V3(V3::ServiceUnavailable)
+        );
     }
 }

@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 use crate::auth::{Access, Counters, HubHandler};
 use crate::config::{HubConfig, ListenKind, ListenSpec};
 use crate::error::HubError;
+use crate::limits::{PrincipalConnections, RetainedBudget};
+use crate::persistence::{self, Persistence};
 use crate::routing::Router;
 
 const PLUGIN_SESSION: &str = "rmqtt-session-storage";
@@ -35,13 +37,6 @@ const PLUGIN_SYS: &str = "rmqtt-sys-topic";
 /// The name under which rmqtt-session-storage looks up its offline-message save queue.
 const OFFLINE_SAVE_QUEUE: &str = "SESSION_STORAGE_OFFLINE_EXEC";
 
-/// How long queued messages and offline persistent sessions are kept.
-const SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
-const MESSAGE_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Messages queued per offline session before the oldest are dropped.
-const MAX_QUEUED: usize = 100_000;
-/// A client that has not sent CONNECT by then is dropped (the slow-handshake guard).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// sled flushes every 500 ms; waiting a little longer on shutdown lets the last writes reach the disk.
 const FLUSH_GRACE: Duration = Duration::from_millis(1200);
 /// How often statistics are reported to the master.
@@ -63,17 +58,51 @@ fn qos_from_u8(q: u8) -> QoS {
     }
 }
 
+/// The hub itself as a message's sender (routing rules, `$SYS`).
+fn hub_sender(scx: &ServerContext, name: &'static str) -> MsgFrom {
+    MsgFrom::from_system(Id::new(
+        scx.node.id(),
+        0,
+        None,
+        None,
+        ClientId::from_static(name),
+        Some(UserName::from_static("baetyl-hub")),
+    ))
+}
+
+/// Publishes the hub's statistics (its counters, limits and persistence) on `$SYS/brokers/<node>/baetyl/hub`,
+/// QoS 0, not retained.
+async fn publish_sys(scx: &ServerContext, counters: &Counters, gauges: &Gauges) {
+    let stats = stats_json(scx, counters, gauges).await;
+    let body =
+        serde_json::json!({ "hub": stats["hub"], "persistence": stats["hub"]["persistence"] });
+    let p = CodecPublish {
+        dup: false,
+        retain: false,
+        qos: QoS::AtMostOnce,
+        topic: TopicName::from(format!("$SYS/brokers/{}/baetyl/hub", scx.node.id())),
+        packet_id: None,
+        payload: body.to_string().into(),
+        properties: Some(PublishProperties::default()),
+    };
+    let p: Publish = p.into();
+    let p = p.create_time(timestamp_millis());
+    if let Err(e) =
+        SessionState::forwards(scx, hub_sender(scx, "baetyl-hub-sys"), p, false, None).await
+    {
+        tracing::debug!("cannot publish the hub's $SYS statistics: {e:#}");
+    }
+}
+
 /// Publishes copies of `original` on each routed (topic, qos), as the hub itself.
-pub(crate) async fn republish(scx: ServerContext, routes: Vec<(String, u8)>, original: Publish) {
+pub(crate) async fn republish(
+    scx: ServerContext,
+    routes: Vec<(String, u8)>,
+    original: Publish,
+    expiry: Duration,
+) {
     for (topic, qos) in routes {
-        let from = MsgFrom::from_system(Id::new(
-            scx.node.id(),
-            0,
-            None,
-            None,
-            ClientId::from_static("baetyl-hub-route"),
-            Some(UserName::from_static("baetyl-hub")),
-        ));
+        let from = hub_sender(&scx, "baetyl-hub-route");
         let p = CodecPublish {
             dup: false,
             retain: false,
@@ -85,7 +114,7 @@ pub(crate) async fn republish(scx: ServerContext, routes: Vec<(String, u8)>, ori
         };
         let p: Publish = p.into();
         let p = p.create_time(timestamp_millis());
-        if let Err(e) = SessionState::forwards(&scx, from, p, false, Some(MESSAGE_EXPIRY)).await {
+        if let Err(e) = SessionState::forwards(&scx, from, p, false, Some(expiry)).await {
             tracing::warn!(topic, "routing rule could not republish: {e:#}");
         }
     }
@@ -127,6 +156,10 @@ fn check_env() -> Result<(), HubError> {
 
 fn listener_builder(spec: &ListenSpec, cfg: &HubConfig) -> Builder {
     let max = cfg.message.length.max.0;
+    let limits = &cfg.limits;
+    // 0 = the client chooses; otherwise MQTT 5 clients are told the cap (Server Keep Alive), 3.1.1 clients
+    // asking for more are refused.
+    let keep_alive = u16::try_from(limits.keep_alive.get().as_secs()).unwrap_or(u16::MAX);
     // The packet also carries the topic (up to 64 KiB) and MQTT 5 properties; the payload limit itself is
     // enforced exactly in the publish check.
     let packet = u32::try_from(max.saturating_add(128 * 1024))
@@ -144,11 +177,28 @@ fn listener_builder(spec: &ListenSpec, cfg: &HubConfig) -> Builder {
         .reuseaddr(Some(true))
         .allow_anonymous(false)
         .max_packet_size(packet)
-        .max_clientid_len(128)
-        .handshake_timeout(HANDSHAKE_TIMEOUT)
-        .max_mqueue_len(MAX_QUEUED)
-        .session_expiry_interval(SESSION_EXPIRY)
-        .message_expiry_interval(MESSAGE_EXPIRY);
+        // MQTT's own limit; `client_id: v1` narrows it in our authentication hook.
+        .max_clientid_len(65_535)
+        // From accept to CONNECT on every listener (the engine times the TLS and WebSocket handshakes and the
+        // first bytes of a plain TCP connection with it).
+        .handshake_timeout(limits.connect_timeout.get())
+        .max_inflight(
+            std::num::NonZeroU16::new(limits.inflight).unwrap_or(std::num::NonZeroU16::MIN),
+        )
+        .max_topic_aliases(limits.topic_aliases)
+        .max_keepalive(if keep_alive == 0 {
+            u16::MAX
+        } else {
+            keep_alive
+        })
+        .allow_zero_keepalive(keep_alive == 0)
+        .max_mqueue_len(limits.queued)
+        .session_expiry_interval(limits.session_expiry.get())
+        .max_session_expiry_interval(limits.session_expiry.get())
+        .message_expiry_interval(limits.message_expiry.get())
+        // A client id's session belongs to the principal that created it: another principal's CONNECT with it
+        // is refused, never takes it over (checked under the client id's lock).
+        .session_owner_check(true);
     if spec.kind.is_tls()
         && let Some(cert) = &cfg.certificate
     {
@@ -210,8 +260,11 @@ pub struct RunningHub {
     addrs: Vec<(ListenSpec, SocketAddr)>,
     scx: ServerContext,
     counters: Arc<Counters>,
+    gauges: Arc<Gauges>,
     server: JoinHandle<Result<(), String>>,
     reporter: Option<JoinHandle<()>>,
+    /// Watches persistence and publishes the hub's statistics on `$SYS`.
+    sys: JoinHandle<()>,
     _hooks: Box<dyn Register>,
 }
 
@@ -231,7 +284,7 @@ impl RunningHub {
 
     /// Statistics: the hub's own counters plus the engine's.
     pub async fn stats(&self) -> serde_json::Value {
-        stats_json(&self.scx, &self.counters).await
+        stats_json(&self.scx, &self.counters, &self.gauges).await
     }
 
     /// Waits for `shutdown`, then stops. Ends early with an error when the engine stops by itself.
@@ -251,6 +304,7 @@ impl RunningHub {
     /// Stops accepting connections and gives the stores time to flush.
     pub async fn stop(self) {
         self.server.abort();
+        self.sys.abort();
         if let Some(r) = &self.reporter {
             r.abort();
         }
@@ -259,10 +313,32 @@ impl RunningHub {
     }
 }
 
-async fn stats_json(scx: &ServerContext, counters: &Counters) -> serde_json::Value {
+/// What the hub reports besides its counters: limits in force and their use, persistence.
+pub(crate) struct Gauges {
+    server: MqttServer,
+    retained: Arc<RetainedBudget>,
+    persistence: Arc<Persistence>,
+    max_connections: usize,
+    nofile: (u64, u64),
+}
+
+async fn stats_json(scx: &ServerContext, counters: &Counters, g: &Gauges) -> serde_json::Value {
     let engine = scx.stats.clone(scx).await.to_json(scx).await;
+    let mut hub = counters.to_json();
+    let (retained, retained_bytes) = g.retained.usage();
+    if let Some(h) = hub.as_object_mut() {
+        h.insert(
+            "connections_refused".into(),
+            g.server.refused_connections().into(),
+        );
+        h.insert("retained_messages".into(), retained.into());
+        h.insert("retained_bytes".into(), retained_bytes.into());
+        h.insert("max_connections".into(), g.max_connections.into());
+        h.insert("nofile_limit".into(), g.nofile.0.into());
+        h.insert("persistence".into(), g.persistence.to_json());
+    }
     serde_json::json!({
-        "hub": counters.to_json(),
+        "hub": hub,
         "connections": scx.connections.count(),
         "sessions": scx.sessions.count(),
         "engine": engine,
@@ -281,66 +357,66 @@ pub async fn start(cfg: &HubConfig) -> Result<RunningHub, HubError> {
     // user in the process has to guess.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
-    let specs = cfg
-        .listeners()
-        .map_err(|m| HubError::Engine(m.to_string()))?;
-    let dir = &cfg.storage.dir;
-    for sub in ["session", "retain"] {
-        let d = dir.join(sub);
-        std::fs::create_dir_all(&d).map_err(|source| HubError::Storage {
-            dir: d.clone(),
-            source,
-        })?;
+    let specs = &cfg.listen;
+    // Every connection is a descriptor: raise the soft limit to the hard one and keep the connection cap below
+    // it, so that clients can never make the hub unable to open its own files.
+    let nofile = crate::limits::raise_nofile_limit().unwrap_or_else(|e| {
+        tracing::warn!("cannot read the open-file limit: {e}");
+        (1024, 1024)
+    });
+    let max_connections = crate::limits::connection_cap(cfg.limits.connections, nofile.0);
+    if max_connections < cfg.limits.connections {
+        tracing::warn!(
+            configured = cfg.limits.connections,
+            nofile = nofile.0,
+            "limits.connections lowered to {max_connections} to stay below the open-file limit"
+        );
     }
-
-    let retain_cfg = format!(
-        "{}max_retained_messages = 0\nmax_payload_size = \"{}B\"\n",
-        sled_config(&dir.join("retain")),
-        cfg.message.length.max.0
-    );
-    let scx = ServerContext::new()
-        .busy_check_enable(false)
-        .plugins_config_map_add(PLUGIN_SESSION, sled_config(&dir.join("session")))
-        .plugins_config_map_add(PLUGIN_RETAIN, retain_cfg)
-        .plugins_config_map_add(
-            PLUGIN_SYS,
-            "publish_qos = 0\npublish_interval = \"1m\"\nmessage_retain_available = false\nmessage_expiry_interval = \"5m\"\n",
-        )
-        .build()
-        .await;
-
-    let plugin_err = |plugin: &'static str| {
-        move |e: rmqtt::Error| {
-            let message = format!("{e:#}");
-            tracing::error!(plugin, "plugin failed to start: {message}");
-            HubError::Plugin { plugin, message }
+    // A disk that cannot hold the stores (full, read-only, missing) must not keep the hub from serving: the
+    // stores then run in memory, and the hub says so (log, statistics, `$SYS`).
+    let dir = &cfg.storage.dir;
+    let (scx, persistence) = match persistence::probe(dir) {
+        Ok(()) => match engine(cfg, true).await {
+            Ok(scx) => (scx, Persistence::new(dir, true, None)),
+            Err(e) => (
+                engine(cfg, false).await?,
+                Persistence::new(dir, false, Some(e.to_string())),
+            ),
+        },
+        Err(e) => {
+            let reason = format!("{}: {e}", dir.display());
+            (
+                engine(cfg, false).await?,
+                Persistence::new(dir, false, Some(reason)),
+            )
         }
     };
-    // rmqtt-session-storage saves each offline message as a task on this named queue, by default with 8
-    // concurrent workers: two saves for one session then race (the first messages of a new offline queue
-    // can be lost, and order is not kept). Created here first, with one worker, the queue runs saves in
-    // arrival order; its length bounds the backlog (saves beyond it are dropped and counted by the engine).
-    let _ = scx.get_exec((OFFLINE_SAVE_QUEUE, 1, MAX_QUEUED));
-    rmqtt_plugins::session_storage::register(&scx, true, false)
-        .await
-        .map_err(plugin_err(PLUGIN_SESSION))?;
-    rmqtt_plugins::retainer::register(&scx, true, false)
-        .await
-        .map_err(plugin_err(PLUGIN_RETAIN))?;
-    rmqtt_plugins::sys_topic::register(&scx, true, false)
-        .await
-        .map_err(plugin_err(PLUGIN_SYS))?;
+    let persistence = Arc::new(persistence);
+
+    *scx.extends.shared_subscription_mut().await = Box::new(crate::shared::RoundRobin::default());
 
     let counters = Arc::new(Counters::default());
+    let retained = Arc::new(RetainedBudget::new(
+        cfg.limits.retained.messages,
+        cfg.limits.retained.bytes.0,
+    ));
+    load_retained(&scx, &retained).await;
     let handler = HubHandler {
         access: Arc::new(Access::new(cfg)),
         counters: counters.clone(),
         router: Arc::new(Router::new(&cfg.subscriptions)),
+        connections: Arc::new(PrincipalConnections::new(
+            cfg.limits.connections_per_principal,
+        )),
+        retained: retained.clone(),
+        message_expiry: cfg.limits.message_expiry.get(),
         scx: scx.clone(),
     };
     let hooks = scx.extends.hook_mgr().register();
     for typ in [
         Type::ClientAuthenticate,
+        Type::ClientConnected,
+        Type::ClientDisconnected,
         Type::ClientSubscribeCheckAcl,
         Type::MessagePublishCheckAcl,
     ] {
@@ -348,7 +424,7 @@ pub async fn start(cfg: &HubConfig) -> Result<RunningHub, HubError> {
     }
     hooks.start().await;
 
-    let mut server = MqttServer::new(scx.clone());
+    let mut server = MqttServer::new(scx.clone()).max_connections(max_connections);
     let mut addrs = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let l = bind(spec, cfg)?;
@@ -363,24 +439,124 @@ pub async fn start(cfg: &HubConfig) -> Result<RunningHub, HubError> {
         server = server.listener_by_id(l, id);
     }
     let server = server.build();
+    let gauges = Arc::new(Gauges {
+        server: server.clone(),
+        retained,
+        persistence: persistence.clone(),
+        max_connections,
+        nofile,
+    });
     let task = tokio::spawn(async move { server.run().await.map_err(|e| format!("{e:#}")) });
 
-    let reporter = master_reporter(scx.clone(), counters.clone());
+    let reporter = master_reporter(scx.clone(), counters.clone(), gauges.clone());
+    let sys = {
+        let (scx, counters, gauges) = (scx.clone(), counters.clone(), gauges.clone());
+        persistence::monitor(persistence, move || {
+            let (scx, counters, gauges) = (scx.clone(), counters.clone(), gauges.clone());
+            async move { publish_sys(&scx, &counters, &gauges).await }
+        })
+    };
     Ok(RunningHub {
         addrs,
         scx,
         counters,
+        gauges,
         server: task,
         reporter,
+        sys,
         _hooks: hooks,
     })
 }
 
+/// Builds the engine's context with its plugins: the stores on disk (sled under `storage.dir`) or in memory.
+async fn engine(cfg: &HubConfig, on_disk: bool) -> Result<ServerContext, HubError> {
+    let dir = &cfg.storage.dir;
+    let retain_storage = if on_disk {
+        sled_config(&dir.join("retain"))
+    } else {
+        "storage.type = \"ram\"\n".to_string()
+    };
+    let retain_cfg = format!(
+        "{retain_storage}max_retained_messages = 0\nmax_payload_size = \"{}B\"\n",
+        cfg.message.length.max.0
+    );
+    let mut builder = ServerContext::new()
+        .busy_check_enable(false)
+        .plugins_config_map_add(PLUGIN_RETAIN, retain_cfg)
+        .plugins_config_map_add(
+            PLUGIN_SYS,
+            "publish_qos = 0\npublish_interval = \"1m\"\nmessage_retain_available = false\nmessage_expiry_interval = \"5m\"\n",
+        );
+    if on_disk {
+        builder = builder.plugins_config_map_add(PLUGIN_SESSION, sled_config(&dir.join("session")));
+    }
+    let scx = builder.build().await;
+
+    let plugin_err = |plugin: &'static str| {
+        move |e: rmqtt::Error| {
+            let message = format!("{e:#}");
+            tracing::error!(plugin, "plugin failed to start: {message}");
+            HubError::Plugin { plugin, message }
+        }
+    };
+    if on_disk {
+        // rmqtt-session-storage saves each offline message as a task on this named queue, by default with 8
+        // concurrent workers: two saves for one session then race (the first messages of a new offline queue
+        // can be lost, and order is not kept). Created here first, with one worker, the queue runs saves in
+        // arrival order; its length bounds the backlog (saves beyond it are dropped and counted by the
+        // engine).
+        let _ = scx.get_exec((OFFLINE_SAVE_QUEUE, 1, cfg.limits.queued));
+        rmqtt_plugins::session_storage::register(&scx, true, false)
+            .await
+            .map_err(plugin_err(PLUGIN_SESSION))?;
+    }
+    rmqtt_plugins::retainer::register(&scx, true, false)
+        .await
+        .map_err(plugin_err(PLUGIN_RETAIN))?;
+    rmqtt_plugins::sys_topic::register(&scx, true, false)
+        .await
+        .map_err(plugin_err(PLUGIN_SYS))?;
+    Ok(scx)
+}
+
+/// Counts the retained messages already in the store (from an earlier run) against the retained limits.
+async fn load_retained(scx: &ServerContext, budget: &RetainedBudget) {
+    let stored = scx
+        .extends
+        .retain()
+        .await
+        .get(&rmqtt::types::TopicFilter::from("#"))
+        .await;
+    match stored {
+        Ok(all) => {
+            for (topic, r) in all {
+                let expiry = r
+                    .publish
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.message_expiry_interval)
+                    .map(|i| {
+                        let age = timestamp_millis()
+                            - r.publish.create_time.unwrap_or_else(timestamp_millis);
+                        Duration::from_secs(u64::from(i.get()))
+                            .saturating_sub(Duration::from_millis(u64::try_from(age).unwrap_or(0)))
+                    });
+                budget.count_stored(&topic, r.publish.payload.len() as u64, expiry);
+            }
+        }
+        Err(e) => tracing::warn!("cannot count the stored retained messages: {e:#}"),
+    }
+}
+
 /// When started by the master, reports statistics to it periodically (they show in `inspect`).
-fn master_reporter(scx: ServerContext, counters: Arc<Counters>) -> Option<JoinHandle<()>> {
+fn master_reporter(
+    scx: ServerContext,
+    counters: Arc<Counters>,
+    gauges: Arc<Gauges>,
+) -> Option<JoinHandle<()>> {
     std::env::var(baetyl_sdk::env::SERVICE_NAME).ok()?;
     Some(tokio::spawn(async move {
-        let stats = || stats_json(&scx, &counters);
+        let stats = || stats_json(&scx, &counters, &gauges);
         // Stopped by aborting the task when the hub stops.
         baetyl_sdk::client::report_periodically(REPORT_INTERVAL, stats, std::future::pending())
             .await;

@@ -11,15 +11,18 @@
 //! message: {length: {max: 32k}}
 //! storage: {dir: var/db/baetyl/data}
 //! logger: {path: var/log/baetyl/hub.log, level: info}
+//! limits: {connections: 10000, connect_timeout: 10s, retained: {messages: 10000, bytes: 64m}}
+//! client_id: any          # or v1: ^[0-9A-Za-z_-]{1,128}$
 //! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use baetyl_sdk::ConfigError;
-use baetyl_sdk::config::{ByteSize, ConfigFile};
+use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
 use serde::Deserialize;
 
 use crate::topic;
@@ -32,9 +35,10 @@ pub const MQTT_MAX_PACKET: u64 = 268_435_455;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
-    /// Listener URLs: `tcp://`, `ssl://`, `ws://`, `wss://` (`host:port[/path]`; an empty host means all interfaces).
+    /// Listener URLs: `tcp://`, `ssl://`, `ws://`, `wss://` (`host:port[/path]`; an empty host means all
+    /// interfaces), parsed once at load.
     #[serde(default = "default_listen")]
-    pub listen: Vec<String>,
+    pub listen: Vec<ListenSpec>,
     /// Server certificate (for `ssl://`/`wss://`) and the CA that client certificates must chain to.
     #[serde(default)]
     pub certificate: Option<Certificate>,
@@ -50,10 +54,138 @@ pub struct HubConfig {
     pub storage: StorageConfig,
     #[serde(default)]
     pub logger: LoggerConfig,
+    /// Bounds on what clients may make the hub hold (connections, handshakes, queues, retained messages).
+    #[serde(default)]
+    pub limits: Limits,
+    /// Which client ids are accepted.
+    #[serde(default)]
+    pub client_id: ClientIdRule,
 }
 
-fn default_listen() -> Vec<String> {
-    vec!["tcp://0.0.0.0:1883".to_string()]
+fn default_listen() -> Vec<ListenSpec> {
+    vec![ListenSpec {
+        url: "tcp://0.0.0.0:1883".to_string(),
+        kind: ListenKind::Tcp,
+        addr: SocketAddr::from(([0, 0, 0, 0], 1883)),
+        path: None,
+    }]
+}
+
+/// Client ids the hub accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdRule {
+    /// Anything MQTT allows: any UTF-8 without control characters, up to 65535 bytes; an empty id gets one
+    /// assigned (clean sessions).
+    #[default]
+    Any,
+    /// Baetyl v1's rule, `^[0-9A-Za-z_-]{1,128}$`; other ids are refused (CONNACK 0x02 / 0x85).
+    V1,
+}
+
+/// Limits, all optional; the defaults suit a device serving a few thousand clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Network connections open at once over all listeners, counted from accept; more are closed at once.
+    /// Kept below the process's descriptor limit at start.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Connections open at once by one principal; more are refused (CONNACK 0x03 / 0x97 quota exceeded).
+    #[serde(default = "default_connections_per_principal")]
+    pub connections_per_principal: usize,
+    /// Time from accept to a complete CONNECT (TLS and WebSocket handshakes included) on every listener.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// The longest keep alive a client may use. MQTT 5 clients asking for more (or none) are told this one
+    /// (Server Keep Alive); 3.1.1 clients asking for more are refused. 0 (the default): the client's choice.
+    #[serde(default)]
+    pub keep_alive: HumanDuration,
+    /// QoS 1/2 messages in flight per client and direction (the hub's Receive Maximum).
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// MQTT 5 Topic Aliases a client may use towards the hub (Topic Alias Maximum).
+    #[serde(default = "default_topic_aliases")]
+    pub topic_aliases: u16,
+    /// Messages queued per session (offline persistent sessions, slow subscribers); beyond it the oldest
+    /// QoS 1/2 are dropped and counted.
+    #[serde(default = "default_queued")]
+    pub queued: usize,
+    /// How long an offline persistent session is kept: 3.1.1 sessions, and the cap on what MQTT 5 clients ask.
+    #[serde(default = "default_expiry")]
+    pub session_expiry: HumanDuration,
+    /// How long a message without a Message Expiry Interval of its own may wait for a subscriber.
+    #[serde(default = "default_expiry")]
+    pub message_expiry: HumanDuration,
+    #[serde(default)]
+    pub retained: RetainedLimits,
+}
+
+/// Bounds on retained messages (they live on disk until cleared).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetainedLimits {
+    /// Topics with a retained message. A retained PUBLISH on a new topic beyond it is delivered but not
+    /// retained (counted); replacing or clearing an existing one always works.
+    #[serde(default = "default_retained_messages")]
+    pub messages: usize,
+    /// Total payload bytes of retained messages; the same rule as `messages`.
+    #[serde(default = "default_retained_bytes")]
+    pub bytes: ByteSize,
+}
+
+fn default_connections() -> usize {
+    10_000
+}
+fn default_connections_per_principal() -> usize {
+    1_000
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_inflight() -> u16 {
+    16
+}
+fn default_topic_aliases() -> u16 {
+    16
+}
+fn default_queued() -> usize {
+    100_000
+}
+fn default_expiry() -> HumanDuration {
+    HumanDuration::from_secs(7 * 24 * 3600)
+}
+fn default_retained_messages() -> usize {
+    10_000
+}
+fn default_retained_bytes() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: default_connections(),
+            connections_per_principal: default_connections_per_principal(),
+            connect_timeout: default_connect_timeout(),
+            keep_alive: HumanDuration::default(),
+            inflight: default_inflight(),
+            topic_aliases: default_topic_aliases(),
+            queued: default_queued(),
+            session_expiry: default_expiry(),
+            message_expiry: default_expiry(),
+            retained: RetainedLimits::default(),
+        }
+    }
+}
+
+impl Default for RetainedLimits {
+    fn default() -> Self {
+        RetainedLimits {
+            messages: default_retained_messages(),
+            bytes: default_retained_bytes(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,14 +326,22 @@ impl ListenKind {
     }
 }
 
-/// One parsed `listen:` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `listen:` entry, parsed when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct ListenSpec {
     pub url: String,
     pub kind: ListenKind,
     pub addr: SocketAddr,
     /// The WebSocket path (`/mqtt`); informational: the engine accepts the upgrade on any path.
     pub path: Option<String>,
+}
+
+impl TryFrom<String> for ListenSpec {
+    type Error = String;
+    fn try_from(url: String) -> Result<Self, String> {
+        parse_listen(&url)
+    }
 }
 
 /// Parses `scheme://host:port[/path]`; an empty host means every interface.
@@ -250,13 +390,6 @@ pub fn parse_listen(url: &str) -> Result<ListenSpec, String> {
     })
 }
 
-impl HubConfig {
-    /// The parsed listeners (valid after [`HubConfig::validate`]).
-    pub fn listeners(&self) -> Result<Vec<ListenSpec>, String> {
-        self.listen.iter().map(|u| parse_listen(u)).collect()
-    }
-}
-
 impl ConfigFile for HubConfig {
     /// Checks everything serde cannot: URLs, files needed by TLS, principals, topic filters and routing loops.
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
@@ -268,8 +401,8 @@ impl ConfigFile for HubConfig {
             ));
         }
         let mut seen = BTreeMap::new();
-        for (i, url) in self.listen.iter().enumerate() {
-            let spec = parse_listen(url).map_err(|m| bad(format!("key `listen[{i}]`: {m}")))?;
+        for (i, spec) in self.listen.iter().enumerate() {
+            let url = &spec.url;
             if spec.kind.is_tls() && self.certificate.is_none() {
                 return Err(bad(format!(
                     "key `listen[{i}]`: `{url}` needs TLS but `certificate` is not set; add `certificate: {{cert: FILE, key: FILE}}`"
@@ -283,9 +416,7 @@ impl ConfigFile for HubConfig {
                 )));
             }
         }
-        let has_tls = self
-            .listeners()
-            .is_ok_and(|l| l.iter().any(|s| s.kind.is_tls()));
+        let has_tls = self.listen.iter().any(|s| s.kind.is_tls());
         let mut users = BTreeMap::new();
         for (i, p) in self.principals.iter().enumerate() {
             let key = format!("principals[{i}]");
@@ -378,6 +509,55 @@ impl ConfigFile for HubConfig {
                 "key `storage.dir`: empty; set a directory, e.g. var/db/baetyl/data".into(),
             ));
         }
+        self.limits.validate().map_err(bad)
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("connections", self.connections as u64, "10000"),
+            (
+                "connections_per_principal",
+                self.connections_per_principal as u64,
+                "1000",
+            ),
+            ("inflight", u64::from(self.inflight), "16"),
+            ("queued", self.queued as u64, "100000"),
+            ("retained.messages", self.retained.messages as u64, "10000"),
+            ("retained.bytes", self.retained.bytes.0, "64m"),
+        ];
+        for (key, value, example) in positive {
+            if value == 0 {
+                return Err(format!(
+                    "key `limits.{key}`: 0 would refuse everything; use a positive value, e.g. {example}"
+                ));
+            }
+        }
+        let t = self.connect_timeout.get();
+        if t.is_zero() || t > Duration::from_secs(600) {
+            return Err(format!(
+                "key `limits.connect_timeout`: {} is out of range; use 1s to 10m, e.g. 10s",
+                self.connect_timeout
+            ));
+        }
+        let ka = self.keep_alive.get();
+        if ka.as_secs() > u64::from(u16::MAX) || (!ka.is_zero() && ka < Duration::from_secs(1)) {
+            return Err(format!(
+                "key `limits.keep_alive`: {} is out of range; use 0 (no cap) or 1s to 18h12m15s",
+                self.keep_alive
+            ));
+        }
+        for (key, d) in [
+            ("session_expiry", self.session_expiry),
+            ("message_expiry", self.message_expiry),
+        ] {
+            if d.get() < Duration::from_secs(1) || d.get().as_secs() > u64::from(u32::MAX) {
+                return Err(format!(
+                    "key `limits.{key}`: {d} is out of range; use 1s to 136y, e.g. 7d"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -405,7 +585,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.message.length.max.0, 32 * 1024);
-        let l = cfg.listeners().unwrap();
+        let l = &cfg.listen;
         assert_eq!(l[2].kind, ListenKind::Ws);
         assert_eq!(l[2].addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(l[2].path.as_deref(), Some("/mqtt"));
@@ -419,14 +599,19 @@ mod tests {
         let start = readme.find("```yaml\n").map(|i| i + 8).unwrap();
         let len = readme[start..].find("```").unwrap();
         let cfg = parse(&readme[start..start + len]).unwrap();
-        assert_eq!(cfg.listeners().unwrap().len(), 4);
+        assert_eq!(cfg.listen.len(), 4);
         assert_eq!(cfg.subscriptions.len(), 1);
     }
 
     #[test]
     fn defaults_apply_to_empty_file() {
         let cfg = parse("").unwrap();
-        assert_eq!(cfg.listen, vec!["tcp://0.0.0.0:1883"]);
+        assert_eq!(
+            cfg.listen,
+            vec![parse_listen("tcp://0.0.0.0:1883").unwrap()]
+        );
+        assert_eq!(cfg.limits.connections, 10_000);
+        assert_eq!(cfg.client_id, ClientIdRule::Any);
         assert_eq!(cfg.storage.dir, PathBuf::from("var/db/baetyl/data"));
         assert_eq!(cfg.message.length.max.0, 32 * 1024);
     }
@@ -472,6 +657,12 @@ mod tests {
                 "subscriptions[0].source.qos",
             ),
             ("message: {length: {max: 0}}", "message.length.max"),
+            ("limits: {connections: 0}", "limits.connections"),
+            ("limits: {connect_timeout: 0s}", "limits.connect_timeout"),
+            ("limits: {keep_alive: 20h}", "limits.keep_alive"),
+            ("limits: {retained: {bytes: 0}}", "limits.retained.bytes"),
+            ("limits: {conections: 5}", "conections"),
+            ("client_id: strict", "client_id"),
         ];
         for (yaml, want) in cases {
             let err = parse(yaml).expect_err(yaml);

@@ -26,13 +26,6 @@ pub enum HubError {
         "environment variable {0} would override the hub's engine configuration; unset it (the hub is configured only by its config file)"
     )]
     EnvOverride(String),
-    /// The storage directory cannot be created.
-    #[error("storage directory {dir}: {source}")]
-    Storage {
-        dir: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     /// The async runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),

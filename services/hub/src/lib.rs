@@ -9,7 +9,11 @@
 //! - [`config`]: the config schema (`deny_unknown_fields`) and its validation (listener URLs, principals, topic
 //!   filters, routing loops).
 //! - [`topic`]: topic name/filter validation and matching (UTF-8 safe).
-//! - [`auth`]: our rmqtt hook handler: authentication, ACL, publish checks, routing trigger, counters.
+//! - [`auth`]: our rmqtt hook handler: authentication (principals, wills, client ids, quotas), ACL, publish
+//!   checks, retained limits, routing trigger, counters.
+//! - [`limits`]: connections per principal, the retained-message budget, the descriptor limit.
+//! - [`shared`]: shared subscriptions (`$share/group/filter`), round robin.
+//! - [`persistence`]: the storage probe, in-memory fallback and free-space watch behind `$SYS` reports.
 //! - [`routing`]: the routing rules and their loop detection.
 //! - [`broker`]: engine setup (plugins, listeners), [`start`]/[`run`], statistics and master reports.
 //! - [`cli`]: `baetyl hub -c FILE` ([`HubArgs`], [`run_cli`]).
@@ -19,7 +23,10 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod limits;
+pub mod persistence;
 pub mod routing;
+pub mod shared;
 pub mod topic;
 
 pub use broker::{RunningHub, run, start};

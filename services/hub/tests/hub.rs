@@ -45,25 +45,27 @@ fn password_principals_accepted_and_refused() -> Result<()> {
 }
 
 #[test]
-fn invalid_client_id_is_rejected() -> Result<()> {
+fn client_ids_follow_mqtt_by_default_and_v1_on_request() -> Result<()> {
     block_on(async {
+        // By default anything MQTT allows: a space, `/`, `:`, `.`, more than 128 bytes.
         let hub = standard_hub().await?;
-        // v1's rule `^[0-9A-Za-z_-]{1,128}$`: other characters are refused at authentication...
-        let err = connect(options("bad id!", hub.tcp(), Some(("admin", "admin-pw"))))
+        for id in ["bad id!", "a/b:c.d", &"x".repeat(129)] {
+            let (_ok, ack) = connect(options(id, hub.tcp(), Some(("admin", "admin-pw")))).await?;
+            assert_eq!(ack.code, ConnectReturnCode::Success, "{id}");
+        }
+        // `client_id: v1` keeps v1's `^[0-9A-Za-z_-]{1,128}$`: others get "identifier rejected".
+        let v1 = start_hub(&format!(
+            "listen: [tcp://127.0.0.1:0]\n{PRINCIPALS}storage: {{dir: '{{dir}}/data'}}\nclient_id: v1\n"
+        ))
+        .await?;
+        let err = connect(options("bad id!", v1.tcp(), Some(("admin", "admin-pw"))))
             .await
             .err()
-            .context("client id with a space was accepted")?;
-        assert!(err.to_string().contains("NotAuthorized"), "{err}");
-        // ... and a longer id is rejected as an identifier.
-        let long = "x".repeat(129);
-        let err = connect(options(&long, hub.tcp(), Some(("admin", "admin-pw"))))
-            .await
-            .err()
-            .context("129-character client id was accepted")?;
+            .context("client id with a space was accepted under client_id: v1")?;
         assert!(err.to_string().contains("BadClientId"), "{err}");
         let (_ok, ack) = connect(options(
             &"x".repeat(128),
-            hub.tcp(),
+            v1.tcp(),
             Some(("admin", "admin-pw")),
         ))
         .await?;
@@ -393,9 +395,11 @@ fn hostile_input_does_not_stop_the_hub() -> Result<()> {
             .await?;
         let got = watcher.recv(WAIT).await?.context("hub stopped serving")?;
         assert_eq!(got.topic, "still/alive");
+        // Malformed topics never reach the hub's checks (the engine's codec closes the connection); the
+        // oversized payload is counted.
         let stats = hub.hub.stats().await;
         assert!(
-            stats["hub"]["publish_malformed"].as_u64() >= Some(3),
+            stats["hub"]["publish_malformed"].as_u64() >= Some(1),
             "{stats}"
         );
         Ok(())
