@@ -3,7 +3,8 @@
 # package is missing, pip only when the project's virtualenv lacks a module. Run by scripts/run.sh and
 # scripts/test.sh.
 #   protobuf-compiler   protoc, for the Function gRPC protocol (tonic-prost-build)
-#   python3, python3-venv  the Python function runtime (grpcio from PyPI goes into .venv/)
+#   python3, python3-venv  the Python function runtime (grpcio from PyPI goes into .venv/) and the hub's
+#                       paho-mqtt tests (paho-mqtt from PyPI, pinned, into .venv/ too)
 #   e2fsprogs, fdisk    init tests: a real ext4 label and GPT growth checked with sfdisk
 #   mosquitto, mosquitto-clients  a real third-party broker and clients as outside peers in tests
 #                       (the package's daemon is kept from starting: tests start their own on free ports)
@@ -71,9 +72,10 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bp[@]} -gt 0 ] || [ -n "$update" ]; 
     [ -z "$added_policy" ] || $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
-# The Python runtime's interpreter: a project virtualenv with grpcio (PyPI).
-if ! .venv/bin/python3 -c 'import grpc' >/dev/null 2>&1; then
-    echo "setup: creating .venv with grpcio" >&2
+# A project virtualenv (PyPI): grpcio for the Python runtime, paho-mqtt (pinned) for the hub's tests with a
+# second MQTT client library (services/hub/tests/paho.rs).
+if ! .venv/bin/python3 -c 'import grpc, paho.mqtt' >/dev/null 2>&1; then
+    echo "setup: creating .venv with grpcio and paho-mqtt" >&2
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check 'grpcio>=1.60'
+    .venv/bin/pip install -q --disable-pip-version-check 'grpcio>=1.60' 'paho-mqtt==2.1.0'
 fi
