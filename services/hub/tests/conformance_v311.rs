@@ -573,6 +573,26 @@ async fn shared_subscription(t: Target) -> R {
     Ok(())
 }
 
+async fn wildcards_skip_dollar_topics(t: Target) -> R {
+    let mut all = connect(&t, "v3-dollar-all").await?;
+    all.send(&subscribe(1, &[(b"#", 0), (b"+/+/+/+/+", 0)], None))
+        .await;
+    all.expect(&[0x90, 0x04, 0x00, 0x01, 0x00, 0x00]).await?;
+    let mut sys = connect(&t, "v3-dollar-sys").await?;
+    sys.send(&subscribe(1, &[(b"$SYS/#", 0)], None)).await;
+    sys.expect(&[0x90, 0x03, 0x00, 0x01, 0x00]).await?;
+    // Connecting a client makes the hub publish on $SYS (mosquitto publishes $SYS periodically).
+    let _other = connect(&t, "v3-dollar-other").await?;
+    while let Event::Packet(p) = all.next(QUIET).await {
+        if let Some(p) = p.publish(false)
+            && p.topic.starts_with(b"$")
+        {
+            return Err(format!("`#` matched {}", String::from_utf8_lossy(&p.topic)));
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn mqtt_311_conformance_hub_and_mosquitto() -> Result<()> {
     block_on(async {
@@ -778,6 +798,11 @@ fn mqtt_311_conformance_hub_and_mosquitto() -> Result<()> {
                 "same client id: the old connection closed",
                 "MQTT-3.1.4-2",
                 takeover_closes_old
+            ),
+            case!(
+                "wildcards do not match topics starting with $",
+                "MQTT-4.7.2-1",
+                wildcards_skip_dollar_topics
             ),
             case!(
                 "$share/ subscriptions on 3.1.1 (as mosquitto)",
