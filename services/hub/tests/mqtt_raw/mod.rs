@@ -743,6 +743,11 @@ impl Running {
         }
     }
 
+    /// One of the hub's own counters (`stats()["hub"][key]`).
+    pub async fn stat(&self, key: &str) -> Option<u64> {
+        self.stats().await["hub"][key].as_u64()
+    }
+
     /// Our hub's address for a listener kind.
     pub fn addr(&self, kind: baetyl_hub::config::ListenKind) -> Option<SocketAddr> {
         match self {
