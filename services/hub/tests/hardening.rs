@@ -424,6 +424,10 @@ fn quick_reconnects_take_the_session_over() -> Result<()> {
 }
 
 fn mounted_tiny_disk(dir: &std::path::Path) -> Result<Option<std::path::PathBuf>> {
+    mounted_tmpfs(dir, "256k")
+}
+
+fn mounted_tmpfs(dir: &std::path::Path, size: &str) -> Result<Option<std::path::PathBuf>> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
@@ -431,7 +435,7 @@ fn mounted_tiny_disk(dir: &std::path::Path) -> Result<Option<std::path::PathBuf>
     let mnt = dir.join("disk");
     std::fs::create_dir_all(&mnt)?;
     let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&mnt)
         .status()?;
     if !st.success() {
@@ -482,6 +486,96 @@ fn full_disk_degrades_persistence_and_the_hub_serves() -> Result<()> {
             let p = sys.expect_publish(false).await.map_err(err)?;
             let body: serde_json::Value = serde_json::from_slice(&p.payload)?;
             ensure!(body["persistence"]["degraded"] == true, "{body}");
+            Ok(())
+        }
+        .await;
+        unmount(&mnt);
+        result
+    })
+}
+
+/// Fills the file system holding `dir` with a file in it; returns the file.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    if let Ok(mut f) = std::fs::File::create(&path) {
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    path
+}
+
+#[test]
+fn disk_filling_up_while_serving_degrades_persistence() -> Result<()> {
+    block_on(async {
+        let dir = tempfile::tempdir()?;
+        let Some(mnt) = mounted_tmpfs(dir.path(), "8m")? else {
+            eprintln!(
+                "SKIPPED: mounting a tmpfs needs root (the disk-filling scenario is not tested here)"
+            );
+            return Ok(());
+        };
+        let result = async {
+            let (t, h) = hub(&format!("storage: {{dir: '{}/data'}}\n", mnt.display())).await?;
+            let a = t.addr;
+            let persistence = || async { h.stats().await["hub"]["persistence"].clone() };
+            ensure!(
+                persistence().await["mode"] == "disk",
+                "{}",
+                persistence().await
+            );
+            ensure!(
+                persistence().await["degraded"] == false,
+                "{}",
+                persistence().await
+            );
+            // A persistent subscriber goes offline, then the disk fills up.
+            let mut s = subscribed(a, &Connect::v311("fill-sub").clean(false), "f/#", 1).await?;
+            s.send(&DISCONNECT).await;
+            s.expect_close().await.map_err(err)?;
+            let filler = fill(&mnt);
+            // The hub notices within its check interval and keeps serving: retained messages, queued QoS 1.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while persistence().await["degraded"] != true {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "not degraded: {}",
+                    persistence().await
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for i in 0..20 {
+                admin_publish(a, &format!("f/{i}"), i % 2 == 0, &"x".repeat(1000)).await?;
+            }
+            let mut s = Conn::open(a).await.map_err(err)?;
+            s.send(&Connect::v311("fill-sub").clean(false).bytes())
+                .await;
+            s.expect(&[0x20, 0x02, 0x01, 0x00]).await.map_err(err)?;
+            for _ in 0..20 {
+                let p = s.expect_publish(false).await.map_err(err)?;
+                s.send(&ack(0x40, p.pid.unwrap_or(0))).await;
+            }
+            let (mut c, _) = Conn::connected(a, &Connect::v311("fill-new"))
+                .await
+                .map_err(err)?;
+            c.ping().await.map_err(err)?;
+            ensure!(
+                persistence().await["degraded_events"] == 1,
+                "{}",
+                persistence().await
+            );
+            // Space again: healthy again.
+            std::fs::remove_file(&filler)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while persistence().await["degraded"] != false {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "still degraded: {}",
+                    persistence().await
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             Ok(())
         }
         .await;
