@@ -116,9 +116,12 @@ impl SessionManager for StorageSessionManager {
                 session_info_map,
                 offline_messages_list,
             ));
+            // baetyl patch 1: saved before the CONNACK, not in a task of its own, so that the session's record
+            // is in the store before anything else is written for it (a subscription saved first, then
+            // flushed, was stored without the record it belongs to, and dropped at the next start).
             if connected {
                 let s1 = s.clone();
-                tokio::spawn(async move {
+                {
                     if let Err(e) = s1.save_to_db().await {
                         log::error!("Save session info error to db, {e}");
                     }
@@ -140,7 +143,7 @@ impl SessionManager for StorageSessionManager {
                             );
                         }
                     }
-                });
+                }
             }
             Ok(s)
         }
@@ -298,7 +301,14 @@ impl StorageSession {
 
     #[inline]
     pub(crate) async fn save_to_db(&self) -> Result<()> {
-        self.update_last_time(true).await;
+        // baetyl patch 1: the last time is written here, before the record, not in a task of its own: a record
+        // stored without it counts as expired at the next start.
+        let now = timestamp_millis();
+        self.last_time.store(now, Ordering::SeqCst);
+        if let Err(e) = self.session_info_map.insert(LAST_TIME, &now).await {
+            log::warn!("{:?} save last time to db error, {e}", self.id());
+            self.write_failures.store(1, Ordering::Release);
+        }
         self.save_basic_info().await?;
         let subs = self.inner.subscriptions.read().await.clone();
         Self::_save_subscriptions(&self.session_info_map, &subs, self.write_failures.as_ref()).await;
@@ -331,15 +341,21 @@ impl StorageSession {
         }
     }
 
+    /// Saves the subscriptions before returning, then, with `durable`, makes the store durable (baetyl patch
+    /// 1). They were saved in a task of their own: two saves could land in the wrong order (the older set
+    /// last), and a SUBACK went out while the subscription was only in memory: a hub killed within sled's
+    /// 500 ms flush interval came back without it, and every message published before the client subscribed
+    /// again was acknowledged to its publisher and dropped.
     #[inline]
-    async fn save_subscriptions(&self) {
-        let subs = self.inner.subscriptions.clone();
-        let session_info_map = self.session_info_map.clone();
-        let write_failures = self.write_failures.clone();
-        tokio::spawn(async move {
-            let subs = subs.read().await.clone();
-            Self::_save_subscriptions(&session_info_map, &subs, &write_failures).await;
-        });
+    async fn save_subscriptions(&self, durable: bool) {
+        let subs = self.inner.subscriptions.read().await.clone();
+        Self::_save_subscriptions(&self.session_info_map, &subs, &self.write_failures).await;
+        if durable {
+            if let Err(e) = self.storage_db.flush().await {
+                log::error!("{:?} flush subscriptions to disk error, {e}", self.id());
+                self.write_failures.fetch_add(1, Ordering::Release);
+            }
+        }
     }
 
     #[inline]
@@ -495,7 +511,7 @@ impl SessionLike for StorageSession {
         opts: SubscriptionOptions,
     ) -> Result<Option<SubscriptionOptions>> {
         let opts = self.inner.subscriptions_add(topic_filter, opts).await?;
-        self.save_subscriptions().await;
+        self.save_subscriptions(true).await;
         Ok(opts)
     }
 
@@ -505,21 +521,22 @@ impl SessionLike for StorageSession {
         topic_filter: &str,
     ) -> Result<Option<(TopicFilter, SubscriptionOptions)>> {
         let sub = self.inner.subscriptions_remove(topic_filter).await?;
-        self.save_subscriptions().await;
+        self.save_subscriptions(true).await;
         Ok(sub)
     }
 
     #[inline]
     async fn subscriptions_drain(&self) -> Result<Subscriptions> {
         let subs = self.inner.subscriptions_drain().await?;
-        self.save_subscriptions().await;
+        // The session is being taken over: its record goes with it; the new session saves its own.
+        self.save_subscriptions(false).await;
         Ok(subs)
     }
 
     #[inline]
     async fn subscriptions_extend(&self, other: Subscriptions) -> Result<()> {
         self.inner.subscriptions_extend(other).await?;
-        self.save_subscriptions().await;
+        self.save_subscriptions(true).await;
         Ok(())
     }
 

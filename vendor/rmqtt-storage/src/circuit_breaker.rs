@@ -904,6 +904,12 @@ impl CircuitBrokenDB {
         &self.config
     }
 
+    /// Makes every write so far durable (baetyl patch 1). Not through the breaker: a failed flush is the
+    /// caller's to report, and must not open the circuit for the writes that follow.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
+    }
+
     async fn raw_call(&self, req: CBStorageRequest) -> Result<CBStorageResponse> {
         // Clone once per call — shares circuit state (Arc), no lock contention.
         // The CircuitBreaker handles try_acquire (with Open→HalfOpen transition),

@@ -818,6 +818,18 @@ impl DefaultStorageDB {
         }
     }
 
+    /// Makes every write so far durable (baetyl patch 1): sled syncs its log; the other backends write
+    /// through already.
+    #[inline]
+    pub async fn flush(&self) -> Result<()> {
+        match self {
+            #[cfg(feature = "sled")]
+            DefaultStorageDB::Sled(db) => db.flush().await,
+            #[allow(unreachable_patterns)]
+            _ => Ok(()),
+        }
+    }
+
     /// Gets storage information
     #[inline]
     pub async fn info(&self) -> Result<serde_json::Value> {

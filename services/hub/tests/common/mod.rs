@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use baetyl_testkit::mqtt::Client;
+#[allow(unused_imports)] // not every test binary uses both
 pub use baetyl_testkit::{free_listener, free_port};
 
 pub const WAIT: Duration = Duration::from_secs(10);
