@@ -6,13 +6,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use baetyl_sdk::config::ConfigFile;
+use baetyl_testkit::mosquitto::Mosquitto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -731,7 +731,7 @@ pub struct Target {
 /// Keeps a broker alive for the test's duration.
 pub enum Running {
     Hub(baetyl_hub::RunningHub, tempfile::TempDir),
-    Mosquitto(Child, tempfile::TempDir),
+    Mosquitto(Mosquitto, tempfile::TempDir),
 }
 
 impl Running {
@@ -753,15 +753,6 @@ impl Running {
         match self {
             Running::Hub(h, _) => h.local_addr(kind),
             Running::Mosquitto(..) => None,
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Running::Mosquitto(c, _) = self {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }
@@ -813,72 +804,40 @@ pub async fn start_hub_with(principals: &str, extra: &str) -> Result<(Target, Ru
     ))
 }
 
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
-
 /// Whether Debian's mosquitto broker is installed (`apt-get install mosquitto`; scripts/setup.sh does).
 pub fn mosquitto_installed() -> bool {
-    Path::new(MOSQUITTO).exists()
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .any(|p| Path::new(p).exists())
 }
 
-/// Starts Debian's mosquitto on a free port with the same two principals (password file and ACL file).
+/// Starts Debian's mosquitto (the test kit's runner) on a free port with the same two principals (its password
+/// file, and an ACL file written here) and `extra` lines of mosquitto.conf.
 pub async fn start_mosquitto(extra: &str) -> Result<(Target, Running)> {
     let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    let pw = d.join("passwd");
-    std::fs::write(&pw, "")?;
-    for (u, p) in [(USER, PASS), ("limited", "limited-pw")] {
-        let st = Command::new("mosquitto_passwd")
-            .args(["-b", &pw.display().to_string(), u, p])
-            .status()
-            .context("mosquitto_passwd")?;
-        if !st.success() {
-            bail!("mosquitto_passwd failed");
-        }
-    }
-    let acl = d.join("acl");
+    let acl = dir.path().join("acl");
     std::fs::write(
         &acl,
         "user admin\ntopic readwrite #\ntopic read $SYS/#\n\nuser limited\ntopic write t/a\ntopic read t/#\n",
     )?;
-    let port = free_port()?;
-    let conf: PathBuf = d.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\n\
-             log_dest stderr\nlog_type error\n{extra}",
-            pw.display(),
-            acl.display()
-        ),
-    )?;
-    let child = Command::new(MOSQUITTO)
-        .args(["-c", &conf.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {MOSQUITTO}"))?;
-    let running = Running::Mosquitto(child, dir);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).await.is_err() {
-        if tokio::time::Instant::now() > deadline {
-            bail!("mosquitto did not listen on {addr}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut b = Mosquitto::builder(&dir.path().join("broker"))
+        .user(USER, PASS)
+        .user("limited", "limited-pw")
+        .persistence(false)
+        .quiet()
+        .option(&format!("acl_file {}", acl.display()));
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        b = b.option(line);
     }
+    let m = tokio::task::spawn_blocking(move || b.start()).await??;
+    let addr: SocketAddr = ([127, 0, 0, 1], m.port).into();
     Ok((
         Target {
             name: "mosquitto",
             addr,
             is_hub: false,
         },
-        running,
+        Running::Mosquitto(m, dir),
     ))
 }
 
