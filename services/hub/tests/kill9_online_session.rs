@@ -57,11 +57,7 @@ fn persistent(id: &str, port: u16) -> rumqttc::MqttOptions {
 
 #[test]
 fn messages_for_a_session_that_was_online_at_kill_9_are_kept() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    block_on(async {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let config = dir.path().join("service.yml");
@@ -81,7 +77,10 @@ fn messages_for_a_session_that_was_online_at_kill_9_are_kept() -> Result<()> {
         let mut bridge = Client::connect(persistent("edge-1", port)).await?;
         let online: Vec<Vec<u8>> = (0..20).map(|i| format!("u{i}").into_bytes()).collect();
         bridge.publish_all("edge-1/online", &online).await?;
-        backend.recv_n(20, WAIT).await.context("live delivery before the kill")?;
+        backend
+            .recv_n(20, WAIT)
+            .await
+            .context("live delivery before the kill")?;
         // No pause: the session and its subscription must be on disk once they are acknowledged (CONNACK,
         // SUBACK), not only after the store's next background flush.
         hub.kill9();

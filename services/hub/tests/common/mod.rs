@@ -1,6 +1,6 @@
 //! Test fixtures: a hub on free ports in a temp dir, the test kit's MQTT client with the standard principals,
 //! and a raw MQTT socket for packets a well-behaved client library refuses to send.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use baetyl_sdk::config::ConfigFile;
 use std::net::SocketAddr;
@@ -15,7 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use baetyl_testkit::mqtt::Client;
-#[allow(unused_imports)] // not every test binary uses both
 pub use baetyl_testkit::{free_listener, free_port};
 
 pub const WAIT: Duration = Duration::from_secs(10);

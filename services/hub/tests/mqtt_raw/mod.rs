@@ -933,17 +933,7 @@ pub async fn run_cases(
     Ok(())
 }
 
-/// Runs a test body on its own runtime and abandons the runtime's leftovers afterwards (the engine's sled
-/// stores keep blocking tasks alive, so a plain runtime drop would wait forever).
-pub fn block_on<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(f)));
-    rt.shutdown_background();
-    match result {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
+// The hub tests' fixtures: `block_on` (a runtime whose leftovers are abandoned), the test kit's client.
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::block_on;
