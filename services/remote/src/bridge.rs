@@ -79,6 +79,7 @@ impl Shared {
                     "buffered": s.buffered,
                     "buffered_bytes": s.buffered_bytes,
                     "dropped": s.dropped,
+                    "corrupt": s.corrupt,
                     "sent": r.sent.load(Ordering::Relaxed),
                     "received": r.received.load(Ordering::Relaxed),
                 }),
@@ -139,6 +140,7 @@ impl Bridge {
             max_messages: cfg.buffer.max_messages,
             max_bytes: cfg.buffer.max_size.0,
             fsync: cfg.buffer.fsync,
+            segment_bytes: crate::store::SEGMENT_BYTES,
         };
 
         let mut hub_routes = Vec::new();
@@ -263,7 +265,8 @@ impl Bridge {
         })
     }
 
-    /// Current figures: per remote `connected`, `buffered`, `buffered_bytes`, `dropped`, `sent`, `received`;
+    /// Current figures: per remote `connected`, `buffered`, `buffered_bytes`, `dropped`, `corrupt`, `sent`,
+    /// `received`;
     /// for the hub `connected`, `received`, `rewrite_skipped`.
     pub fn stats(&self) -> Value {
         self.shared.stats()

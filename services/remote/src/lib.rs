@@ -13,7 +13,10 @@
 //! target remote's on-disk buffer and synced before the batch is acknowledged to the hub; the remote's forwarder
 //! sends the buffer in order and moves its start only on the remote's PUBACK. While a remote is unreachable its
 //! buffer grows up to `buffer.max_messages` / `buffer.max_size`; beyond that the oldest messages are dropped,
-//! logged and counted (`dropped` in the stats, kept across restarts). Remote -> hub messages are acknowledged
+//! logged and counted (`dropped` in the stats, kept across restarts). Damage on disk (a flipped byte, a bad
+//! sector) costs only the records it hit: the buffer resynchronises on the next good record, never
+//! acknowledges what it did not send, and counts the lost ones (`corrupt` in the stats, kept across restarts;
+//! see [`store`]). Remote -> hub messages are acknowledged
 //! to the remote only after the hub acknowledged them. Both directions are at-least-once for QoS 1: a restart
 //! (even `kill -9`) loses nothing that was acknowledged, and may resend what was in flight (duplicates, never
 //! loss). QoS 0 messages take the same path (buffered too) and keep their QoS. Retain flags are not carried
