@@ -3,9 +3,11 @@
 //! - [`proto`]: the Function gRPC protocol of Baetyl v1 (`baetyl.Function/Call`, same field numbers).
 //! - [`sql`]: the SQL handler engine (v1's `select ... where ...` over JSON payloads).
 //! - [`manager`]: `baetyl function`: rules subscribe to the hub, call functions, publish results.
+//! - [`answer`]: what a rule publishes: the result or the error answer, within the hub's message limit.
 //! - [`pool`]: instance pools over the master API (min, max, idletime, timeout).
 //! - [`runtime`]: a gRPC server serving a set of functions; the SQL runtime (`baetyl runtime-sql`) and the
 //!   launcher of the Python runtime (`baetyl runtime-python`, code in `runtimes/python/`).
+pub mod answer;
 pub mod error;
 pub mod manager;
 pub mod pool;

@@ -21,7 +21,7 @@ use crate::pool::{CallError, Pool};
 use crate::proto::FunctionMessage;
 use baetyl_sdk::ConfigError;
 use baetyl_sdk::client::MasterClient;
-use baetyl_sdk::config::{ConfigFile, HumanDuration};
+use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
 use baetyl_sdk::logging::{LogFormat, LoggerConfig};
 use baetyl_sdk::mqtt::{ClientOptions, Connection, Qos, TlsError};
 use baetyl_sdk::service::{Kit, shutdown_signal};
@@ -33,9 +33,45 @@ pub struct ManagerConfig {
     pub hub: HubConfig,
     pub rules: Vec<Rule>,
     pub functions: Vec<FunctionConfig>,
+    /// The hub's message limit, which every output (results and error answers) must fit.
+    #[serde(default)]
+    pub message: MessageConfig,
     #[serde(default)]
     pub logger: LoggerConfig,
 }
+
+/// `message: {length: {max: 32k}}`: the same key as the hub's, and the same default. Set it to the hub's value
+/// when that one is changed: a result larger than the hub takes is answered with an `OutputTooLarge` error, and
+/// an error answer's echoed input is cut to fit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageConfig {
+    #[serde(default)]
+    pub length: LengthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LengthConfig {
+    #[serde(default = "default_max_length")]
+    pub max: ByteSize,
+}
+
+impl Default for LengthConfig {
+    fn default() -> Self {
+        LengthConfig {
+            max: default_max_length(),
+        }
+    }
+}
+
+/// The hub's default `message.length.max`.
+fn default_max_length() -> ByteSize {
+    ByteSize(32 * 1024)
+}
+
+/// The smallest limit accepted: an error answer (with the input's metadata and a short message) must fit.
+const MIN_MAX_LENGTH: u64 = 1024;
 
 /// The hub the rules connect to: the keys of every MQTT client connection (`baetyl_sdk::mqtt::Connection`),
 /// but each rule brings its own `clientid` and keeps a persistent session.
@@ -128,6 +164,13 @@ impl ConfigFile for ManagerConfig {
                  stopped manager had not finished; remove it"
                     .into(),
             ));
+        }
+        let max = cfg.message.length.max.0;
+        if !(MIN_MAX_LENGTH..=MAX_PACKET_SIZE as u64).contains(&max) {
+            return Err(bad(format!(
+                "key `message.length.max`: {} is out of range; use the hub's limit, between 1k and 64m (default 32k)",
+                cfg.message.length.max
+            )));
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, f) in cfg.functions.iter().enumerate() {
@@ -255,7 +298,14 @@ pub async fn run(
         })?;
         let st = Arc::new(RuleStats::default());
         stats.insert(rule.clientid.clone(), st.clone());
-        tasks.push(tokio::spawn(run_rule(hub.clone(), rule.clone(), pool, st)));
+        let limit = cfg.message.length.max.0 as usize;
+        tasks.push(tokio::spawn(run_rule(
+            hub.clone(),
+            rule.clone(),
+            limit,
+            pool,
+            st,
+        )));
     }
     let reporter = tokio::spawn(report_loop(stats, pools.clone()));
     shutdown.await;
@@ -299,7 +349,13 @@ async fn report_loop(stats: BTreeMap<String, Arc<RuleStats>>, pools: BTreeMap<St
         .await;
 }
 
-async fn run_rule(mut hub: ClientOptions, rule: Rule, pool: Arc<Pool>, stats: Arc<RuleStats>) {
+async fn run_rule(
+    mut hub: ClientOptions,
+    rule: Rule,
+    limit: usize,
+    pool: Arc<Pool>,
+    stats: Arc<RuleStats>,
+) {
     hub.client_id = rule.clientid.clone();
     let mut opts = hub.mqtt_options();
     opts.set_manual_acks(true).set_inflight(100);
@@ -332,7 +388,10 @@ async fn run_rule(mut hub: ClientOptions, rule: Rule, pool: Arc<Pool>, stats: Ar
                     seq.clone(),
                 );
                 tokio::spawn(async move {
-                    handle(&rule, &pool, permit, &publisher, &client, &stats, &seq, p).await;
+                    handle(
+                        &rule, limit, &pool, permit, &publisher, &client, &stats, &seq, p,
+                    )
+                    .await;
                 });
             }
         })
@@ -398,6 +457,7 @@ async fn run_rule(mut hub: ClientOptions, rule: Rule, pool: Arc<Pool>, stats: Ar
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     rule: &Rule,
+    limit: usize,
     pool: &Pool,
     permit: tokio::sync::OwnedSemaphorePermit,
     publisher: &Publisher,
@@ -421,33 +481,31 @@ async fn handle(
     };
     let out_qos: QoS = in_qos.min(rule.publish.qos).into();
     let result = pool.call(permit, msg.clone()).await;
-    let payload = match result {
+    let failure = match result {
         Ok(reply) if reply.payload.is_empty() => {
             stats.filtered.fetch_add(1, Ordering::Relaxed);
             None
         }
-        Ok(reply) => Some(reply.payload),
-        Err(e) => {
+        Ok(reply) if reply.payload.len() <= limit => Some(Ok(reply.payload)),
+        Ok(reply) => Some(Err((
+            crate::answer::OUTPUT_TOO_LARGE.to_string(),
+            crate::answer::too_large(reply.payload.len(), limit),
+        ))),
+        Err(CallError::Function { kind, message }) => Some(Err((kind, message))),
+        Err(other) => Some(Err((other.kind().to_string(), other.to_string()))),
+    };
+    let payload = match failure {
+        None => None,
+        Some(Ok(payload)) => Some(payload),
+        Some(Err((kind, message))) => {
             stats.errors.fetch_add(1, Ordering::Relaxed);
-            let (kind, message) = match &e {
-                CallError::Function { kind, message } => (kind.clone(), message.clone()),
-                other => (other.kind().to_string(), other.to_string()),
-            };
             tracing::warn!(rule = %rule.clientid, "function {} failed: {message}", rule.function.name);
-            Some(
-                json!({
-                    "functionMessage": {
-                        "ID": msg.id, "QOS": msg.qos, "Topic": msg.topic,
-                        "Payload": String::from_utf8_lossy(&msg.payload),
-                        "Timestamp": msg.timestamp, "FunctionName": msg.function_name,
-                        "FunctionInvokeID": msg.function_invoke_id,
-                    },
-                    "errorMessage": message,
-                    "errorType": kind,
-                })
-                .to_string()
-                .into_bytes(),
-            )
+            // Answered with a bounded error and then acknowledged: a poison input is never redelivered.
+            let answer = crate::answer::error_answer(&msg, &kind, &message, limit);
+            if answer.is_none() {
+                tracing::error!(rule = %rule.clientid, "the error answer does not fit the hub's message limit of {limit} bytes; acknowledging the input without one");
+            }
+            answer
         }
     };
     if let Some(payload) = payload {
@@ -565,6 +623,24 @@ mod tests {
             e.contains("key `rules[0].subscribe.qos`") && e.contains("qos 7 is not valid"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_message_limit_defaults_to_the_hubs_and_is_checked() {
+        let base = format!("hub: {{address: 'tcp://h'}}\n{}{FUNCTIONS}", rule(1, 1));
+        let cfg = parse(&base).expect("valid");
+        assert_eq!(cfg.message.length.max, ByteSize(32 * 1024));
+        let cfg = parse(&format!("{base}message: {{length: {{max: 1m}}}}\n")).expect("valid");
+        assert_eq!(cfg.message.length.max, ByteSize(1 << 20));
+        for bad in ["100", "1g"] {
+            let e = parse(&format!("{base}message: {{length: {{max: {bad}}}}}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("key `message.length.max`") && e.contains("between 1k and 64m"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
