@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::manager::FunctionConfig;
 use crate::proto::FunctionMessage;
 use crate::proto::function_client::FunctionClient;
-use crate::runtime::ERROR_TYPE_KEY;
+use crate::runtime::{ERROR_TYPE_KEY, INSTANCE_SECRET_ENV, INSTANCE_SECRET_KEY};
 use baetyl_sdk::client::MasterClient;
 
 /// How long a fresh instance may take to serve gRPC.
@@ -48,6 +49,9 @@ pub enum StartError {
     NoSlot(u32),
     #[error(transparent)]
     Master(#[from] baetyl_sdk::ClientError),
+    /// Cannot happen (hex is ASCII); a variant instead of a panic.
+    #[error("the instance secret is not a valid gRPC metadata value")]
+    Secret,
     #[error("instance address {address}: {source}")]
     Address {
         address: String,
@@ -83,6 +87,8 @@ fn is_deadline(status: &tonic::Status) -> bool {
 struct Instance {
     slot: u32,
     name: String,
+    /// Sent with every call: the instance serves no one else.
+    secret: MetadataValue<Ascii>,
     client: FunctionClient<Channel>,
     last_used: Instant,
 }
@@ -159,6 +165,8 @@ impl Pool {
             // The deadline also travels to the runtime (grpc-timeout), which may give up early on its side.
             let mut req = tonic::Request::new(msg.clone());
             req.set_timeout(timeout);
+            req.metadata_mut()
+                .insert(INSTANCE_SECRET_KEY, inst.secret.clone());
             match tokio::time::timeout(timeout, inst.client.call(req)).await {
                 Ok(Ok(resp)) => {
                     self.release(inst).await;
@@ -245,6 +253,10 @@ impl Pool {
             baetyl_sdk::env::SERVICE_INSTANCE_ADDRESS.to_string(),
             address.clone(),
         );
+        // A fresh secret per start: 256 random bits, as hex (metadata values are ASCII).
+        let secret = format!("{}{}", invoke_id(), invoke_id());
+        env.insert(INSTANCE_SECRET_ENV.to_string(), secret.clone());
+        let secret: MetadataValue<Ascii> = secret.parse().map_err(|_| StartError::Secret)?;
         if let Err(e) = self
             .master
             .start_instance(&self.conf.service, &name, &env)
@@ -274,6 +286,7 @@ impl Pool {
                     return Ok(Instance {
                         slot,
                         name,
+                        secret,
                         client: FunctionClient::new(ch).max_decoding_message_size(64 << 20),
                         last_used: Instant::now(),
                     });

@@ -1,5 +1,11 @@
 //! Function runtimes: gRPC servers of `baetyl.Function/Call` for the functions named in their config.
 //!
+//! Callers: the function manager starts each instance with a fresh secret in `FUNCTION_INSTANCE_SECRET` and sends
+//! it as `baetyl-instance-secret` metadata on every call; a runtime started with one refuses every call without it
+//! (Unauthenticated; compared in constant time). Instances keep v1's TCP contract
+//! (`BAETYL_SERVICE_INSTANCE_ADDRESS`), which also works when the manager and a runtime are different containers
+//! on the host's network, where a unix socket in the runtime's instance dir would not be reachable by the manager.
+//!
 //! `baetyl runtime-sql` serves SQL handlers in-process. `baetyl runtime-python` validates its config here
 //! (same schema, same errors) and hands over to the Python program in `runtimes/python/runtime.py`, which
 //! serves the same protocol with user code.
@@ -19,6 +25,11 @@ use crate::error::FunctionError;
 use crate::proto::FunctionMessage;
 use crate::proto::function_server::{Function, FunctionServer};
 use crate::sql::{MessageContext, SqlHandler};
+
+/// The environment variable in which the function manager hands a dynamic instance its secret.
+pub const INSTANCE_SECRET_ENV: &str = "FUNCTION_INSTANCE_SECRET";
+/// The gRPC metadata key carrying it on every call.
+pub const INSTANCE_SECRET_KEY: &str = "baetyl-instance-secret";
 
 /// Metadata key carrying the error's type name (an exception class, `PayloadError`, ...).
 pub const ERROR_TYPE_KEY: &str = "baetyl-error-type";
@@ -152,10 +163,55 @@ impl Function for SqlRuntime {
     }
 }
 
-/// Serves `svc` on `addr` until `shutdown` completes.
+/// Lets through only calls that carry the instance secret, when the runtime has one.
+#[derive(Clone)]
+pub struct RequireSecret(Option<std::sync::Arc<[u8]>>);
+
+impl RequireSecret {
+    /// `None`: every caller is served (a runtime started by hand, without a manager).
+    pub fn new(secret: Option<&str>) -> Self {
+        RequireSecret(secret.map(|s| std::sync::Arc::from(s.as_bytes())))
+    }
+
+    /// The secret the function manager passed in `FUNCTION_INSTANCE_SECRET` (an empty value is none).
+    pub fn from_env() -> Self {
+        let secret = std::env::var(INSTANCE_SECRET_ENV)
+            .ok()
+            .filter(|s| !s.is_empty());
+        Self::new(secret.as_deref())
+    }
+
+    pub fn is_required(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl tonic::service::Interceptor for RequireSecret {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        use subtle::ConstantTimeEq;
+        let Some(want) = &self.0 else {
+            return Ok(req);
+        };
+        let got = req
+            .metadata()
+            .get(INSTANCE_SECRET_KEY)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if bool::from(got.ct_eq(want)) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(format!(
+                "this function instance serves only the function manager that started it: `{INSTANCE_SECRET_KEY}` is missing or wrong"
+            )))
+        }
+    }
+}
+
+/// Serves `svc` on `addr`, to callers that `secret` lets through, until `shutdown` completes.
 pub async fn serve<S>(
     svc: FunctionServer<S>,
     addr: SocketAddr,
+    secret: RequireSecret,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), FunctionError>
 where
@@ -167,9 +223,15 @@ where
             address: addr,
             source,
         })?;
-    tracing::info!(%addr, "function runtime listening");
+    if secret.is_required() {
+        tracing::info!(%addr, "function runtime listening (callers must present the instance secret)");
+    } else {
+        tracing::warn!(%addr, "function runtime listening without {INSTANCE_SECRET_ENV}: any caller is served");
+    }
     tonic::transport::Server::builder()
-        .add_service(svc)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            svc, secret,
+        ))
         .serve_with_incoming_shutdown(tokio_stream_from(listener), shutdown)
         .await
         .map_err(FunctionError::Serve)
@@ -209,7 +271,12 @@ pub fn run_sql_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
     Kit::new("runtime-sql")
         .worker_threads(1)
         .init(&cfg.logger, args.log_format)?
-        .block_on(serve(runtime.into_server(), addr, shutdown_signal()))
+        .block_on(serve(
+            runtime.into_server(),
+            addr,
+            RequireSecret::from_env(),
+            shutdown_signal(),
+        ))
 }
 
 /// The Python runtime program, embedded so the binary alone can start it.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use baetyl_function::proto::FunctionMessage;
 use baetyl_function::proto::function_client::FunctionClient;
-use baetyl_function::runtime::{ERROR_TYPE_KEY, PYTHON_RUNTIME, RuntimeConfig, SqlRuntime, serve};
+use baetyl_function::runtime::{
+    ERROR_TYPE_KEY, PYTHON_RUNTIME, RequireSecret, RuntimeConfig, SqlRuntime, serve,
+};
 use baetyl_sdk::config::ConfigFile;
 use baetyl_testkit::{eventually_async, free_port, python3};
 
@@ -47,6 +49,7 @@ async fn sql_runtime_serves_v1_calls() {
     let server = tokio::spawn(serve(
         rt.into_server(),
         format!("127.0.0.1:{port}").parse().expect("addr"),
+        RequireSecret::new(None),
         async {
             let _ = stop_rx.await;
         },

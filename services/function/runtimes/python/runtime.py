@@ -11,8 +11,13 @@ v1 semantics: event = the JSON-decoded payload when it parses, else the raw byte
 messageTopic, messageTimestamp, functionName, functionInvokeID and invokeid; a dict/list result is sent as
 JSON, bytes as they are, str as UTF-8, None as an empty payload (nothing is published). An exception becomes
 a gRPC error whose metadata names the exception type.
+
+Callers: started by the function manager with a per-instance secret in FUNCTION_INSTANCE_SECRET, the runtime
+serves only calls carrying it as `baetyl-instance-secret` metadata (compared in constant time) and removes it
+from the environment before user code is loaded.
 """
 import argparse
+import hmac
 import datetime
 import importlib
 import json
@@ -26,6 +31,8 @@ from concurrent import futures
 import grpc
 
 ERROR_TYPE_KEY = "baetyl-error-type"
+INSTANCE_SECRET_ENV = "FUNCTION_INSTANCE_SECRET"
+INSTANCE_SECRET_KEY = "baetyl-instance-secret"
 
 log = logging.getLogger("baetyl_runtime_python")
 
@@ -217,6 +224,29 @@ class Runtime:
         return reply
 
 
+class RequireSecret(grpc.ServerInterceptor):
+    """Refuses every call that does not carry the instance secret."""
+
+    def __init__(self, secret):
+        self.secret = secret.encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "this function instance serves only the function manager that started it: "
+                          f"`{INSTANCE_SECRET_KEY}` is missing or wrong")
+
+        self.deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, details):
+        got = b""
+        for key, value in details.invocation_metadata or ():
+            if key == INSTANCE_SECRET_KEY:
+                got = value.encode() if isinstance(value, str) else value
+        if hmac.compare_digest(got, self.secret):
+            return continuation(details)
+        return self.deny
+
+
 def main():
     parser = argparse.ArgumentParser(prog="baetyl runtime-python")
     parser.add_argument("--listen", required=True)
@@ -224,12 +254,17 @@ def main():
     args = parser.parse_args(sys.argv[1:])
     config = json.loads(args.config_json)
     setup_logging(config.get("logger") or {})
+    # Read, then hidden from user code (and from the processes it may start).
+    secret = os.environ.pop(INSTANCE_SECRET_ENV, "")
     runtime = Runtime(load_functions(config["functions"]))
     handler = grpc.method_handlers_generic_handler(
         "baetyl.Function",
         {"Call": grpc.unary_unary_rpc_method_handler(runtime.call, request_deserializer=decode, response_serializer=encode)},
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    interceptors = (RequireSecret(secret),) if secret else ()
+    if not secret:
+        log.warning("no %s: any caller is served", INSTANCE_SECRET_ENV)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors)
     server.add_generic_rpc_handlers((handler,))
     if server.add_insecure_port(args.listen) == 0:
         raise SystemExit(f"cannot listen on {args.listen}")

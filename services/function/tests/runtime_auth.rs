@@ -1,0 +1,119 @@
+//! Runtimes serve only the manager that started them (issue 10): started with a per-instance secret in
+//! `FUNCTION_INSTANCE_SECRET`, the SQL runtime (`baetyl runtime-sql`) and the Python runtime refuse a call that
+//! does not carry it as `baetyl-instance-secret` metadata (Unauthenticated) and serve one that does.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use baetyl_function::proto::FunctionMessage;
+use baetyl_function::proto::function_client::FunctionClient;
+use baetyl_function::runtime::{INSTANCE_SECRET_ENV, INSTANCE_SECRET_KEY, PYTHON_RUNTIME};
+use baetyl_testkit::process::Process;
+use baetyl_testkit::{baetyl_bin, eventually_async, free_port, python3};
+use tonic::transport::Channel;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+async fn connect(port: u16) -> FunctionClient<Channel> {
+    eventually_async(
+        Duration::from_secs(30),
+        &format!("the runtime to serve on {port}"),
+        || FunctionClient::connect(format!("http://127.0.0.1:{port}")),
+    )
+    .await
+}
+
+fn call(function: &str, payload: &[u8], secret: Option<&str>) -> tonic::Request<FunctionMessage> {
+    let mut req = tonic::Request::new(FunctionMessage {
+        id: 1,
+        qos: 1,
+        topic: "t".into(),
+        payload: payload.to_vec(),
+        timestamp: 1,
+        function_name: function.into(),
+        function_invoke_id: "inv".into(),
+    });
+    if let Some(s) = secret {
+        req.metadata_mut()
+            .insert(INSTANCE_SECRET_KEY, s.parse().expect("ascii"));
+    }
+    req
+}
+
+/// A call without the secret and one with a wrong one are refused; the right one is served.
+async fn only_the_secret_holder_is_served(port: u16, function: &str, payload: &[u8]) {
+    let mut c = connect(port).await;
+    for secret in [None, Some("wrong"), Some(&SECRET[..63])] {
+        let e = c
+            .call(call(function, payload, secret))
+            .await
+            .expect_err("refused without the right secret");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{secret:?}: {e}");
+    }
+    let r = c
+        .call(call(function, payload, Some(SECRET)))
+        .await
+        .expect("served with the secret")
+        .into_inner();
+    assert!(!r.payload.is_empty());
+}
+
+#[tokio::test]
+async fn the_sql_runtime_requires_its_instance_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("service.yml"),
+        "functions: [{name: f, handler: \"select *\"}]\n",
+    )
+    .expect("write");
+    let port = free_port();
+    let _rt = Process::spawn(
+        Command::new(baetyl_bin())
+            .args(["runtime-sql", "-c"])
+            .arg(dir.path().join("service.yml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env(INSTANCE_SECRET_ENV, SECRET)
+            .stdin(Stdio::null()),
+        "runtime-sql",
+    )
+    .expect("spawn")
+    .term_on_drop(Duration::from_secs(5));
+    only_the_secret_holder_is_served(port, "f", br#"{"a":1}"#).await;
+}
+
+#[tokio::test]
+async fn the_python_runtime_requires_its_instance_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("index.py"),
+        "import os\n\ndef handler(event, context):\n    return {'secret_visible': 'FUNCTION_INSTANCE_SECRET' in os.environ}\n",
+    )
+    .expect("write");
+    let cfg = serde_json::json!({"functions": [{"name": "f", "handler": "index.handler", "codedir": dir.path()}]});
+    let port = free_port();
+    let _rt = Process::spawn(
+        Command::new(python3())
+            .arg("-c")
+            .arg(PYTHON_RUNTIME)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--config-json",
+                &cfg.to_string(),
+            ])
+            .env(INSTANCE_SECRET_ENV, SECRET)
+            .stdin(Stdio::null()),
+        "runtime-python",
+    )
+    .expect("spawn")
+    .term_on_drop(Duration::from_secs(5));
+    only_the_secret_holder_is_served(port, "f", b"{}").await;
+    // User code does not see the secret.
+    let mut c = connect(port).await;
+    let r = c
+        .call(call("f", b"{}", Some(SECRET)))
+        .await
+        .expect("served")
+        .into_inner();
+    assert_eq!(r.payload, br#"{"secret_visible": false}"#);
+}
