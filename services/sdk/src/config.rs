@@ -13,13 +13,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
-/// Reads and parses `path` as `T`.
+/// Reads and parses `path` as `T`, after Baetyl v1's `{{.ENV}}` templating ([`crate::template`]).
 pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    parse_yaml(&read_templated(path)?, path)
+}
+
+/// The text of the config file at `path`, with `{{.NAME}}` references to environment variables expanded as
+/// Baetyl v1 expanded them (all or nothing; see [`crate::template`]).
+pub fn read_templated(path: &Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         file: path.to_path_buf(),
         source,
     })?;
-    parse_yaml(&text, path)
+    Ok(crate::template::expand_env(&text, path))
 }
 
 /// Parses `text` as `T`; `origin` names the file in errors.

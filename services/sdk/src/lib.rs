@@ -10,6 +10,7 @@
 //! - [`logging`]: tracing setup (human or JSON lines, level, optional file) with service/instance on every line.
 //! - [`service`]: the service kit every role starts with: logging from `logger:` and `--log-format`, the tokio
 //!   runtime, the one shutdown signal, an orderly end.
+//! - [`template`]: Baetyl v1's `{{.ENV}}` templating of config files, applied by [`config::load_yaml`].
 //! - [`mqtt`]: what every MQTT client shares: broker addresses (tcp, ssl, ws, wss), QoS, TLS, connection
 //!   options turned into rumqttc's.
 pub mod client;
@@ -20,6 +21,7 @@ pub mod fs;
 pub mod logging;
 pub mod mqtt;
 pub mod service;
+pub mod template;
 pub mod topic;
 
 pub use error::{ClientError, ConfigError};
