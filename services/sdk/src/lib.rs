@@ -8,6 +8,7 @@
 //! - [`topic`]: MQTT topic names and filters: validation, matching, permission coverage.
 //! - [`fs`]: crash-safe state files (`write_atomic`: temp + fsync + rename + directory fsync).
 //! - [`logging`]: tracing setup (human or JSON lines, level, optional file) with service/instance on every line.
+//! - [`logfile`]: a log file rotated by size with v1's `logger` limits (`size`, `backup`, `age`).
 //! - [`service`]: the service kit every role starts with: logging from `logger:` and `--log-format`, the tokio
 //!   runtime, the one shutdown signal, an orderly end.
 //! - [`template`]: Baetyl v1's `{{.ENV}}` templating of config files, applied by [`config::load_yaml`].
@@ -18,6 +19,7 @@ pub mod config;
 pub mod env;
 pub mod error;
 pub mod fs;
+pub mod logfile;
 pub mod logging;
 pub mod mqtt;
 pub mod service;

@@ -2,7 +2,6 @@
 //! machines, and the service and instance names on every line.
 
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -19,7 +18,9 @@ use tracing_subscriber::registry::LookupSpan;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// v1's `text`.
     #[default]
+    #[serde(alias = "text")]
     Human,
     Json,
 }
@@ -46,6 +47,43 @@ pub struct LoggerConfig {
     /// A level or a filter such as `info,baetyl_hub=debug`.
     pub level: String,
     pub format: LogFormat,
+    /// v1's rotation of the file at `path`: rotated files older than `age.max` days are removed,
+    #[serde(default = "v1_age")]
+    pub age: LogLimit,
+    /// the file is rotated when it would grow past `size.max` MiB,
+    #[serde(default = "v1_size")]
+    pub size: LogLimit,
+    /// and `backup.max` rotated files are kept.
+    #[serde(default = "v1_backup")]
+    pub backup: LogLimit,
+}
+
+/// `{max: N}`, as v1 wrote its logger limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLimit {
+    pub max: u32,
+}
+
+fn v1_age() -> LogLimit {
+    LogLimit { max: 15 }
+}
+fn v1_size() -> LogLimit {
+    LogLimit { max: 50 }
+}
+fn v1_backup() -> LogLimit {
+    LogLimit { max: 15 }
+}
+
+impl LoggerConfig {
+    /// The rotation of the log file (v1's defaults: 50 MiB, 15 backups, 15 days).
+    pub fn rotation(&self) -> crate::logfile::Rotation {
+        crate::logfile::Rotation {
+            max_size: u64::from(self.size.max.max(1)) << 20,
+            backups: self.backup.max,
+            max_age: std::time::Duration::from_secs(u64::from(self.age.max.max(1)) * 86_400),
+        }
+    }
 }
 
 impl Default for LoggerConfig {
@@ -54,6 +92,9 @@ impl Default for LoggerConfig {
             path: None,
             level: "info".into(),
             format: LogFormat::Human,
+            age: v1_age(),
+            size: v1_size(),
+            backup: v1_backup(),
         }
     }
 }
@@ -68,6 +109,8 @@ pub struct LogSetup<'a> {
     pub format: LogFormat,
     /// Append to this file instead of standard error.
     pub file: Option<&'a Path>,
+    /// How `file` is rotated.
+    pub rotation: crate::logfile::Rotation,
 }
 
 /// Why logging could not be set up.
@@ -119,13 +162,12 @@ pub fn init(setup: &LogSetup<'_>) -> Result<(), LogError> {
                     source,
                 })?;
             }
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| LogError::File {
-                    file: path.to_path_buf(),
-                    source,
+            let file =
+                crate::logfile::RotatingFile::open(path, setup.rotation).map_err(|source| {
+                    LogError::File {
+                        file: path.to_path_buf(),
+                        source,
+                    }
                 })?;
             builder.with_writer(Mutex::new(file)).try_init()
         }

@@ -104,6 +104,7 @@ impl Kit {
             level: &logger.level,
             format: format.unwrap_or(logger.format),
             file: logger.path.as_deref(),
+            rotation: logger.rotation(),
         })?;
         let runtime = runtime(&self.role, self.worker_threads).map_err(ServiceError::Runtime)?;
         Ok(Service {
