@@ -70,13 +70,24 @@ pub struct Connection<Name = NoName> {
     pub cert: Option<PathBuf>,
     #[serde(default)]
     pub key: Option<PathBuf>,
-    #[serde(default, alias = "insecureSkipVerify")]
+    /// v1 spellings: `insecureSkipVerify`, and `insecure` (v1.0.2's certificate section).
+    #[serde(default, alias = "insecureSkipVerify", alias = "insecure")]
     pub insecure_skip_verify: bool,
-    #[serde(default = "default_keepalive")]
+    /// v1 wrote `-1` for "no ping/pong": any negative number reads as 0 (off).
+    #[serde(default = "default_keepalive", deserialize_with = "keepalive_v1")]
     pub keepalive: HumanDuration,
     /// Default false: the broker keeps our subscriptions and unacknowledged QoS 1 messages while we are away.
     #[serde(default, alias = "cleansession")]
     pub clean_session: bool,
+    /// Baetyl v1's client keys that our clients accept and do not use (see [`Connection::ignored_keys`]).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub buffersize: Option<u32>,
+    #[serde(default)]
+    pub validatesubs: Option<bool>,
 }
 
 /// The name of a connection that has none: a `name:` key in its section fails the load.
@@ -93,6 +104,21 @@ impl<'de> Deserialize<'de> for NoName {
 
 fn default_keepalive() -> HumanDuration {
     HumanDuration(DEFAULT_KEEPALIVE)
+}
+
+/// A keep alive: a duration, or (v1) a negative number for none.
+fn keepalive_v1<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a duration such as 30s, 0 for none (v1: -1)")]
+    enum KeepAlive {
+        Negative(i64),
+        Duration(HumanDuration),
+    }
+    Ok(match KeepAlive::deserialize(d)? {
+        KeepAlive::Negative(n) if n < 0 => HumanDuration::from_secs(0),
+        KeepAlive::Negative(n) => HumanDuration::from_secs(n.unsigned_abs()),
+        KeepAlive::Duration(h) => h,
+    })
 }
 
 impl<Name> Connection<Name> {
@@ -119,6 +145,33 @@ impl<Name> Connection<Name> {
             return Err(bad(format!("{key}: a password needs a username")));
         }
         Ok(())
+    }
+
+    /// The v1 keys this connection sets that are accepted and not used, each with why; `key` is the section's
+    /// key path. [`Connection::client_options`] logs them.
+    pub fn ignored_keys(&self, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.timeout.is_some() {
+            out.push(format!(
+                "{key}.timeout: acknowledgements are awaited without a deadline; keepalive detects a dead broker"
+            ));
+        }
+        if self.interval.is_some() {
+            out.push(format!(
+                "{key}.interval: the service reconnects on its own backoff schedule"
+            ));
+        }
+        if self.buffersize.is_some() {
+            out.push(format!(
+                "{key}.buffersize: in-flight messages are bounded by the service's own queue"
+            ));
+        }
+        if self.validatesubs.is_some() {
+            out.push(format!(
+                "{key}.validatesubs: a subscription the broker refuses is always reported"
+            ));
+        }
+        out
     }
 
     pub fn tls(&self) -> ClientTls {
@@ -150,6 +203,9 @@ impl<Name> Connection<Name> {
         o.keep_alive = self.keepalive.get();
         o.clean_session = self.clean_session;
         o.max_packet_size = max_packet_size;
+        for k in self.ignored_keys(name) {
+            tracing::warn!("accepted but ignored (Baetyl v1 key): {k}");
+        }
         Ok(o)
     }
 }

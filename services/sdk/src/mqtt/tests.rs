@@ -413,6 +413,41 @@ fn connection(yaml: &str) -> Result<Connection, ConfigError> {
 }
 
 #[test]
+fn v1_keepalive_minus_one_means_none() {
+    let c = connection("{address: 'tcp://0.0.0.0:1883', keepalive: -1}").expect("valid");
+    assert_eq!(c.keepalive.get(), Duration::ZERO);
+    let c = connection("{address: 'tcp://h', keepalive: 45}").expect("valid");
+    assert_eq!(c.keepalive.get(), Duration::from_secs(45));
+    let c = connection(
+        "{address: 'ssl://h', insecure: true, timeout: 30s, interval: 1m, buffersize: 10, validatesubs: true}",
+    )
+    .expect("v1 client keys are accepted");
+    assert!(c.insecure_skip_verify);
+    let ignored = c.ignored_keys("hub").join("\n");
+    for k in [
+        "hub.timeout",
+        "hub.interval",
+        "hub.buffersize",
+        "hub.validatesubs",
+    ] {
+        assert!(ignored.contains(k), "{k} in {ignored}");
+    }
+    assert!(
+        connection("{address: 'tcp://h'}")
+            .expect("valid")
+            .ignored_keys("hub")
+            .is_empty()
+    );
+    let e = connection("{address: 'tcp://h', keepalive: soon}")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hub.keepalive") || e.contains("keepalive"),
+        "{e}"
+    );
+}
+
+#[test]
 fn connection_section_to_options() {
     let c = connection(
         "{address: 'ws://[::1]:9001', clientid: edge, username: u, password: p, keepalive: 0, cleansession: true}",
