@@ -510,6 +510,7 @@ impl Supervisor {
         for (k, v) in contract.into_iter().chain(extra.iter().cloned()) {
             envs.insert(k.to_string(), v);
         }
+        env::add_v1_aliases(&mut envs);
         let mounts = self.mounts(app, service)?;
         let user = self.users.credentials(service, spec)?;
         Ok(InstanceSpec {
