@@ -8,6 +8,7 @@ use baetyl_sdk::ConfigError;
 use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
 use serde::{Deserialize, Serialize};
 
+use super::v1::ServiceNetworks;
 use super::volumes::{VolumeMount, VolumeSpec, looks_like_path};
 
 /// `var/db/baetyl/application.yml`: the services to run and the volumes they use.
@@ -66,6 +67,13 @@ pub struct ServiceSpec {
     pub network_mode: Option<String>,
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Compose keys Baetyl v1 accepted; accepted and reported as ignored (see [`super::v1::ignored_keys`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<ServiceNetworks>,
 }
 
 impl ServiceSpec {
@@ -306,6 +314,19 @@ impl Application {
 }
 
 impl ConfigFile for Application {
+    /// Reads either form (compose, or Baetyl v1's list form) and logs the keys it accepts but ignores.
+    fn load(path: &Path) -> Result<Self, ConfigError> {
+        let loaded = super::v1::load_application(path)?;
+        for key in &loaded.ignored {
+            tracing::warn!(file = %path.display(), "accepted but ignored: {key}");
+        }
+        Ok(loaded.app)
+    }
+
+    fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        super::v1::parse_application(text, origin).map(|l| l.app)
+    }
+
     /// Checks what the schema cannot: names, references, dependency order, values.
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         let bad = |m: String| ConfigError::invalid(file, m);

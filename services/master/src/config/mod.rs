@@ -6,11 +6,13 @@
 pub mod application;
 pub mod graph;
 pub mod master;
+pub mod v1;
 pub mod volumes;
 
 pub use application::*;
 pub use graph::*;
 pub use master::*;
+pub use v1::{AppForm, LoadedApplication, load_application, parse_application};
 pub use volumes::*;
 
 /// Parses an application from YAML text, as a file named `application.yml` would be.

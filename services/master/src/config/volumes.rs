@@ -26,6 +26,9 @@ impl<'de> Deserialize<'de> for VolumeMount {
             target: String,
             #[serde(default)]
             read_only: bool,
+            /// `volume` or `bind` (compose); the source is resolved the same way for both.
+            #[serde(default, rename = "type")]
+            _kind: Option<super::v1::MountType>,
         }
         #[derive(Deserialize)]
         #[serde(
@@ -87,6 +90,13 @@ pub struct VolumeSpec {
     /// A dataset: mounted read-only into every service that uses it.
     #[serde(default)]
     pub read_only: bool,
+    /// Compose keys Baetyl v1 accepted; accepted and reported as ignored (volumes are local directories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl VolumeSpec {
