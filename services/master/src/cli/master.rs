@@ -101,7 +101,7 @@ fn engine(workdir: &Path, cfg: &MasterConfig, roles: Vec<Role>) -> anyhow::Resul
     match cfg.mode {
         Mode::Native => Ok(Arc::new(NativeEngine::new(workdir, cfg, roles)?)),
         Mode::Containerd => bail!(
-            "mode `containerd` is not available in this build yet; set `mode: native` in conf.yml"
+            "mode `containerd` (also what Baetyl v1's `mode: docker` reads as) is not available in this build yet; set `mode: native` in conf.yml"
         ),
     }
 }

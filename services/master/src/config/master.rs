@@ -135,6 +135,8 @@ pub struct VolumesConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Native,
+    /// Baetyl v1's `mode: docker` (its container engine) reads as this one.
+    #[serde(alias = "docker")]
     Containerd,
 }
 
@@ -396,7 +398,8 @@ mod tests {
         assert_eq!(c.mode, Mode::Native);
         assert_eq!(c.grace.get().as_secs(), 30);
         assert_eq!(c.server.address.to_string(), "unix://var/run/baetyl.sock");
-        let e = conf("mode: docker\n").unwrap_err();
+        assert_eq!(conf("mode: docker\n").unwrap().mode, Mode::Containerd);
+        let e = conf("mode: kubernetes\n").unwrap_err();
         assert!(
             e.contains("conf.yml") && e.contains("mode") && e.contains("native"),
             "{e}"
