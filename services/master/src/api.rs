@@ -23,6 +23,8 @@ use crate::stats::HostSampler;
 use crate::supervisor::{Supervisor, now_rfc3339};
 use baetyl_sdk::env;
 
+mod v0;
+
 /// Static facts for inspect's `software` section.
 #[derive(Debug, Clone, Copy)]
 pub struct BuildInfo {
@@ -44,7 +46,7 @@ pub struct ApiState {
 pub const OPERATOR: &str = "baetyl-operator";
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let v1 = Router::new()
         .route("/v1/system/inspect", get(inspect))
         .route("/v1/system/update", put(update))
         .route("/v1/ports/available", get(available_port))
@@ -58,7 +60,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/services/{svc}/instances/{inst}/stop",
             put(stop_instance),
         )
-        .route("/v1/services/{svc}/instances/{inst}/report", put(report))
+        .route("/v1/services/{svc}/instances/{inst}/report", put(report));
+    v0::routes(v1)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -137,7 +140,8 @@ fn system_processes() -> Value {
 async fn inspect(State(st): State<Arc<ApiState>>) -> Response {
     let sup = &st.sup;
     let app = sup.app();
-    let hardware = st.sampler.sample(sup.workdir());
+    let mut hardware = st.sampler.sample(sup.workdir());
+    v0::add_v1_fields(&mut hardware, &crate::server::host_id());
     let volumes: Vec<Value> = app
         .volumes
         .iter()
@@ -172,6 +176,9 @@ struct UpdateRequest {
     kind: String,
     #[serde(default)]
     path: String,
+    /// v1 agents older than 0.1.4 sent the path as `file`.
+    #[serde(default)]
+    file: String,
     #[serde(default)]
     trace: String,
 }
@@ -186,7 +193,7 @@ async fn update(
 
 fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), MasterError> {
     caller.must_manage("update the application")?;
-    let req: UpdateRequest = json_body(
+    let mut req: UpdateRequest = json_body(
         body,
         r#"update body is not {"type":"APP","path":"...","trace":"..."}"#,
     )?;
@@ -198,6 +205,9 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
                 kind: other.to_string(),
             });
         }
+    }
+    if req.path.is_empty() {
+        req.path = std::mem::take(&mut req.file);
     }
     if req.path.is_empty() {
         return Err(MasterError::MissingUpdatePath);

@@ -319,7 +319,7 @@ fn read_application(path: &Path) -> std::result::Result<(Application, Vec<u8>), 
     Ok((app, text))
 }
 
-fn host_id() -> String {
+pub(crate) fn host_id() -> String {
     ["/etc/machine-id", "/var/lib/dbus/machine-id"]
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
