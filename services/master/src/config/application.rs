@@ -314,17 +314,16 @@ impl Application {
 }
 
 impl ConfigFile for Application {
-    /// Reads either form (compose, or Baetyl v1's list form) and logs the keys it accepts but ignores.
+    /// Reads either form (compose, or Baetyl v1's list form) after v1's `{{.ENV}}` templating, and logs the
+    /// keys it accepts but ignores.
     fn load(path: &Path) -> Result<Self, ConfigError> {
-        let loaded = super::v1::load_application(path)?;
-        for key in &loaded.ignored {
-            tracing::warn!(file = %path.display(), "accepted but ignored: {key}");
-        }
-        Ok(loaded.app)
+        super::v1::load_application(path).map(super::v1::LoadedApplication::logged)
     }
 
+    /// [`ConfigFile::load`] on text already read (the master reads the file's bytes once, see `from_bytes`).
     fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        super::v1::parse_application(text, origin).map(|l| l.app)
+        let text = baetyl_sdk::template::expand_env(text, origin);
+        super::v1::parse_application(&text, origin).map(super::v1::LoadedApplication::logged)
     }
 
     /// Checks what the schema cannot: names, references, dependency order, values.

@@ -48,6 +48,16 @@ pub struct LoadedApplication {
     pub ignored: Vec<String>,
 }
 
+impl LoadedApplication {
+    /// The application, after logging the keys it sets that are accepted and ignored.
+    pub fn logged(self) -> Application {
+        for key in &self.ignored {
+            tracing::warn!("application: accepted but ignored: {key}");
+        }
+        self.app
+    }
+}
+
 /// Reads an `application.yml` of either form (after v1's `{{.ENV}}` templating, see
 /// [`baetyl_sdk::template`]).
 pub fn load_application(path: &Path) -> Result<LoadedApplication, ConfigError> {
