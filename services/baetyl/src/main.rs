@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod alloc;
+mod v1;
 
 /// jemalloc, with large blocks left to the system allocator (see [`alloc`]): measured faster than glibc's
 /// malloc on the hub's message path without raising its resident memory.
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the master: start the application's services, supervise them, serve the API.
     Master(baetyl_master::cli::MasterArgs),
+    /// Baetyl v1's `start`: the master, with the work dir defaulting to the binary's `../` and `-c` relative to it.
+    Start(v1::StartArgs),
     /// Validate a config file (conf.yml, application.yml, a service config) without starting anything.
     Check(CheckArgs),
     /// Ask a running master for its state (same JSON as GET /v1/system/inspect).
@@ -53,8 +56,15 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CheckArgs {
-    /// The file to check. Its kind is found from its name, or given with --kind.
-    file: PathBuf,
+    /// The file to check. Its kind is found from its name, or given with --kind. Without it, Baetyl v1's
+    /// `check`: the master config of the work dir (-w, -c) is checked and `OK!` printed.
+    file: Option<PathBuf>,
+    /// v1: the work dir (default: the directory above the one holding this binary).
+    #[arg(short = 'w', long)]
+    workdir: Option<PathBuf>,
+    /// v1: the master config, relative to the work dir (default: etc/baetyl/conf.yml).
+    #[arg(short = 'c', long)]
+    config: Option<PathBuf>,
     /// What the file is: master (conf.yml), application, or a service role's config.
     #[arg(long)]
     kind: Option<String>,
@@ -99,6 +109,8 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
         Command::Master(args) => baetyl_master::cli::run_master(args, software_info(), roles()),
+        Command::Start(args) => v1::start_args(args)
+            .and_then(|args| baetyl_master::cli::run_master(args, software_info(), roles())),
         Command::Inspect(args) => baetyl_master::cli::run_inspect(args),
         Command::Image(args) => match args.command {
             baetyl_image::ImageCommand::Build(b) => {
@@ -147,12 +159,17 @@ fn checkers() -> Vec<(&'static str, &'static [&'static str], Checker)> {
             "application",
             &["application.yml", "application.yaml", "application.yml.old"],
             |p| {
-                let app = baetyl_master::config::Application::load(p)?;
-                Ok(format!(
-                    "application {} with {} service(s)",
-                    app.app_version,
-                    app.services.len()
-                ))
+                let l = baetyl_master::config::load_application(p)?;
+                let mut what = format!(
+                    "application {} with {} service(s), read in the {}",
+                    l.app.app_version,
+                    l.app.services.len(),
+                    l.form
+                );
+                for key in &l.ignored {
+                    what.push_str(&format!("\n  accepted but ignored: {key}"));
+                }
+                Ok(what)
             },
         ),
         ("hub", &[], |p| {
@@ -200,9 +217,11 @@ fn checkers() -> Vec<(&'static str, &'static [&'static str], Checker)> {
 }
 
 fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    let Some(file) = &args.file else {
+        return v1::check_master(args.workdir.as_deref(), args.config.as_deref());
+    };
     let checkers = checkers();
-    let name = args
-        .file
+    let name = file
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
@@ -215,24 +234,37 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
             let kinds: Vec<_> = checkers.iter().map(|(k, _, _)| *k).collect();
             anyhow::anyhow!(
                 "cannot tell what kind of config `{}` is from its name; pass --kind with one of: {}",
-                args.file.display(),
+                file.display(),
                 kinds.join(", ")
             )
         })?,
     };
-    let what = (chosen.2)(&args.file)?;
-    println!("{}: ok ({what})", args.file.display());
+    let what = (chosen.2)(file)?;
+    println!("{}: ok ({what})", file.display());
     Ok(())
 }
 
 /// Roles of this binary that an application can name as a service image (`image: baetyl-<role>`): the same
 /// names and roles as the OCI images of `baetyl image oci`, so an application runs on either engine.
 fn roles() -> Vec<baetyl_master::engine::native::Role> {
+    // Baetyl v1's Python image names run on the Python 3 runtime (v1 code that is Python 2 only fails at
+    // import with Python's own error).
+    let v1_python = [
+        "baetyl-function-python2",
+        "baetyl-function-python27",
+        "baetyl-function-python36",
+    ];
     baetyl_image::oci::IMAGES
         .iter()
-        .map(|img| baetyl_master::engine::native::Role {
-            image: img.name.to_string(),
-            args: vec![img.role.to_string()],
+        .map(|img| (img.name.to_string(), img.role.to_string()))
+        .chain(
+            v1_python
+                .iter()
+                .map(|n| (n.to_string(), "runtime-python".to_string())),
+        )
+        .map(|(image, role)| baetyl_master::engine::native::Role {
+            image,
+            args: vec![role],
         })
         .collect()
 }
