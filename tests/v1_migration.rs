@@ -1,0 +1,204 @@
+//! Migration from Baetyl v1: the master started the way v1's systemd unit starts it (`baetyl start -w DIR`)
+//! on v1.0.2's own example work dir (`tests/fixtures/v1/native`, v1's list-form application.yml and its
+//! service configs as shipped), and a message published as v1's README describes goes through the hub's
+//! routing and the function rules. The docker example's conf.yml (`mode: docker`) is read as the container
+//! engine by `baetyl check -w DIR`, which prints v1's `OK!`.
+//!
+//! What the test changes in the copied work dir, and why: the MQTT ports (1883, 8883) become free ports, since
+//! other tests share this machine; the hub's test certificates come from the test kit's PKI; the function code
+//! (`index.py`, v1's example code) is written by the test with v1's handler semantics.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use baetyl_testkit::mqtt::{Client, MessageExt, options};
+use baetyl_testkit::net::{localhost, wait_accepting_async};
+use baetyl_testkit::pki::Pki;
+use baetyl_testkit::process::Process;
+use baetyl_testkit::{baetyl_bin, eventually, free_port, python3, test_dir, workspace_dir};
+use rumqttc::QoS;
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// v1's example function, with the semantics of v1's `index.py` (echo the event, add the context, say hi).
+const SAYHI: &str = r#"
+def handler(event, context):
+    res = dict(event) if isinstance(event, dict) else {"bytes": event.decode("utf-8")}
+    for k in ("messageQOS", "messageTopic", "functionName", "functionInvokeID"):
+        if k in context:
+            res[k] = context[k]
+    res["Say"] = "Hello Baetyl"
+    return res
+"#;
+
+fn fixture(mode: &str) -> PathBuf {
+    workspace_dir().join("tests/fixtures/v1").join(mode)
+}
+
+/// Copies a fixture work dir, replacing each `from` with `to` in every file.
+fn copy_dir(from: &Path, to: &Path, replace: &[(String, String)]) {
+    for e in std::fs::read_dir(from).expect("read fixture dir").flatten() {
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            std::fs::create_dir_all(&dst).expect("mkdir");
+            copy_dir(&e.path(), &dst, replace);
+        } else {
+            let mut text = std::fs::read_to_string(e.path()).expect("read fixture");
+            for (a, b) in replace {
+                text = text.replace(a.as_str(), b);
+            }
+            std::fs::write(&dst, text).expect("write");
+        }
+    }
+}
+
+/// `baetyl check -w DIR` (v1's check: the master config, `OK!`) must pass; answers its stderr.
+fn check_workdir(dir: &Path) -> String {
+    let out = baetyl(&[OsStr::new("check"), OsStr::new("-w"), dir.as_os_str()]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("OK!"),
+        "{out:?}"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `baetyl check APP` must pass; answers what it printed.
+fn check_app(dir: &Path) -> String {
+    let app = dir.join("var/db/baetyl/application.yml");
+    let out = baetyl(&[OsStr::new("check"), app.as_os_str()]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn baetyl(args: &[&OsStr]) -> std::process::Output {
+    Command::new(baetyl_bin())
+        .args(args)
+        .output()
+        .expect("run baetyl")
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_native_example_runs_and_messages_go_through_the_function_rules() {
+    let dir = test_dir("baetyl-v1-");
+    let w = dir.path();
+    let (mqtt, mqtts) = (free_port(), free_port());
+    copy_dir(
+        &fixture("native"),
+        w,
+        &[
+            ("0.0.0.0:1883".into(), format!("0.0.0.0:{mqtt}")),
+            ("0.0.0.0:8883".into(), format!("0.0.0.0:{mqtts}")),
+        ],
+    );
+    let pki = Pki::new(&w.join("pki"), "localhub").expect("test PKI");
+    let certs = "var/db/baetyl/localhub-cert-only-for-test";
+    write(w, &format!("{certs}/ca.pem"), &pki.ca_pem);
+    write(w, &format!("{certs}/server.pem"), &pki.server.cert_pem);
+    write(w, &format!("{certs}/server.key"), &pki.server.key_pem);
+    write(w, "var/db/baetyl/function-sayhi-code/index.py", SAYHI);
+
+    // v1's `check -w DIR` (what v1's master ran on a new binary before a master update).
+    check_workdir(w);
+    let text = check_app(w);
+    assert!(text.contains("Baetyl v1 list form"), "{text}");
+
+    // v1's systemd unit runs `baetyl start`; the example's conf.yml logs to var/log/baetyl/baetyl.log.
+    let stdout = w.join("start.out");
+    let file = std::fs::File::create(&stdout).expect("stdout file");
+    let mut cmd = Command::new(baetyl_bin());
+    cmd.args(["start", "-w"])
+        .arg(w)
+        .env("BAETYL_PYTHON", python3())
+        .stdout(file.try_clone().expect("dup"))
+        .stderr(file)
+        .stdin(Stdio::null());
+    let mut master = Process::spawn(&mut cmd, "baetyl start")
+        .expect("spawn baetyl start")
+        .with_log(&stdout)
+        .term_on_drop(Duration::from_secs(20));
+    let log = w.join("var/log/baetyl/baetyl.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(
+        LONG,
+        "the master to log `master ready` in its v1 log file",
+        || {
+            assert!(
+                master.try_status().is_none(),
+                "the master exited: {}\n{}",
+                master.log_text(),
+                log_text()
+            );
+            log_text().contains("master ready").then_some(())
+        },
+    );
+    wait_accepting_async(localhost(mqtt), LONG).await;
+
+    // v1's README: publish to `t` as user test; the hub routes it to `t/topic`, the function rules call the
+    // Python functions and publish their results on `t/py3hi` and `t/py2hi`.
+    let mut o = options("v1-tester", mqtt);
+    o.set_credentials("test", "hahaha");
+    let mut c = Client::connect(o).await.expect("connect to the v1 hub");
+    c.subscribe_many(&[
+        ("t/topic", QoS::AtLeastOnce),
+        ("t/py3hi", QoS::AtLeastOnce),
+        ("t/py2hi", QoS::AtLeastOnce),
+    ])
+    .await
+    .expect("subscribe");
+    let mut seen: std::collections::BTreeMap<String, Value> = Default::default();
+    let deadline = tokio::time::Instant::now() + LONG * 2;
+    let mut n = 0;
+    while seen.len() < 3 && tokio::time::Instant::now() < deadline {
+        // Republish until every rule has answered: the manager subscribes its rules after the hub is up.
+        n += 1;
+        c.publish(
+            "t",
+            QoS::AtLeastOnce,
+            false,
+            json!({"id": 1, "marker": "v1-e2e", "n": n}).to_string(),
+        )
+        .await
+        .expect("publish to t");
+        while let Some(p) = c.recv(Duration::from_secs(3)).await.expect("connection") {
+            if let Some(v) = p.json().filter(|v| v["marker"] == "v1-e2e") {
+                seen.entry(p.topic.clone()).or_insert(v);
+            }
+        }
+    }
+    let fm_log = w.join("var/db/baetyl/function-manager-log/service.log");
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        vec!["t/py2hi", "t/py3hi", "t/topic"],
+        "not every path answered; got {seen:?}\nmaster log:\n{}\nfunction manager log:\n{}",
+        log_text(),
+        std::fs::read_to_string(&fm_log).unwrap_or_default()
+    );
+    let py3 = &seen["t/py3hi"];
+    assert_eq!(py3["Say"], "Hello Baetyl", "{py3}");
+    assert_eq!(py3["messageTopic"], "t", "{py3}");
+    assert_eq!(py3["functionName"], "python3-sayhi", "{py3}");
+    assert_eq!(seen["t/py2hi"]["functionName"], "python2-sayhi");
+    assert_eq!(seen["t/topic"]["id"], 1);
+
+    assert_eq!(master.terminate(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn v1_docker_example_is_read_as_the_container_engine() {
+    let stderr = check_workdir(&fixture("docker"));
+    assert!(stderr.contains("mode containerd"), "{stderr}");
+    let text = check_app(&fixture("docker"));
+    assert!(
+        text.contains("Baetyl v1 list form") && text.contains("7 service(s)"),
+        "{text}"
+    );
+}
