@@ -179,6 +179,18 @@ pub struct DeployEvent {
     pub time: String,
 }
 
+impl DeployEvent {
+    /// For a failed deployment, what people should read: the message (which says what happened to the
+    /// running application), else the bare error.
+    pub fn failure(&self) -> Option<String> {
+        match self.step {
+            Step::Failure | Step::Timeout if !self.message.is_empty() => Some(self.message.clone()),
+            Step::Failure | Step::Timeout => Some(self.error.clone().unwrap_or_default()),
+            _ => None,
+        }
+    }
+}
+
 /// A compact view of the device for fleet lists: what the dashboard's overview shows.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {

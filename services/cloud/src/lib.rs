@@ -20,6 +20,8 @@ pub mod links;
 pub mod pki;
 pub mod server;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod web;
 
 pub use config::CloudConfig;

@@ -867,12 +867,7 @@ impl Store {
             steps.push(serde_json::to_value(e).unwrap_or_default());
         }
         let state = e.step.as_str();
-        let error = match e.step {
-            baetyl_agent::proto::Step::Failure | baetyl_agent::proto::Step::Timeout => {
-                e.error.clone().or_else(|| Some(e.message.clone()))
-            }
-            _ => None,
-        };
+        let error = e.failure();
         sqlx::query("UPDATE deployments SET steps = $1, state = $2, error = COALESCE($3, error), updated = $4 WHERE device_id = $5 AND revision = $6")
             .bind(serde_json::to_string(&steps).unwrap_or_else(|_| "[]".into()))
             .bind(state.to_string())

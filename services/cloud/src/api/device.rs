@@ -347,14 +347,7 @@ async fn on_up(app: &Arc<App>, device: &Device, text: &str) {
                 }
             }
             if let Some(last) = events.last() {
-                let error = if matches!(
-                    last.step,
-                    baetyl_agent::proto::Step::Failure | baetyl_agent::proto::Step::Timeout
-                ) {
-                    Some(last.error.clone().unwrap_or_else(|| last.message.clone()))
-                } else {
-                    None
-                };
+                let error = last.failure();
                 if let Err(err) = app
                     .store
                     .set_update_state(&device.id, last.step.as_str(), error.as_deref())

@@ -1,0 +1,441 @@
+//! Helpers for the cloud end-to-end tests: a `baetyl cloud` process, `baetyl ctl` calls, and a device: a real
+//! `baetyl master` work dir whose application is the agent alone, as a cloud-managed image ships it.
+//! TODO(testkit): the free port and poller come from baetyl-testkit when it lands.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_baetyl");
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+/// Polls `f` every 100 ms until it answers `Some`; panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop_child(child: &mut Child, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A `baetyl cloud` process.
+pub struct CloudProc {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub db: Option<String>,
+    child: Option<Child>,
+}
+
+impl CloudProc {
+    pub fn start(dir: &Path, db: Option<&str>) -> CloudProc {
+        let mut c = CloudProc {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            db: db.map(str::to_string),
+            child: None,
+        };
+        c.run();
+        c
+    }
+
+    /// Starts (again) on the same port and data dir.
+    pub fn run(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("cloud dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("cloud.log"))
+            .expect("cloud log");
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "cloud",
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+            "--data-dir",
+        ])
+        .arg(self.dir.join("data"))
+        .env("RUST_LOG", "info,baetyl_cloud=debug")
+        .env_remove("BAETYL_CLOUD_DATABASE")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+        if let Some(db) = &self.db {
+            cmd.args(["--database", db]);
+        }
+        self.child = Some(cmd.spawn().expect("spawn baetyl cloud"));
+        wait_for(Duration::from_secs(60), "the cloud to answer", || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("baetyl cloud exited with {status}: {}", self.log());
+            }
+            self.ctl_raw(&["fleet"]).status.success().then_some(())
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("cloud.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn ctl_raw(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(["ctl", "--url", &self.url(), "--data-dir"])
+            .arg(self.data())
+            .args(args)
+            .env_remove("BAETYL_CLOUD_TOKEN")
+            .env_remove("BAETYL_CLOUD_URL")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run baetyl ctl")
+    }
+
+    /// `baetyl ctl ARGS` that must succeed; answers its standard output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.ctl_raw(args);
+        assert!(
+            out.status.success(),
+            "baetyl ctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `baetyl ctl --json ARGS`, parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ctl(&all)).expect("ctl --json prints JSON")
+    }
+
+    pub fn device(&self, name: &str) -> Value {
+        self.ctl_json(&["devices", "show", name])
+    }
+
+    /// The device's view, or None while the cloud does not know it (or does not answer).
+    pub fn try_device(&self, name: &str) -> Option<Value> {
+        let out = self.ctl_raw(&["--json", "devices", "show", name]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    pub fn signing_key(&self) -> String {
+        std::fs::read_to_string(self.data().join("signing.pub"))
+            .expect("signing.pub")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for CloudProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A device: a master work dir whose application is the agent alone, with its config pointing at the cloud.
+pub struct Device {
+    pub dir: PathBuf,
+    pub name: String,
+    child: Option<Child>,
+}
+
+pub const BOOTSTRAP_APP: &str = "version: v1
+app_version: bootstrap
+services:
+  agent:
+    image: baetyl-agent
+    volumes: [agent-conf:/etc/baetyl, agent-state:/var/lib/baetyl-agent]
+volumes:
+  agent-conf: {path: var/db/baetyl/agent/conf, read_only: true}
+  agent-state: {path: var/db/baetyl/agent/state}
+";
+
+impl Device {
+    pub fn new(dir: &Path, name: &str, cloud: &CloudProc) -> Device {
+        let d = Device {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            child: None,
+        };
+        d.write(
+            "etc/baetyl/conf.yml",
+            "grace: 2s\nupdate: {health: 1500ms}\n",
+        );
+        d.write("var/db/baetyl/application.yml", BOOTSTRAP_APP);
+        let conf = "var/db/baetyl/agent/conf";
+        d.write(
+            &format!("{conf}/ca.crt"),
+            &std::fs::read_to_string(cloud.data().join("ca.crt")).expect("ca"),
+        );
+        d.write(
+            &format!("{conf}/provisioning.key"),
+            &std::fs::read_to_string(cloud.data().join("provisioning.key"))
+                .expect("provisioning key"),
+        );
+        d.write(
+            &format!("{conf}/service.yml"),
+            &format!(
+                "cloud: {{url: '{}', ca: etc/baetyl/ca.crt, signing_key: '{}'}}\n\
+                 provisioning: {{key_file: etc/baetyl/provisioning.key, name: {name}}}\n\
+                 state_dir: var/lib/baetyl-agent\n\
+                 report: {{interval: 5s, watch: 500ms}}\n\
+                 reconnect: {{min: 200ms, max: 2s}}\n\
+                 logger: {{level: debug}}\n",
+                cloud.url(),
+                cloud.signing_key()
+            ),
+        );
+        d
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    /// Runs `cmd` (a master, or init supervising one) with its output in `master.log`.
+    pub fn spawn(&mut self, mut cmd: Command) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("master.log"))
+            .expect("master log");
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn the device"));
+    }
+
+    pub fn start(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["master", "-w"]).arg(&self.dir);
+        self.spawn(cmd);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(20));
+        }
+    }
+
+    pub fn child(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = std::fs::read_to_string(self.dir.join("master.log")).unwrap_or_default();
+        let agent = self.dir.join("var/log/baetyl/services/agent/agent.log");
+        s.push_str("\n--- agent ---\n");
+        s.push_str(&std::fs::read_to_string(agent).unwrap_or_default());
+        s
+    }
+
+    /// The master's inspect (None while it does not answer).
+    pub fn inspect(&self) -> Option<Value> {
+        let out = Command::new(BIN)
+            .args(["inspect", "--json", "-w"])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Pid of a service's main instance.
+    pub fn pid(&self, service: &str) -> Option<u64> {
+        let v = self.inspect()?;
+        v["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == service)?["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["name"] == service && i["status"] == "running")?["process"]["pid"]
+            .as_u64()
+    }
+
+    pub fn app_version(&self) -> Option<String> {
+        self.inspect()?["software"]["conf_version"]
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes an application directory (application.yml and files below it) and answers its path.
+pub fn app_dir(root: &Path, name: &str, application: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("app dir");
+    std::fs::write(dir.join("application.yml"), application).expect("application.yml");
+    for (p, content) in files {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, content).expect("write");
+        if p.ends_with(".sh") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
+    dir
+}
+
+/// `mosquitto_pub` against a hub: did the CONNECT with these credentials and the publish succeed?
+pub fn mqtt_publish(port: u16, user: &str, password: &str) -> bool {
+    Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            user,
+            "-P",
+            password,
+            "-t",
+            "sensor/probe",
+            "-m",
+            "x",
+            "-q",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The application used by the scenarios: a hub whose principals' passwords are per-device secrets, a timer,
+/// the function manager and the SQL runtime (v1). `timer_interval` and `sql` vary between versions.
+pub fn fleet_app(
+    version: &str,
+    hub_port: u16,
+    timer_interval: &str,
+    sql: &str,
+) -> (String, Vec<(String, String)>) {
+    let app = format!(
+        "version: v1
+app_version: {version}
+services:
+  hub:
+    image: baetyl-hub
+    volumes: [hub-conf:/etc/baetyl, hub-data:/var/db/baetyl/data]
+  timer:
+    image: baetyl-timer
+    depends_on: [hub]
+    volumes: [timer-conf:/etc/baetyl]
+  function-manager:
+    image: baetyl-function-manager
+    depends_on: [hub]
+    volumes: [function-manager-conf:/etc/baetyl]
+  function-sql:
+    image: baetyl-function-sql
+    replica: 0
+    volumes: [function-sql-conf:/etc/baetyl]
+    restart: {{policy: 'no'}}
+volumes:
+  hub-conf: {{path: var/db/baetyl/conf/hub, read_only: true}}
+  hub-data: {{path: var/db/baetyl/hub-data}}
+  timer-conf: {{path: var/db/baetyl/conf/timer, read_only: true}}
+  function-manager-conf: {{path: var/db/baetyl/conf/function-manager, read_only: true}}
+  function-sql-conf: {{path: var/db/baetyl/conf/function-sql, read_only: true}}
+"
+    );
+    let files = vec![
+        (
+            "conf/hub/service.yml".to_string(),
+            format!(
+                "listen: [tcp://127.0.0.1:{hub_port}]
+principals:
+  - {{username: operator, password: '${{secret.hub-operator}}', permissions: [{{action: pub, permit: ['#']}}, {{action: sub, permit: ['#']}}]}}
+  - {{username: timer, password: '${{secret.hub-timer}}', permissions: [{{action: pub, permit: ['sensor/#']}}]}}
+  - {{username: functions, password: '${{secret.hub-functions}}', permissions: [{{action: pub, permit: ['sensor/#']}}, {{action: sub, permit: ['sensor/#']}}]}}
+storage: {{dir: var/db/baetyl/data}}
+"
+            ),
+        ),
+        (
+            "conf/timer/service.yml".to_string(),
+            format!(
+                "hub: {{address: 'tcp://127.0.0.1:{hub_port}', clientid: 'timer-${{device.name}}', username: timer, password: '${{secret.hub-timer}}'}}
+timer: {{interval: {timer_interval}}}
+publish: {{topic: sensor/data, qos: 1, payload: {{id: '{{{{seq}}}}', time: '{{{{time}}}}'}}}}
+"
+            ),
+        ),
+        (
+            "conf/function-manager/service.yml".to_string(),
+            format!(
+                "hub: {{address: 'tcp://127.0.0.1:{hub_port}', username: functions, password: '${{secret.hub-functions}}'}}
+rules:
+  - clientid: rule-sql
+    subscribe: {{topic: sensor/data, qos: 1}}
+    function: {{name: filter}}
+    publish: {{topic: sensor/filtered, qos: 1}}
+functions:
+  - name: filter
+    service: function-sql
+    instance: {{min: 0, max: 1, idletime: 1m}}
+"
+            ),
+        ),
+        ("conf/function-sql/service.yml".to_string(), format!("functions:\n  - name: filter\n    handler: \"{sql}\"\n")),
+    ];
+    (app, files)
+}
