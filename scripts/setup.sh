@@ -10,6 +10,7 @@
 #   postgresql          the cloud's tests run `baetyl cloud` on PostgreSQL too: each starts a temporary cluster
 #                       of its own (initdb, as the unprivileged postgres user, on a free port); the package's
 #                       own cluster is kept from starting
+#   chromium chromium-driver  the dashboard's test drives Debian's headless Chromium through chromedriver
 # The OS image (`baetyl image build`) and its boot tests:
 #   genimage squashfs-tools mtools dosfstools kmod binutils   disk layout, read-only root, ESP, module order,
 #                       the unified kernel image (objcopy)
@@ -25,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_debs=(python3 python3-venv util-linux procps e2fsprogs fdisk protobuf-compiler mosquitto mosquitto-clients
-    postgresql
+    postgresql chromium chromium-driver
     genimage squashfs-tools mtools dosfstools kmod binutils ovmf qemu-efi-aarch64
     rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     binutils-aarch64-linux-gnu containerd runc)

@@ -108,8 +108,10 @@ fn facts() -> BTreeMap<String, String> {
         ("host_id", baetyl_sdk::env::HOST_ID),
         ("serial", baetyl_sdk::env::HOST_SN),
     ] {
-        if let Ok(v) = std::env::var(var) {
-            f.insert(k.to_string(), v.chars().take(128).collect());
+        if let Ok(v) = std::env::var(var)
+            && !v.trim().is_empty()
+        {
+            f.insert(k.to_string(), v.trim().chars().take(128).collect());
         }
     }
     f.insert("arch".into(), std::env::consts::ARCH.into());

@@ -9,9 +9,6 @@ mod cloudkit;
 use std::time::Duration;
 
 use cloudkit::*;
-use serde_json::Value;
-
-const SLOW: Duration = Duration::from_secs(60);
 
 #[test]
 fn fleet_lifecycle_sqlite() {
@@ -30,88 +27,6 @@ fn fleet_lifecycle_postgres() {
         .tempdir()
         .expect("temp dir");
     lifecycle(root.path(), Some(&pg.url));
-}
-
-/// Waits until the cloud's view of the device satisfies `ok`; shows the device's logs when it does not.
-fn until(cloud: &CloudProc, device: &Device, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let end = std::time::Instant::now() + SLOW;
-    loop {
-        let v = cloud.try_device(&device.name).unwrap_or(Value::Null);
-        if ok(&v) {
-            return v;
-        }
-        if std::time::Instant::now() > end {
-            panic!(
-                "timed out waiting for {what}; the cloud shows {v:#}\n--- device ---\n{}\n--- cloud ---\n{}",
-                device.log(),
-                cloud.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Deploys `version` to the device, checks that the device took it up within 2 s, and waits for `state`.
-fn deploy_and_wait(cloud: &CloudProc, device: &Device, version: &str, state: &str) -> Value {
-    let out = cloud.ctl_json(&["deploy", "fleet", version, "--device", &device.name]);
-    let revision = out["revision"].as_i64().expect("a revision");
-    let asked = std::time::Instant::now();
-    until(cloud, device, &format!("{version} to be taken up"), |v| {
-        v["deployments"][0]["revision"] == revision && v["deployments"][0]["state"] != "pending"
-    });
-    let took = asked.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "the device took the desired state up after {took:?}"
-    );
-    until(
-        cloud,
-        device,
-        &format!("{version} (revision {revision}) to reach {state}"),
-        |v| v["deployments"][0]["revision"] == revision && v["deployments"][0]["state"] == state,
-    )
-}
-
-fn push(
-    cloud: &CloudProc,
-    root: &std::path::Path,
-    version: &str,
-    hub_port: u16,
-    interval: &str,
-    sql: &str,
-) {
-    let (app, files) = fleet_app(version, hub_port, interval, sql);
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let dir = app_dir(root, &format!("app-{version}"), &app, &files);
-    cloud.ctl(&[
-        "apps",
-        "push",
-        dir.to_str().expect("utf-8 path"),
-        "--name",
-        "fleet",
-    ]);
-}
-
-fn tamper(cloud: &CloudProc, sql: String) {
-    let url = cloud
-        .db
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", cloud.data().join("cloud.db").display()));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let store = baetyl_cloud::store::Store::open(&url, 1)
-            .await
-            .expect("open the cloud's database");
-        let n = store.execute_raw(sql).await.expect("tamper");
-        assert_eq!(n, 1, "one row tampered with");
-        store.close().await;
-    });
 }
 
 fn lifecycle(root: &std::path::Path, db: Option<&str>) {
@@ -397,4 +312,111 @@ fn lifecycle(root: &std::path::Path, db: Option<&str>) {
     }
     device.stop();
     cloud.stop();
+}
+
+/// Reboot and power off from `baetyl ctl` on a device whose master runs under `baetyl init` (as on the image):
+/// the agent asks the master, the master asks init, init stops everything and ends with the reboot (3) or
+/// power-off (0) status; the device then comes back (the test plays the machine) and links again.
+#[test]
+fn reboot_and_poweroff_through_init() {
+    let root = tempfile::Builder::new()
+        .prefix("baetyl-cloud-init-")
+        .tempdir()
+        .expect("temp dir");
+    let cloud = CloudProc::start(&root.path().join("cloud"), None);
+    let mut device = Device::new(&root.path().join("device"), "dev-init", &cloud);
+    device.start_under_init();
+    until(&cloud, &device, "the device to link", |v| {
+        v["online"] == true
+    });
+    let agent = device.pid("agent").expect("the agent runs");
+    let booted = cloud.device("dev-init")["report_time"]
+        .as_i64()
+        .unwrap_or(0);
+
+    cloud.ctl(&["reboot", "dev-init"]);
+    let code = device.wait_exit(SLOW);
+    assert_eq!(
+        code,
+        Some(3),
+        "init ended with the reboot status\n{}",
+        device.log()
+    );
+    assert!(device.log().contains("reboot"), "{}", device.log());
+    device.start_under_init();
+    until(
+        &cloud,
+        &device,
+        "the device to come back after the reboot",
+        |v| v["online"] == true && v["report_time"].as_i64().unwrap_or(0) > booted,
+    );
+    assert_ne!(device.pid("agent"), Some(agent), "a new boot, a new agent");
+
+    cloud.ctl(&["poweroff", "dev-init"]);
+    assert_eq!(
+        device.wait_exit(SLOW),
+        Some(0),
+        "init ended with the power-off status\n{}",
+        device.log()
+    );
+    until(
+        &cloud,
+        &device,
+        "the powered-off device to show offline",
+        |v| v["online"] == false,
+    );
+}
+
+/// Two cloud processes on one PostgreSQL: a device linked to one gets a deployment made through the other
+/// within 2 s, and logs asked through the other come back.
+#[test]
+fn two_clouds_one_postgres() {
+    let pg = baetyl_cloud::testing::Postgres::start();
+    let root = tempfile::Builder::new()
+        .prefix("baetyl-cloud-two-")
+        .tempdir()
+        .expect("temp dir");
+    let a = CloudProc::start(&root.path().join("a"), Some(&pg.url));
+    let b_dir = root.path().join("b");
+    std::fs::create_dir_all(b_dir.join("data")).expect("b data");
+    for f in [
+        "ca.key",
+        "ca.crt",
+        "signing.key",
+        "admin.token",
+        "provisioning.key",
+    ] {
+        std::fs::copy(a.data().join(f), b_dir.join("data").join(f))
+            .expect("share the fleet's keys");
+    }
+    let b = CloudProc::start(&b_dir, Some(&pg.url));
+    // The device knows process b only.
+    let mut device = Device::new(&root.path().join("device"), "far", &b);
+    device.start();
+    until(
+        &a,
+        &device,
+        "the device linked to b to show online through a",
+        |v| v["online"] == true,
+    );
+    let hub_port = free_port();
+    push(
+        &a,
+        root.path(),
+        "v1",
+        hub_port,
+        "1s",
+        "select id where id % 2 = 0",
+    );
+    deploy_and_wait(&a, &device, "v1", "RESTARTED");
+    until(&a, &device, "v1 to show as running", |v| {
+        v["app_version"] == "v1"
+    });
+    let logs = a.ctl(&["logs", "far", "agent", "--tail", "3"]);
+    assert!(
+        !logs.trim().is_empty(),
+        "logs come back through the other process"
+    );
+    let fleet = a.ctl_json(&["fleet"]);
+    assert_eq!(fleet["processes"], 2, "{fleet}");
 }

@@ -3,6 +3,8 @@
 //! TODO(testkit): the free port and poller come from baetyl-testkit when it lands.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,6 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_baetyl");
+
+/// How long a step of a scenario may take on a loaded machine.
+pub const SLOW: Duration = Duration::from_secs(60);
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -260,6 +265,41 @@ impl Device {
         self.spawn(cmd);
     }
 
+    /// Runs the master under `baetyl init --dry` (processes and signals real, mounts only logged), so reboot
+    /// and power off go through init as on a device: init stops the master and exits with 3 (reboot) or 0.
+    pub fn start_under_init(&mut self) {
+        let cfg = self.write(
+            "etc/init.yml",
+            &format!(
+                "hostname: ~\ndata: ~\nkmsg: false\nmaster: {{command: ['{BIN}', master, -w, '{}'], grace: 10s, restart_min: 1s}}\nshutdown: {{grace: 2s}}\n",
+                self.dir.display()
+            ),
+        );
+        let cmdline = self.write("etc/cmdline", "");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["init", "--dry", "--config"])
+            .arg(cfg)
+            .arg("--cmdline")
+            .arg(cmdline);
+        self.spawn(cmd);
+    }
+
+    /// Waits for the device's process (init or master) to exit on its own; answers its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             stop_child(&mut c, Duration::from_secs(20));
@@ -438,4 +478,86 @@ functions:
         ("conf/function-sql/service.yml".to_string(), format!("functions:\n  - name: filter\n    handler: \"{sql}\"\n")),
     ];
     (app, files)
+}
+
+/// Waits until the cloud's view of the device satisfies `ok`; shows the device's logs when it does not.
+pub fn until(cloud: &CloudProc, device: &Device, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let end = std::time::Instant::now() + SLOW;
+    loop {
+        let v = cloud.try_device(&device.name).unwrap_or(Value::Null);
+        if ok(&v) {
+            return v;
+        }
+        if std::time::Instant::now() > end {
+            panic!(
+                "timed out waiting for {what}; the cloud shows {v:#}\n--- device ---\n{}\n--- cloud ---\n{}",
+                device.log(),
+                cloud.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Deploys `version` to the device, checks that the device took it up within 2 s, and waits for `state`.
+pub fn deploy_and_wait(cloud: &CloudProc, device: &Device, version: &str, state: &str) -> Value {
+    let out = cloud.ctl_json(&["deploy", "fleet", version, "--device", &device.name]);
+    let revision = out["revision"].as_i64().expect("a revision");
+    let asked = std::time::Instant::now();
+    until(cloud, device, &format!("{version} to be taken up"), |v| {
+        v["deployments"][0]["revision"] == revision && v["deployments"][0]["state"] != "pending"
+    });
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the device took the desired state up after {took:?}"
+    );
+    until(
+        cloud,
+        device,
+        &format!("{version} (revision {revision}) to reach {state}"),
+        |v| v["deployments"][0]["revision"] == revision && v["deployments"][0]["state"] == state,
+    )
+}
+
+pub fn push(
+    cloud: &CloudProc,
+    root: &std::path::Path,
+    version: &str,
+    hub_port: u16,
+    interval: &str,
+    sql: &str,
+) {
+    let (app, files) = fleet_app(version, hub_port, interval, sql);
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let dir = app_dir(root, &format!("app-{version}"), &app, &files);
+    cloud.ctl(&[
+        "apps",
+        "push",
+        dir.to_str().expect("utf-8 path"),
+        "--name",
+        "fleet",
+    ]);
+}
+
+pub fn tamper(cloud: &CloudProc, sql: String) {
+    let url = cloud
+        .db
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", cloud.data().join("cloud.db").display()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = baetyl_cloud::store::Store::open(&url, 1)
+            .await
+            .expect("open the cloud's database");
+        let n = store.execute_raw(sql).await.expect("tamper");
+        assert_eq!(n, 1, "one row tampered with");
+        store.close().await;
+    });
 }
