@@ -321,7 +321,10 @@ impl Client {
                 url: url.clone(),
                 why: e.to_string(),
             })?;
+        // Small buffers: the link is mostly idle; a device (or a load test) should not pay 256 KiB for it.
         let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(16 * 1024)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         let handshake = tokio_tungstenite::client_async_with_config(req, tls, Some(config));

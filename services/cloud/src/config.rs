@@ -15,7 +15,7 @@
 //!   devices: 100000                  # links one process holds at most
 //!   handshake: 10s                   # TLS handshake deadline
 //!   command_timeout: 20s             # how long an operator waits for a device's answer
-//! link: {ping: 20s}                  # how often the cloud pings each device
+//! link: {ping: 20s, report_min_interval: 1s}   # pings; a device's reports are recorded at most this often
 //! logger: {level: info, format: human}
 //! ```
 
@@ -99,12 +99,15 @@ impl Default for Limits {
 #[serde(deny_unknown_fields, default)]
 pub struct LinkConfig {
     pub ping: HumanDuration,
+    /// A device's reports are recorded at most this often (the newest one waiting is kept).
+    pub report_min_interval: HumanDuration,
 }
 
 impl Default for LinkConfig {
     fn default() -> Self {
         LinkConfig {
             ping: HumanDuration::from_secs(20),
+            report_min_interval: HumanDuration::from_secs(1),
         }
     }
 }

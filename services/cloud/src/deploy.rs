@@ -50,28 +50,24 @@ pub fn new_secret() -> String {
     crypto::random_token(16)
 }
 
-/// Builds and signs one device's desired state.
-async fn issue(
+/// Builds and signs one device's desired state; secrets the manifest needs and the device lacks are made and
+/// added to `new_secrets` (device, name, value) for the caller to store with the desired state.
+fn issue(
     app: &App,
     device: &Device,
     version: &AppVersion,
+    manifest: &Manifest,
     revision: i64,
+    secrets: &BTreeMap<String, String>,
+    new_secrets: &mut Vec<(String, String, String)>,
 ) -> Result<DesiredRow> {
-    let manifest: Manifest = serde_json::from_str(&version.manifest).map_err(|e| {
-        CloudError::Database(format!(
-            "manifest of {} {}: {e}",
-            version.app, version.version
-        ))
-    })?;
-    let mut secrets = app.store.secrets(&device.id).await?;
     let mut wanted = BTreeMap::new();
     for name in &manifest.secrets {
         let value = match secrets.get(name) {
             Some(v) => v.clone(),
             None => {
                 let v = new_secret();
-                app.store.set_secret(&device.id, name, &v).await?;
-                secrets.insert(name.clone(), v.clone());
+                new_secrets.push((device.id.clone(), name.clone(), v.clone()));
                 v
             }
         };
@@ -132,7 +128,11 @@ pub async fn refresh(
         Some(r) => r,
         None => app.store.next_revision().await?,
     };
-    let mut versions: BTreeMap<(String, String), AppVersion> = BTreeMap::new();
+    let mut versions: BTreeMap<(String, String), (AppVersion, Manifest)> = BTreeMap::new();
+    let ids: Vec<String> = plans.iter().map(|(d, _, _)| d.id.clone()).collect();
+    let secrets = app.store.secrets_of(&ids).await?;
+    let none = BTreeMap::new();
+    let mut new_secrets = Vec::new();
     let mut rows = Vec::with_capacity(plans.len());
     for (d, a, v) in plans {
         let key = (a.clone(), v.clone());
@@ -140,11 +140,22 @@ pub async fn refresh(
             let row = app.store.version(&a, &v).await?.ok_or_else(|| {
                 CloudError::NotFound(format!("application {a} version {v} does not exist"))
             })?;
-            versions.insert(key.clone(), row);
+            let manifest: Manifest = serde_json::from_str(&row.manifest)
+                .map_err(|e| CloudError::Database(format!("manifest of {a} {v}: {e}")))?;
+            versions.insert(key.clone(), (row, manifest));
         }
-        rows.push(issue(app, d, &versions[&key], revision).await?);
+        let (version, manifest) = &versions[&key];
+        rows.push(issue(
+            app,
+            d,
+            version,
+            manifest,
+            revision,
+            secrets.get(&d.id).unwrap_or(&none),
+            &mut new_secrets,
+        )?);
     }
-    app.store.set_desired(&rows, by).await?;
+    app.store.set_desired(&rows, &new_secrets, by).await?;
     app.bus.publish(Event::Desired { revision }).await?;
     Ok((revision, rows.len()))
 }

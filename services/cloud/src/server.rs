@@ -77,6 +77,7 @@ pub async fn run(
         links,
         bus,
         stop: stop.clone(),
+        reports: Default::default(),
     });
     let router = api::router(app.clone());
     tracing::info!(

@@ -729,51 +729,117 @@ impl Store {
             .collect()
     }
 
-    /// Issues desired states and their deployment rows in one transaction (an older pending deployment of the
-    /// same device becomes `superseded`).
-    pub async fn set_desired(&self, rows: &[DesiredRow], by: &str) -> Result<()> {
+    /// Issues desired states, the secrets they introduce and their deployment rows, in transactions of a few
+    /// hundred devices with multi-row statements (a deployment to a tag of 10,000 devices is a few dozen
+    /// statements). An older unfinished deployment of the same device becomes `superseded`.
+    pub async fn set_desired(
+        &self,
+        rows: &[DesiredRow],
+        new_secrets: &[(String, String, String)],
+        by: &str,
+    ) -> Result<()> {
         let now = now_ms();
-        for chunk in rows.chunks(500) {
-            let mut tx = self.pool.begin().await.map_err(db)?;
-            for d in chunk {
-                sqlx::query(
-                    "INSERT INTO desired (device_id, revision, app, version, payload, signature, blobs) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (device_id) DO UPDATE SET revision = excluded.revision, app = excluded.app, version = excluded.version, \
-                     payload = excluded.payload, signature = excluded.signature, blobs = excluded.blobs",
-                )
-                .bind(d.device_id.clone())
-                .bind(d.revision)
-                .bind(d.app.clone())
-                .bind(d.version.clone())
-                .bind(d.payload.clone())
-                .bind(d.signature.clone())
-                .bind(serde_json::to_string(&d.blobs).unwrap_or_else(|_| "[]".into()))
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-                sqlx::query("UPDATE deployments SET state = 'superseded', updated = $1 WHERE device_id = $2 AND state IN ('pending', 'ACCEPTED', 'DOWNLOADING', 'VERIFIED', 'STAGED')")
-                    .bind(now)
-                    .bind(d.device_id.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                sqlx::query(
-                    "INSERT INTO deployments (device_id, revision, app, version, created, created_by, state, steps, updated) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', '[]', $5) ON CONFLICT (device_id, revision) DO NOTHING",
-                )
-                .bind(d.device_id.clone())
-                .bind(d.revision)
-                .bind(d.app.clone())
-                .bind(d.version.clone())
-                .bind(now)
-                .bind(by.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+        const ROWS: usize = 200;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for chunk in new_secrets.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO secrets (device_id, name, value, rotated) VALUES {} \
+                 ON CONFLICT (device_id, name) DO UPDATE SET value = excluded.value, rotated = excluded.rotated",
+                placeholders(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (device, name, value) in chunk {
+                q = q
+                    .bind(device.clone())
+                    .bind(name.clone())
+                    .bind(value.clone())
+                    .bind(now);
             }
-            tx.commit().await.map_err(db)?;
+            q.execute(&mut *tx).await.map_err(db)?;
         }
-        Ok(())
+        for chunk in rows.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO desired (device_id, revision, app, version, payload, signature, blobs) VALUES {} \
+                 ON CONFLICT (device_id) DO UPDATE SET revision = excluded.revision, app = excluded.app, version = excluded.version, \
+                 payload = excluded.payload, signature = excluded.signature, blobs = excluded.blobs",
+                placeholders(chunk.len(), 7)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for d in chunk {
+                q = q
+                    .bind(d.device_id.clone())
+                    .bind(d.revision)
+                    .bind(d.app.clone())
+                    .bind(d.version.clone())
+                    .bind(d.payload.clone())
+                    .bind(d.signature.clone())
+                    .bind(serde_json::to_string(&d.blobs).unwrap_or_else(|_| "[]".into()));
+            }
+            q.execute(&mut *tx).await.map_err(db)?;
+            let sql = format!(
+                "UPDATE deployments SET state = 'superseded', updated = $1 WHERE state IN ('pending', 'ACCEPTED', 'DOWNLOADING', 'VERIFIED', 'STAGED') \
+                 AND device_id IN ({})",
+                (0..chunk.len())
+                    .map(|i| format!("${}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for d in chunk {
+                q = q.bind(d.device_id.clone());
+            }
+            q.execute(&mut *tx).await.map_err(db)?;
+            let sql = format!(
+                "INSERT INTO deployments (device_id, revision, app, version, created, created_by, state, steps, updated) VALUES {} \
+                 ON CONFLICT (device_id, revision) DO NOTHING",
+                placeholders(chunk.len(), 9)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for d in chunk {
+                q = q
+                    .bind(d.device_id.clone())
+                    .bind(d.revision)
+                    .bind(d.app.clone())
+                    .bind(d.version.clone())
+                    .bind(now)
+                    .bind(by.to_string())
+                    .bind("pending")
+                    .bind("[]")
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// The secrets of many devices at once: device -> name -> value.
+    pub async fn secrets_of(
+        &self,
+        devices: &[String],
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for chunk in devices.chunks(500) {
+            let sql = format!(
+                "SELECT device_id, name, value FROM secrets WHERE device_id IN ({})",
+                (1..=chunk.len())
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for d in chunk {
+                q = q.bind(d.clone());
+            }
+            for r in q.fetch_all(&self.pool).await.map_err(db)? {
+                out.entry(r.try_get("device_id").map_err(db)?)
+                    .or_default()
+                    .insert(
+                        r.try_get("name").map_err(db)?,
+                        r.try_get("value").map_err(db)?,
+                    );
+            }
+        }
+        Ok(out)
     }
 
     fn desired_from(r: &AnyRow) -> Result<DesiredRow> {
@@ -996,6 +1062,22 @@ impl Store {
             .map(|r| r.rows_affected())
             .map_err(db)
     }
+}
+
+/// `($1, $2, ...), (...)`: `rows` groups of `cols` placeholders.
+fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            format!(
+                "({})",
+                (1..=cols)
+                    .map(|c| format!("${}", r * cols + c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A database URL without its password, for messages.

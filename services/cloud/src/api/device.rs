@@ -15,8 +15,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use baetyl_agent::crypto;
 use baetyl_agent::proto::{
-    BLOB_PATH, Down, LINK_PATH, PROVISION_PATH, ProvisionRequest, ProvisionResponse, Signed, Up,
-    valid_name,
+    BLOB_PATH, Down, LINK_PATH, PROVISION_PATH, ProvisionRequest, ProvisionResponse, Report,
+    Signed, Up, valid_name,
 };
 use tokio::sync::{Notify, mpsc};
 
@@ -220,7 +220,10 @@ async fn link(
         ));
     }
     let max = app.cfg.limits.report.0 as usize;
+    // Small buffers: a link is mostly idle, and thousands of them share one process.
     Ok(ws
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
@@ -292,16 +295,38 @@ async fn link_loop(
     ticker.reset();
     let mut heard = tokio::time::Instant::now();
     let mut stop = app.stop.clone();
+    // Reports are recorded at most once per `link.report_min_interval`; a newer one replaces a waiting one, so a
+    // chatty (or hostile) device cannot take the database from the others and the newest state always lands.
+    let every = app.cfg.link.report_min_interval.get();
+    let mut waiting: Option<Box<Report>> = None;
+    let mut next_write = tokio::time::Instant::now();
     loop {
         tokio::select! {
             msg = ws.recv() => {
                 heard = tokio::time::Instant::now();
                 match msg {
-                    Some(Ok(Message::Text(t))) => on_up(app, device, t.as_str()).await,
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str::<Up>(t.as_str()) {
+                        Ok(Up::Report(r)) => {
+                            if tokio::time::Instant::now() >= next_write {
+                                record(app, device, &r).await;
+                                next_write = tokio::time::Instant::now() + every;
+                            } else {
+                                waiting = Some(r);
+                            }
+                        }
+                        Ok(up) => on_up(app, device, up).await,
+                        Err(e) => tracing::warn!(device = %device.id, "ignoring a message that is not understood: {e}"),
+                    },
                     Some(Ok(Message::Close(_))) | None => return Ok(()),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(closed(e)),
                 }
+            }
+            _ = tokio::time::sleep_until(next_write), if waiting.is_some() => {
+                if let Some(r) = waiting.take() {
+                    record(app, device, &r).await;
+                }
+                next_write = tokio::time::Instant::now() + every;
             }
             Some(down) = rx.recv() => ws.send(text(&down)).await.map_err(closed)?,
             _ = ticker.tick() => {
@@ -316,15 +341,21 @@ async fn link_loop(
     }
 }
 
-/// One message from a device.
-async fn on_up(app: &Arc<App>, device: &Device, text: &str) {
-    let msg: Up = match serde_json::from_str(text) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(device = %device.id, "ignoring a message that is not understood: {e}");
-            return;
-        }
-    };
+async fn record(app: &App, device: &Device, r: &Report) {
+    let text = serde_json::to_string(r).unwrap_or_default();
+    if let Err(e) = app
+        .store
+        .record_report(&device.id, &text, &r.summary, r.applied_revision as i64)
+        .await
+    {
+        tracing::warn!(device = %device.id, "recording a report: {e}");
+    }
+    app.reports
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One message from a device (reports go through [`record`]).
+async fn on_up(app: &Arc<App>, device: &Device, msg: Up) {
     let result = match msg {
         Up::Hello {
             agent_version,
@@ -334,10 +365,8 @@ async fn on_up(app: &Arc<App>, device: &Device, text: &str) {
             Ok(())
         }
         Up::Report(r) => {
-            let text = serde_json::to_string(&r).unwrap_or_default();
-            app.store
-                .record_report(&device.id, &text, &r.summary, r.applied_revision as i64)
-                .await
+            record(app, device, &r).await;
+            Ok(())
         }
         Up::Events { events } => {
             let mut result = Ok(());

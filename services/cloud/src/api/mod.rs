@@ -30,6 +30,8 @@ pub struct App {
     pub public_url: String,
     /// Flips to true at shutdown (device links close on it).
     pub stop: watch::Receiver<bool>,
+    /// Reports recorded by this process since it started (shown in the fleet view; the load program reads it).
+    pub reports: std::sync::atomic::AtomicU64,
 }
 
 pub fn router(app: Arc<App>) -> Router {

@@ -105,6 +105,7 @@ async fn fleet(State(app): AppState, _op: Operator) -> Result<Json<Value>> {
         "process": app.links.me,
         "processes": live.len(),
         "links_here": app.links.count(),
+        "reports_here": app.reports.load(std::sync::atomic::Ordering::Relaxed),
     })))
 }
 
