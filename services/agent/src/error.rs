@@ -62,8 +62,8 @@ pub enum AgentError {
     Update(String),
     #[error("{0}")]
     Operation(String),
-    #[error("logging: {0}")]
-    Logging(String),
+    #[error(transparent)]
+    Service(#[from] baetyl_sdk::service::ServiceError),
     #[error("the link was refused by the cloud: {0}")]
     Revoked(String),
 }

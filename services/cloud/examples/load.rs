@@ -87,7 +87,7 @@ async fn serve(dir: std::path::PathBuf, port: u16, database: Option<String>) -> 
         listen: listener.local_addr()?,
         ..Default::default()
     };
-    baetyl_cloud::run(cfg, listener, baetyl_agent::cli::shutdown_signal()).await?;
+    baetyl_cloud::run(cfg, listener, baetyl_sdk::service::shutdown_signal()).await?;
     Ok(())
 }
 

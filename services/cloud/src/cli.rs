@@ -1,10 +1,10 @@
 //! `baetyl cloud`: load the config, set up logging, bind the listener, run until SIGTERM/SIGINT.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use baetyl_sdk::config::ConfigFile;
-use baetyl_sdk::logging::{self, LogFormat, LogSetup};
+use baetyl_sdk::logging::LogFormat;
+use baetyl_sdk::service::{Kit, shutdown_signal};
 
 use crate::config::CloudConfig;
 use crate::error::{CloudError, Result};
@@ -47,31 +47,15 @@ pub fn run_cli(args: CloudArgs) -> Result<()> {
             .as_deref()
             .unwrap_or(std::path::Path::new("command line")),
     )?;
-    // TODO(kit): the sdk's service kit replaces this logging set-up, the runtime and the shutdown signal.
-    logging::init(&LogSetup {
-        service: "cloud",
-        instance: "cloud",
-        level: &cfg.logger.level,
-        format: args.log_format.unwrap_or(cfg.logger.format),
-        file: cfg.logger.path.as_deref(),
-    })
-    .map_err(CloudError::Logging)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CloudError::io("tokio runtime", e))?;
-    let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| CloudError::Bind {
-                address: cfg.listen.to_string(),
-                source,
-            })?;
-        crate::server::run(cfg, listener, baetyl_agent::cli::shutdown_signal()).await
-    });
-    if let Err(e) = &result {
-        tracing::error!("{e}");
-    }
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    result
+    Kit::new("cloud")
+        .init(&cfg.logger, args.log_format)?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| CloudError::Bind {
+                    address: cfg.listen.to_string(),
+                    source,
+                })?;
+            crate::server::run(cfg, listener, shutdown_signal()).await
+        })
 }

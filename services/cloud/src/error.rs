@@ -54,8 +54,8 @@ pub enum CloudError {
     /// The device answered with an error (502).
     #[error("the device answered: {0}")]
     Device(String),
-    #[error("logging: {0}")]
-    Logging(String),
+    #[error(transparent)]
+    Service(#[from] baetyl_sdk::service::ServiceError),
 }
 
 impl CloudError {
