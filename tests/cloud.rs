@@ -12,20 +12,14 @@ use cloudkit::*;
 
 #[test]
 fn fleet_lifecycle_sqlite() {
-    let root = tempfile::Builder::new()
-        .prefix("baetyl-cloud-e2e-")
-        .tempdir()
-        .expect("temp dir");
+    let root = test_dir("baetyl-cloud-e2e-");
     lifecycle(root.path(), None);
 }
 
 #[test]
 fn fleet_lifecycle_postgres() {
     let pg = baetyl_cloud::testing::Postgres::start();
-    let root = tempfile::Builder::new()
-        .prefix("baetyl-cloud-e2e-")
-        .tempdir()
-        .expect("temp dir");
+    let root = test_dir("baetyl-cloud-e2e-");
     lifecycle(root.path(), Some(&pg.url));
 }
 
@@ -221,7 +215,7 @@ fn lifecycle(root: &std::path::Path, db: Option<&str>) {
     );
     let before = device.pid("timer");
     cloud.ctl(&["restart", "dev1", "timer"]);
-    wait_for(SLOW, "the timer to run with a new pid", || {
+    eventually(SLOW, "the timer to run with a new pid", || {
         device.pid("timer").filter(|p| Some(*p) != before)
     });
     let out = cloud.ctl_raw(&["reboot", "dev1"]);
@@ -265,7 +259,7 @@ fn lifecycle(root: &std::path::Path, db: Option<&str>) {
         .expect("rotated")
         .to_string();
     assert_ne!(new, operator);
-    wait_for(SLOW, "the hub to take the rotated password", || {
+    eventually(SLOW, "the hub to take the rotated password", || {
         mqtt_publish(hub_port, "operator", &new).then_some(())
     });
     assert!(
@@ -319,10 +313,7 @@ fn lifecycle(root: &std::path::Path, db: Option<&str>) {
 /// power-off (0) status; the device then comes back (the test plays the machine) and links again.
 #[test]
 fn reboot_and_poweroff_through_init() {
-    let root = tempfile::Builder::new()
-        .prefix("baetyl-cloud-init-")
-        .tempdir()
-        .expect("temp dir");
+    let root = test_dir("baetyl-cloud-init-");
     let cloud = CloudProc::start(&root.path().join("cloud"), None);
     let mut device = Device::new(&root.path().join("device"), "dev-init", &cloud);
     device.start_under_init();
@@ -372,10 +363,7 @@ fn reboot_and_poweroff_through_init() {
 #[test]
 fn two_clouds_one_postgres() {
     let pg = baetyl_cloud::testing::Postgres::start();
-    let root = tempfile::Builder::new()
-        .prefix("baetyl-cloud-two-")
-        .tempdir()
-        .expect("temp dir");
+    let root = test_dir("baetyl-cloud-two-");
     let a = CloudProc::start(&root.path().join("a"), Some(&pg.url));
     let b_dir = root.path().join("b");
     std::fs::create_dir_all(b_dir.join("data")).expect("b data");

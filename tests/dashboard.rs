@@ -10,10 +10,7 @@ use cloudkit::*;
 
 #[test]
 fn dashboard_shows_the_fleet_and_acts_on_a_device() {
-    let root = tempfile::Builder::new()
-        .prefix("baetyl-dashboard-")
-        .tempdir()
-        .expect("temp dir");
+    let root = test_dir("baetyl-dashboard-");
     let cloud = CloudProc::start(&root.path().join("cloud"), None);
     let mut device = Device::new(&root.path().join("device"), "pump-7", &cloud);
     device.start_under_init();
@@ -81,7 +78,7 @@ fn dashboard_shows_the_fleet_and_acts_on_a_device() {
     browser.wait_text("#a-result", SLOW, "the restart to be done", |t| {
         t.contains("done")
     });
-    wait_for(SLOW, "the timer to run with a new pid", || {
+    eventually(SLOW, "the timer to run with a new pid", || {
         device.pid("timer").filter(|p| Some(*p) != timer)
     });
     browser.wait_text("#logs", SLOW, "new log lines after the restart", |t| {

@@ -1,56 +1,32 @@
 //! Helpers for the cloud end-to-end tests: a `baetyl cloud` process, `baetyl ctl` calls, and a device: a real
-//! `baetyl master` work dir whose application is the agent alone, as a cloud-managed image ships it.
-//! TODO(testkit): the free port and poller come from baetyl-testkit when it lands.
+//! `baetyl master` work dir whose application is the agent alone, as a cloud-managed image ships it. Processes,
+//! ports, waits and the `baetyl` binary come from the test kit; PostgreSQL from `baetyl_cloud::testing`.
 #![allow(dead_code)]
 
 pub mod webdriver;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
+use baetyl_testkit::process::Process;
+use baetyl_testkit::wait::poll;
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_baetyl");
+pub use baetyl_testkit::{baetyl_bin, eventually, free_port, test_dir};
 
 /// How long a step of a scenario may take on a loaded machine.
 pub const SLOW: Duration = Duration::from_secs(60);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
-}
-
-/// Polls `f` every 100 ms until it answers `Some`; panics with `what` after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn stop_child(child: &mut Child, grace: Duration) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let end = Instant::now() + grace;
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+/// A log file of a child process, appended to across restarts.
+fn log_file(path: &Path) -> (Stdio, Stdio) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (log.try_clone().expect("dup the log").into(), log.into())
 }
 
 /// A `baetyl cloud` process.
@@ -58,7 +34,7 @@ pub struct CloudProc {
     pub dir: PathBuf,
     pub port: u16,
     pub db: Option<String>,
-    child: Option<Child>,
+    child: Option<Process>,
 }
 
 impl CloudProc {
@@ -76,12 +52,8 @@ impl CloudProc {
     /// Starts (again) on the same port and data dir.
     pub fn run(&mut self) {
         std::fs::create_dir_all(&self.dir).expect("cloud dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("cloud.log"))
-            .expect("cloud log");
-        let mut cmd = Command::new(BIN);
+        let (out, err) = log_file(&self.dir.join("cloud.log"));
+        let mut cmd = Command::new(baetyl_bin());
         cmd.args([
             "cloud",
             "--listen",
@@ -92,14 +64,19 @@ impl CloudProc {
         .env("RUST_LOG", "info,baetyl_cloud=debug")
         .env_remove("BAETYL_CLOUD_DATABASE")
         .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
+        .stdout(out)
+        .stderr(err);
         if let Some(db) = &self.db {
             cmd.args(["--database", db]);
         }
-        self.child = Some(cmd.spawn().expect("spawn baetyl cloud"));
-        wait_for(Duration::from_secs(60), "the cloud to answer", || {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+        self.child = Some(
+            Process::spawn(&mut cmd, "baetyl cloud")
+                .expect("spawn baetyl cloud")
+                .with_log(&self.dir.join("cloud.log"))
+                .term_on_drop(Duration::from_secs(10)),
+        );
+        eventually(SLOW, "the cloud to answer", || {
+            if let Some(status) = self.child.as_mut().and_then(Process::try_status) {
                 panic!("baetyl cloud exited with {status}: {}", self.log());
             }
             self.ctl_raw(&["fleet"]).status.success().then_some(())
@@ -108,7 +85,7 @@ impl CloudProc {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            stop_child(&mut c, Duration::from_secs(10));
+            c.terminate(Duration::from_secs(10));
         }
     }
 
@@ -125,7 +102,7 @@ impl CloudProc {
     }
 
     pub fn ctl_raw(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(baetyl_bin())
             .args(["ctl", "--url", &self.url(), "--data-dir"])
             .arg(self.data())
             .args(args)
@@ -176,17 +153,11 @@ impl CloudProc {
     }
 }
 
-impl Drop for CloudProc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A device: a master work dir whose application is the agent alone, with its config pointing at the cloud.
 pub struct Device {
     pub dir: PathBuf,
     pub name: String,
-    child: Option<Child>,
+    child: Option<Process>,
 }
 
 pub const BOOTSTRAP_APP: &str = "version: v1
@@ -247,20 +218,20 @@ impl Device {
 
     /// Runs `cmd` (a master, or init supervising one) with its output in `master.log`.
     pub fn spawn(&mut self, mut cmd: Command) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("master.log"))
-            .expect("master log");
+        let (out, err) = log_file(&self.dir.join("master.log"));
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn the device"));
+            .stdout(out)
+            .stderr(err);
+        self.child = Some(
+            Process::spawn(&mut cmd, "the device")
+                .expect("spawn the device")
+                .term_on_drop(Duration::from_secs(20)),
+        );
     }
 
     pub fn start(&mut self) {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(baetyl_bin());
         cmd.args(["master", "-w"]).arg(&self.dir);
         self.spawn(cmd);
     }
@@ -271,12 +242,13 @@ impl Device {
         let cfg = self.write(
             "etc/init.yml",
             &format!(
-                "hostname: ~\ndata: ~\nkmsg: false\nmaster: {{command: ['{BIN}', master, -w, '{}'], grace: 10s, restart_min: 1s}}\nshutdown: {{grace: 2s}}\n",
+                "hostname: ~\ndata: ~\nkmsg: false\nmaster: {{command: ['{}', master, -w, '{}'], grace: 10s, restart_min: 1s}}\nshutdown: {{grace: 2s}}\n",
+                baetyl_bin().display(),
                 self.dir.display()
             ),
         );
         let cmdline = self.write("etc/cmdline", "");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(baetyl_bin());
         cmd.args(["init", "--dry", "--config"])
             .arg(cfg)
             .arg("--cmdline")
@@ -287,27 +259,15 @@ impl Device {
     /// Waits for the device's process (init or master) to exit on its own; answers its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let child = self.child.as_mut()?;
-        let end = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return status.code();
-            }
-            if Instant::now() > end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let status = poll(timeout, || child.try_status()).ok()?;
+        self.child = None;
+        status.code()
     }
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            stop_child(&mut c, Duration::from_secs(20));
+            c.terminate(Duration::from_secs(20));
         }
-    }
-
-    pub fn child(&mut self) -> Option<&mut Child> {
-        self.child.as_mut()
     }
 
     pub fn log(&self) -> String {
@@ -320,7 +280,7 @@ impl Device {
 
     /// The master's inspect (None while it does not answer).
     pub fn inspect(&self) -> Option<Value> {
-        let out = Command::new(BIN)
+        let out = Command::new(baetyl_bin())
             .args(["inspect", "--json", "-w"])
             .arg(&self.dir)
             .stdin(Stdio::null())
@@ -349,12 +309,6 @@ impl Device {
         self.inspect()?["software"]["conf_version"]
             .as_str()
             .map(str::to_string)
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -482,21 +436,18 @@ functions:
 
 /// Waits until the cloud's view of the device satisfies `ok`; shows the device's logs when it does not.
 pub fn until(cloud: &CloudProc, device: &Device, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let end = std::time::Instant::now() + SLOW;
-    loop {
+    let got = poll(SLOW, || {
         let v = cloud.try_device(&device.name).unwrap_or(Value::Null);
-        if ok(&v) {
-            return v;
-        }
-        if std::time::Instant::now() > end {
-            panic!(
-                "timed out waiting for {what}; the cloud shows {v:#}\n--- device ---\n{}\n--- cloud ---\n{}",
-                device.log(),
-                cloud.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        if ok(&v) { Ok(v) } else { Err(format!("{v:#}")) }
+    });
+    got.unwrap_or_else(|last| {
+        panic!(
+            "timed out waiting for {what}; the cloud shows {}\n--- device ---\n{}\n--- cloud ---\n{}",
+            last.unwrap_or_default(),
+            device.log(),
+            cloud.log()
+        )
+    })
 }
 
 /// Deploys `version` to the device, checks that the device took it up within 2 s, and waits for `state`.

@@ -5,9 +5,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use baetyl_testkit::eventually;
+use baetyl_testkit::process::Process;
 use serde_json::{Value, json};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -15,7 +17,8 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 pub struct Browser {
     port: u16,
     session: String,
-    driver: Child,
+    /// Killed when the browser is dropped (after its session is closed).
+    _driver: Process,
     _profile: tempfile::TempDir,
 }
 
@@ -84,22 +87,19 @@ fn http(
 impl Browser {
     /// Starts chromedriver on a free port and a headless Chromium session with a fresh profile.
     pub fn start() -> Browser {
-        let port = super::free_port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (Debian's chromium-driver; run scripts/setup.sh)");
-        let end = Instant::now() + Duration::from_secs(30);
-        while http(port, "GET", "/status", None)
-            .map(|(_, v)| v["value"]["ready"] != true)
-            .unwrap_or(true)
-        {
-            assert!(Instant::now() < end, "chromedriver did not become ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let port = baetyl_testkit::free_port();
+        let driver = Process::spawn(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "chromedriver (Debian's chromium-driver; run scripts/setup.sh)",
+        )
+        .expect("chromedriver");
+        eventually(Duration::from_secs(30), "chromedriver to be ready", || {
+            http(port, "GET", "/status", None).is_ok_and(|(_, v)| v["value"]["ready"] == true)
+        });
         let profile = tempfile::Builder::new()
             .prefix("baetyl-chromium-")
             .tempdir()
@@ -131,7 +131,7 @@ impl Browser {
         Browser {
             port,
             session,
-            driver,
+            _driver: driver,
             _profile: profile,
         }
     }
@@ -150,9 +150,8 @@ impl Browser {
 
     /// An element by CSS selector, waiting up to `timeout` for it to exist.
     pub fn find(&self, css: &str, timeout: Duration) -> String {
-        let end = Instant::now() + timeout;
-        loop {
-            let full = format!("/session/{}/element", self.session);
+        let full = format!("/session/{}/element", self.session);
+        eventually(timeout, &format!("an element `{css}`"), || {
             let (status, v) = http(
                 self.port,
                 "POST",
@@ -160,18 +159,13 @@ impl Browser {
                 Some(&json!({"using": "css selector", "value": css})),
             )
             .expect("find");
-            if status == 200 {
-                return v["value"][ELEMENT]
+            (status == 200).then(|| {
+                v["value"][ELEMENT]
                     .as_str()
                     .expect("element id")
-                    .to_string();
-            }
-            assert!(
-                Instant::now() < end,
-                "no element `{css}` within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                    .to_string()
+            })
+        })
     }
 
     pub fn click(&self, css: &str) {
@@ -213,22 +207,18 @@ impl Browser {
         what: &str,
         ok: impl Fn(&str) -> bool,
     ) -> String {
-        let end = Instant::now() + timeout;
-        loop {
+        eventually(timeout, what, || {
             let t = self
                 .script("const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", json!([css]))
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
             if ok(&t) {
-                return t;
+                Ok(t)
+            } else {
+                Err(format!("`{css}` shows:\n{t}"))
             }
-            assert!(
-                Instant::now() < end,
-                "timed out after {timeout:?} waiting for {what}; `{css}` shows:\n{t}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        })
     }
 
     /// Saves a PNG screenshot of the window.
@@ -249,7 +239,5 @@ impl Drop for Browser {
             &format!("/session/{}", self.session),
             None,
         );
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }

@@ -1,33 +1,10 @@
-//! Test helpers shared by the cloud's tests and the end-to-end tests (feature `testing`): a free port, a poller
-//! with a deadline, and a PostgreSQL cluster of our own. TODO(testkit): these move to baetyl-testkit.
+//! A PostgreSQL cluster of our own for the cloud's tests and the end-to-end tests (feature `testing`; ports,
+//! polls and processes come from baetyl-testkit).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-pub fn free_listener() -> std::net::TcpListener {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1")
-}
-
-/// Polls `f` until it answers `Some` or `timeout` passes (then panics with `what`).
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use std::time::Duration;
 
 /// A PostgreSQL cluster of our own (Debian's postgresql), initialised in a temporary directory and run as the
 /// unprivileged `postgres` user, listening on 127.0.0.1 on a free port; stopped and removed on drop.
@@ -98,7 +75,7 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_listener().local_addr().unwrap().port();
+        let port = baetyl_testkit::free_port();
         let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
         let child = as_postgres(&pg_bin("postgres"))
             .arg("-D")
@@ -124,23 +101,17 @@ impl Postgres {
             dir,
             child,
         };
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = as_postgres(&pg_bin("pg_isready"))
+        let ready = baetyl_testkit::wait::poll(Duration::from_secs(30), || {
+            as_postgres(&pg_bin("pg_isready"))
                 .args(["-h", "127.0.0.1", "-p", &port.to_string()])
                 .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                break;
-            }
-            assert!(
-                Instant::now() < end,
-                "PostgreSQL did not start: {}",
-                std::fs::read_to_string(pg.dir.join("postgres.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                .is_ok_and(|o| o.status.success())
+        });
+        assert!(
+            ready.is_ok(),
+            "PostgreSQL did not start: {}",
+            std::fs::read_to_string(pg.dir.join("postgres.log")).unwrap_or_default()
+        );
         pg
     }
 }

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-pub use baetyl_cloud::testing::{Postgres, eventually, free_listener};
+pub use baetyl_cloud::testing::Postgres;
+pub use baetyl_testkit::{eventually_async as eventually, free_listener};
 
 /// A cloud running in this process.
 pub struct Cloud {
