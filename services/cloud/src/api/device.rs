@@ -370,11 +370,7 @@ async fn on_up(app: &Arc<App>, device: &Device, msg: Up) {
         }
         Up::Events { events } => {
             let mut result = Ok(());
-            for e in events.iter().take(1000) {
-                if let Err(err) = app.store.deployment_step(&device.id, e).await {
-                    result = Err(err);
-                }
-            }
+            // The device's update state first: whoever sees a deployment's new step sees it there too.
             if let Some(last) = events.last() {
                 let error = last.failure();
                 if let Err(err) = app
@@ -382,6 +378,11 @@ async fn on_up(app: &Arc<App>, device: &Device, msg: Up) {
                     .set_update_state(&device.id, last.step.as_str(), error.as_deref())
                     .await
                 {
+                    result = Err(err);
+                }
+            }
+            for e in events.iter().take(1000) {
+                if let Err(err) = app.store.deployment_step(&device.id, e).await {
                     result = Err(err);
                 }
             }
