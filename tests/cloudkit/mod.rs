@@ -180,7 +180,10 @@ impl Device {
         };
         d.write(
             "etc/baetyl/conf.yml",
-            "grace: 2s\nupdate: {health: 1500ms}\n",
+            // The agent service has the agent role on the master's API. Per-service users stay off (under
+            // init they would be on): the agent stages volumes in var/db/baetyl/deploy, which is not yet a
+            // volume of its own (TODO: give the agent that volume, then drop this).
+            "grace: 2s\nupdate: {health: 1500ms}\nserver: {agents: [agent]}\nusers: {mode: 'off'}\n",
         );
         d.write("var/db/baetyl/application.yml", BOOTSTRAP_APP);
         let conf = "var/db/baetyl/agent/conf";

@@ -29,19 +29,9 @@ pub fn run_cli(args: AgentArgs) -> Result<()> {
         .worker_threads(2)
         .init(&cfg.logger, args.log_format)?;
     kit.block_on(async {
-        let mut master = ApiMaster::from_env(cfg.master.token_file.clone())?;
-        if cfg.master.token_file.is_none() {
-            // Native mode: the master's operator token sits in its work dir, which the agent can read.
-            if let Ok(v) = baetyl_sdk::client::MasterClient::from_env()?
-                .inspect()
-                .await
-                && let Some(pwd) = v["software"]["pwd"].as_str()
-            {
-                master = master.with_operator_token_at(
-                    &PathBuf::from(pwd).join("var/run/baetyl/operator.token"),
-                );
-            }
-        }
+        // The agent role on the master: this service named in the master's conf.yml `server.agents` (its own
+        // service token), or the operator token from `master.token_file`.
+        let master = ApiMaster::from_env(cfg.master.token_file.clone())?;
         crate::agent::run(cfg, Arc::new(master), service, shutdown_signal()).await
     })
 }

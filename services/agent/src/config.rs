@@ -135,9 +135,8 @@ impl Default for ReconnectConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MasterLinkConfig {
-    /// A token with the right to update the application and act on other services (the master's operator
-    /// token; an agent role comes with the master's API roles). Default: the operator token the master writes
-    /// in its work dir, else the agent's own service token.
+    /// The master's operator token, for a master that does not name this service in `server.agents`.
+    /// Default: the agent's own service token (the agent role when the master's conf.yml names it).
     pub token_file: Option<PathBuf>,
     /// The master's work dir (where volumes are staged); default: the `pwd` the master reports in inspect.
     pub workdir: Option<PathBuf>,

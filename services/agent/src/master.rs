@@ -46,8 +46,8 @@ impl ApiMaster {
         ApiMaster { client }
     }
 
-    /// The client from the env contract, with `token_file`'s operator token when one is given or the master's
-    /// own operator token file is readable under `workdir`.
+    /// The client from the env contract: its service token (the agent role when the master's conf.yml names
+    /// the service in `server.agents`), or `token_file`'s operator token when one is given.
     pub fn from_env(token_file: Option<PathBuf>) -> Result<Self> {
         let client = MasterClient::from_env()?;
         let token = match token_file {
@@ -58,15 +58,6 @@ impl ApiMaster {
             Some(t) => client.with_credentials(OPERATOR, t),
             None => client,
         }))
-    }
-
-    /// Switches to the master's operator token when it can be read at `path` (native mode: the master writes
-    /// it under its work dir).
-    pub fn with_operator_token_at(self, path: &std::path::Path) -> Self {
-        match crate::files::read_secret(path) {
-            Ok(t) if !t.is_empty() => ApiMaster::new(self.client.with_credentials(OPERATOR, t)),
-            _ => self,
-        }
     }
 
     async fn put(&self, path: &str, body: Option<Vec<u8>>) -> Result<()> {
