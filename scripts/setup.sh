@@ -8,6 +8,10 @@
 #   e2fsprogs, fdisk    init tests: a real ext4 label and GPT growth checked with sfdisk
 #   mosquitto, mosquitto-clients  a real third-party broker and clients as outside peers in tests
 #                       (the package's daemon is kept from starting: tests start their own on free ports)
+#   postgresql          the cloud's tests run `baetyl cloud` on PostgreSQL too: each starts a temporary cluster
+#                       of its own (initdb, as the unprivileged postgres user, on a free port); the package's
+#                       own cluster is kept from starting
+#   chromium chromium-driver  the dashboard's test drives Debian's headless Chromium through chromedriver
 # The OS image (`baetyl image build`) and its boot tests:
 #   genimage squashfs-tools mtools dosfstools kmod binutils   disk layout, read-only root, ESP, module order,
 #                       the unified kernel image (objcopy)
@@ -23,6 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_debs=(python3 python3-venv util-linux procps e2fsprogs fdisk protobuf-compiler mosquitto mosquitto-clients
+    postgresql chromium chromium-driver
     genimage squashfs-tools mtools dosfstools kmod binutils ovmf qemu-efi-aarch64
     rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     binutils-aarch64-linux-gnu containerd runc)

@@ -50,6 +50,12 @@ enum Command {
     Init(baetyl_init::InitArgs),
     /// Build the OS image (kernel + initramfs, unified kernel image, squashfs root, GPT disk) for QEMU.
     Image(baetyl_image::ImageArgs),
+    /// Run the device agent (v1's baetyl-agent): the device's link to its fleet server.
+    Agent(baetyl_agent::cli::AgentArgs),
+    /// Run the fleet server: devices, signed deployments, operations, the web dashboard.
+    Cloud(baetyl_cloud::cli::CloudArgs),
+    /// Manage a fleet through its cloud: devices, apps, deployments, logs, restart, reboot.
+    Ctl(baetyl_cloud::ctl::CtlArgs),
     /// Print version, git revision and build target.
     Version,
 }
@@ -121,6 +127,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Hub(args) => baetyl_hub::run_cli(args).map_err(Into::into),
+        Command::Agent(args) => baetyl_agent::cli::run_cli(args).map_err(Into::into),
+        Command::Cloud(args) => baetyl_cloud::cli::run_cli(args).map_err(Into::into),
+        Command::Ctl(args) => baetyl_cloud::ctl::run_cli(args),
         Command::Function(args) => baetyl_function::manager::run_cli(args).map_err(Into::into),
         Command::RuntimeSql(args) => {
             baetyl_function::runtime::run_sql_cli(args).map_err(Into::into)
@@ -206,6 +215,14 @@ fn checkers() -> Vec<(&'static str, &'static [&'static str], Checker)> {
             baetyl_remote::timer::TimerConfig::load(p)?;
             Ok("timer config".into())
         }),
+        ("agent", &[], |p| {
+            baetyl_agent::config::AgentConfig::load(p)?;
+            Ok("agent config".into())
+        }),
+        ("cloud", &["cloud.yml", "cloud.yaml"], |p| {
+            baetyl_cloud::CloudConfig::load(p)?;
+            Ok("cloud config".into())
+        }),
         ("runtime-python", &[], |p| {
             let c = baetyl_function::runtime::RuntimeConfig::load(p)?;
             Ok(format!(
@@ -262,6 +279,8 @@ fn roles() -> Vec<baetyl_master::engine::native::Role> {
                 .iter()
                 .map(|n| (n.to_string(), "runtime-python".to_string())),
         )
+        // The device agent: no OCI image of its own yet (image/ lists the others).
+        .chain([("baetyl-agent".to_string(), "agent".to_string())])
         .map(|(image, role)| baetyl_master::engine::native::Role {
             image,
             args: vec![role],
