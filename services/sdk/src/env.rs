@@ -54,6 +54,10 @@ pub fn add_v1_aliases(env: &mut std::collections::BTreeMap<String, String>) {
     };
 }
 
+/// Set by `baetyl init` when the data partition cannot be used: the path of a JSON file saying why. The master
+/// then runs no application and reports safe mode in inspect.
+pub const SAFE_MODE: &str = "BAETYL_SAFE_MODE";
+
 /// Every variable of the contract: a service never inherits these from the master's own environment.
 pub const CONTRACT: &[&str] = &[
     HOST_ID,
@@ -77,6 +81,8 @@ pub const CONTRACT: &[&str] = &[
     "OPENEDGE_SERVICE_TOKEN",
     "OPENEDGE_SERVICE_INSTANCE_NAME",
     "OPENEDGE_SERVICE_INSTANCE_ADDRESS",
+    SAFE_MODE,
+    crate::os::STATE_ENV,
 ];
 
 /// The API version every master speaks.

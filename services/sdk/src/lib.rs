@@ -7,6 +7,7 @@
 //!   service's token.
 //! - [`topic`]: MQTT topic names and filters: validation, matching, permission coverage.
 //! - [`fs`]: crash-safe state files (`write_atomic`: temp + fsync + rename + directory fsync).
+//! - [`os`]: the OS's A/B slots as init and the master share them (boot entry names, init's state file).
 //! - [`logging`]: tracing setup (human or JSON lines, level, optional file) with service/instance on every line.
 //! - [`logfile`]: a log file rotated by size with v1's `logger` limits (`size`, `backup`, `age`).
 //! - [`service`]: the service kit every role starts with: logging from `logger:` and `--log-format`, the tokio
@@ -22,6 +23,7 @@ pub mod fs;
 pub mod logfile;
 pub mod logging;
 pub mod mqtt;
+pub mod os;
 pub mod service;
 pub mod template;
 pub mod topic;
