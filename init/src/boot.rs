@@ -10,13 +10,15 @@ use nix::mount::MsFlags;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::config::{InitConfig, RerootMode};
+use crate::config::{CheckMode, DataConfig, InitConfig, RerootMode};
 use crate::error::SysError;
+use crate::fsck;
 use crate::log::{error, info, warning};
 use crate::master::Master;
 use crate::modules;
 use crate::mounts;
 use crate::process::{SignalWatch, after, descendants, describe, reap_all};
+use crate::safe_mode::{self, SafeMode};
 use crate::sys::{ModuleLoad, MountSpec, PowerAction, System};
 
 /// Where the initramfs root is bind-mounted before it is moved over `/`.
@@ -48,6 +50,8 @@ pub struct Init<S: System> {
     mode: Mode,
     /// Device paths we mounted, in mount order; unmounted in reverse at shutdown.
     mounted: Vec<PathBuf>,
+    /// Set when the data partition could not be used (see [`crate::safe_mode`]).
+    pub safe_mode: Option<SafeMode>,
 }
 
 impl<S: System> Init<S> {
@@ -57,6 +61,7 @@ impl<S: System> Init<S> {
             cfg,
             mode,
             mounted: Vec::new(),
+            safe_mode: None,
         }
     }
 
@@ -279,54 +284,15 @@ impl<S: System> Init<S> {
         }
     }
 
-    /// The data partition, then datasets (read-only) and volumes (read-write) on it.
+    /// The data partition (checked, then mounted), then datasets (read-only) and volumes (read-write) on it. When
+    /// a configured data partition cannot be used, the device goes into safe mode ([`crate::safe_mode`]): a
+    /// tmpfs on the mount point, no dataset or volume, and the reason in [`Init::safe_mode`].
     pub fn mount_data(&mut self) {
         let mountpoint = match self.cfg.data.clone() {
             Some(data) => {
-                let device = self.wait_for_label(&data.label, data.wait.get());
-                let mounted = match device {
-                    Some(device) => {
-                        let spec = MountSpec::new(
-                            &device.to_string_lossy(),
-                            &data.mountpoint,
-                            &data.fstype,
-                            MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
-                            "",
-                        );
-                        let ok = self.mount_tracked(&spec);
-                        if ok {
-                            info!(
-                                "data partition {} ({}) on {}",
-                                device.display(),
-                                data.label,
-                                data.mountpoint.display()
-                            );
-                            if data.grow && data.fstype == "ext4" {
-                                match self.sys.grow_filesystem(&device, &data.mountpoint) {
-                                    Ok(Some((old, new))) => info!(
-                                        "data filesystem grown from {} MiB to {} MiB to fill {}",
-                                        old >> 20,
-                                        new >> 20,
-                                        device.display()
-                                    ),
-                                    Ok(None) => {}
-                                    Err(e) => warning!("{e}; the data filesystem keeps its size"),
-                                }
-                            }
-                        }
-                        ok
-                    }
-                    None => {
-                        warning!(
-                            "no partition or filesystem labelled `{}` after {}",
-                            data.label,
-                            data.wait
-                        );
-                        false
-                    }
-                };
-                if !mounted {
-                    self.data_on_tmpfs(&data.mountpoint);
+                if let Err(safe) = self.data_partition(&data) {
+                    self.enter_safe_mode(*safe, &data.mountpoint);
+                    return;
                 }
                 data.mountpoint
             }
@@ -377,6 +343,184 @@ impl<S: System> Init<S> {
                 );
             }
         }
+    }
+
+    /// Finds, checks, mounts and grows the data partition; the safe-mode reason when it cannot be used.
+    fn data_partition(&mut self, data: &DataConfig) -> Result<(), Box<SafeMode>> {
+        let safe = |reason: String, device: Option<&Path>, detail: String| {
+            Box::new(SafeMode::new(reason, device, &data.label, detail))
+        };
+        let device = match &data.device {
+            Some(d) => {
+                let host = self.sys.host_path(d);
+                wait_for(data.wait.get(), || host.exists().then(|| host.clone()))
+            }
+            None => self.wait_for_label(&data.label, data.wait.get()),
+        };
+        let Some(device) = device else {
+            let what = match &data.device {
+                Some(d) => format!("no device {}", d.display()),
+                None => format!("no partition or filesystem labelled `{}`", data.label),
+            };
+            return Err(safe(
+                format!("{what} after {}: the data partition is missing", data.wait),
+                None,
+                String::new(),
+            ));
+        };
+        self.check_data(data, &device)?;
+        let spec = MountSpec::new(
+            &device.to_string_lossy(),
+            &data.mountpoint,
+            &data.fstype,
+            MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            "",
+        );
+        if let Err(e) = self.sys.make_dir(&spec.target) {
+            log_make_dir_error(&e, "the data partition is not mounted");
+            return Err(safe(
+                format!("the data partition's mount point cannot be made: {e}"),
+                Some(&device),
+                String::new(),
+            ));
+        }
+        if let Err(e) = self.sys.mount(&spec) {
+            return Err(safe(
+                format!(
+                    "the data partition {} ({}) cannot be mounted: {e}",
+                    device.display(),
+                    data.label
+                ),
+                Some(&device),
+                String::new(),
+            ));
+        }
+        self.mounted.push(spec.target.clone());
+        info!(
+            "data partition {} ({}) on {}",
+            device.display(),
+            data.label,
+            data.mountpoint.display()
+        );
+        if data.grow && data.fstype == "ext4" {
+            match self.sys.grow_filesystem(&device, &data.mountpoint) {
+                Ok(Some((old, new))) => info!(
+                    "data filesystem grown from {} MiB to {} MiB to fill {}",
+                    old >> 20,
+                    new >> 20,
+                    device.display()
+                ),
+                Ok(None) => {}
+                Err(e) => warning!("{e}; the data filesystem keeps its size"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the checker on the (unmounted) data partition; the safe-mode reason when it must not be used.
+    fn check_data(&mut self, data: &DataConfig, device: &Path) -> Result<(), Box<SafeMode>> {
+        let Some(args) = fsck::arguments(data.check, &data.fstype, device) else {
+            if data.check != CheckMode::Off {
+                info!(
+                    "data partition {}: no checker for {}; mounting it unchecked",
+                    device.display(),
+                    data.fstype
+                );
+            }
+            return Ok(());
+        };
+        // A second pass only for exit status 2 (see `fsck`): at most two runs.
+        for pass in 1..=2 {
+            info!(
+                "checking the data partition {}: {} {}",
+                device.display(),
+                data.checker.display(),
+                args.join(" ")
+            );
+            let run = match self.sys.run_checker(&data.checker, &args) {
+                Ok(run) => run,
+                Err(e) => {
+                    // An image without its checker is a broken build, not a broken medium: the kernel's journal
+                    // replay still protects the filesystem, so it is mounted (as before checks existed).
+                    error!(
+                        "{e}; the image lacks its filesystem checker: mounting the data partition unchecked"
+                    );
+                    return Ok(());
+                }
+            };
+            for line in run.output.lines().filter(|l| !l.trim().is_empty()) {
+                info!("e2fsck: {line}");
+            }
+            match fsck::verdict(&run.exit) {
+                fsck::Verdict::Clean => {
+                    info!("data partition {} is clean", device.display());
+                    return Ok(());
+                }
+                fsck::Verdict::Repaired => {
+                    warning!(
+                        "data partition {}: e2fsck repaired errors (exit status 1); mounting it",
+                        device.display()
+                    );
+                    return Ok(());
+                }
+                fsck::Verdict::RepairedRebootWanted if pass == 1 => warning!(
+                    "data partition {}: e2fsck repaired errors and asks for a reboot (exit status 2), which \
+                     matters for a mounted filesystem; this one was not mounted: checking it once more",
+                    device.display()
+                ),
+                fsck::Verdict::RepairedRebootWanted => {
+                    return Err(Box::new(SafeMode::new(
+                        format!(
+                            "the data partition {} ({}) still needs repairs after two checks",
+                            device.display(),
+                            data.label
+                        ),
+                        Some(device),
+                        &data.label,
+                        run.output,
+                    )));
+                }
+                fsck::Verdict::Failed(why) => {
+                    return Err(Box::new(SafeMode::new(
+                        format!(
+                            "the data partition {} ({}) failed its check: {why}",
+                            device.display(),
+                            data.label
+                        ),
+                        Some(device),
+                        &data.label,
+                        run.output,
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Safe mode: a tmpfs work dir for the master, no datasets or volumes, the reason on the console and in
+    /// [`safe_mode::MARKER`].
+    fn enter_safe_mode(&mut self, safe: SafeMode, mountpoint: &Path) {
+        safe.announce();
+        let spec = MountSpec::new(
+            "tmpfs",
+            mountpoint,
+            "tmpfs",
+            MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            "mode=0755",
+        );
+        if self.mount_tracked(&spec) {
+            info!(
+                "safe mode: the master's work dir is a tmpfs on {}",
+                mountpoint.display()
+            );
+        }
+        if let Err(e) = self
+            .sys
+            .write_file(Path::new(safe_mode::MARKER), safe.to_json().as_bytes())
+        {
+            error!("{e}; the master learns of safe mode from its environment only");
+        }
+        self.safe_mode = Some(safe);
     }
 
     fn data_on_tmpfs(&mut self, mountpoint: &Path) {
@@ -580,11 +724,22 @@ mod tests {
         fail_switch: bool,
         /// Directories that do not exist on a read-only root: make_dir fails with EROFS.
         missing_on_ro_root: Vec<PathBuf>,
+        /// A fake /sys and /dev (for finding the data partition by name); None: the host's.
+        fake_root: Option<PathBuf>,
+        /// Exit statuses of successive checker runs (0 once they run out); None: the checker is missing.
+        checker_exits: Option<Vec<i32>>,
+        /// Mount targets whose mount fails.
+        fail_mount: Vec<PathBuf>,
     }
 
     impl System for Recorder {
         fn host_path(&self, path: &Path) -> PathBuf {
-            path.to_path_buf()
+            match &self.fake_root {
+                Some(root) if path.starts_with("/sys") || path.starts_with("/dev") => {
+                    root.join(path.strip_prefix("/").unwrap_or(path))
+                }
+                _ => path.to_path_buf(),
+            }
         }
         fn is_mounted(&self, _: &Path) -> bool {
             false
@@ -609,6 +764,14 @@ mod tests {
                 spec.fstype,
                 spec.target.display()
             ));
+            if self.fail_mount.contains(&spec.target) {
+                return Err(SysError::Mount {
+                    device: spec.source.clone(),
+                    target: spec.target.clone(),
+                    fstype: spec.fstype.clone(),
+                    errno: nix::errno::Errno::EUCLEAN,
+                });
+            }
             Ok(())
         }
         fn remount_readonly(&mut self, target: &Path) -> Result<(), SysError> {
@@ -669,6 +832,35 @@ mod tests {
             _: Option<std::net::Ipv4Addr>,
         ) -> Result<(), SysError> {
             self.calls.push(format!("net {iface} {address:?}"));
+            Ok(())
+        }
+        fn run_checker(
+            &mut self,
+            program: &Path,
+            args: &[String],
+        ) -> Result<crate::fsck::CheckerRun, SysError> {
+            self.calls
+                .push(format!("check {} {}", program.display(), args.join(" ")));
+            let Some(exits) = self.checker_exits.as_mut() else {
+                return Err(SysError::Spawn {
+                    program: program.to_path_buf(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOENT),
+                });
+            };
+            let code = if exits.is_empty() { 0 } else { exits.remove(0) };
+            Ok(crate::fsck::CheckerRun {
+                exit: crate::fsck::Exit::Code(code),
+                output: format!("baetyl-data: pass output (exit {code})\n"),
+            })
+        }
+        fn write_file(&mut self, path: &Path, contents: &[u8]) -> Result<(), SysError> {
+            let text = String::from_utf8_lossy(contents);
+            let reason = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            self.calls
+                .push(format!("write {} reason={reason}", path.display()));
             Ok(())
         }
         fn sync(&mut self) {
@@ -893,5 +1085,148 @@ mod tests {
             "{calls:?}"
         );
         assert!(calls.iter().any(|c| c == "mount  /opt/b"), "{calls:?}");
+    }
+
+    /// A fake sysfs with the data partition `vda4` named `baetyl-data`, and a config that mounts it and a volume.
+    fn data_setup(dir: &Path, extra: &str) -> InitConfig {
+        let block = dir.join("sys/class/block/vda4");
+        std::fs::create_dir_all(&block).unwrap();
+        std::fs::write(
+            block.join("uevent"),
+            "DEVNAME=vda4\nDEVTYPE=partition\nPARTNAME=baetyl-data\n",
+        )
+        .unwrap();
+        let yaml = format!(
+            "hostname: null\ndata: {{label: baetyl-data, wait: 0s, grow: false{extra}}}\n\
+             volumes:\n  - name: hub\n    target: /var/lib/hub\n\
+             datasets:\n  - name: models\n    source: /\n    target: /opt/models\n"
+        );
+        baetyl_sdk::config::parse_yaml(&yaml, Path::new("t.yml")).unwrap()
+    }
+
+    fn data_calls(rec: Recorder, cfg: InitConfig) -> (Vec<String>, Option<SafeMode>) {
+        let mut init = Init::new(rec, cfg, mode());
+        init.mount_data();
+        (init.sys.calls, init.safe_mode)
+    }
+
+    fn recorder(dir: &Path, exits: Option<Vec<i32>>) -> Recorder {
+        Recorder {
+            fake_root: Some(dir.to_path_buf()),
+            checker_exits: exits,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn data_partition_is_checked_in_preen_mode_before_it_is_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("dev/vda4");
+        for code in [0, 1] {
+            let cfg = data_setup(dir.path(), "");
+            let (calls, safe) = data_calls(recorder(dir.path(), Some(vec![code])), cfg);
+            assert_eq!(safe, None);
+            assert_eq!(
+                calls,
+                vec![
+                    format!("check /sbin/e2fsck -p {}", dev.display()),
+                    "mount ext4 /var/lib/baetyl".into(),
+                    "mount  /opt/models".into(),
+                    "ro /opt/models".into(),
+                    "mount  /var/lib/hub".into(),
+                ],
+                "exit {code}"
+            );
+        }
+        // `yes` repairs everything; `off` does not check.
+        let cfg = data_setup(dir.path(), ", check: yes, checker: /usr/sbin/e2fsck");
+        let (calls, _) = data_calls(recorder(dir.path(), Some(vec![1])), cfg);
+        assert_eq!(
+            calls[0],
+            format!("check /usr/sbin/e2fsck -y {}", dev.display())
+        );
+        let cfg = data_setup(dir.path(), ", check: off");
+        let (calls, _) = data_calls(recorder(dir.path(), Some(vec![8])), cfg);
+        assert_eq!(calls[0], "mount ext4 /var/lib/baetyl");
+    }
+
+    #[test]
+    fn uncorrected_errors_leave_the_device_in_safe_mode_with_no_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        for code in [4, 8, 12] {
+            let cfg = data_setup(dir.path(), "");
+            let (calls, safe) = data_calls(recorder(dir.path(), Some(vec![code])), cfg);
+            let safe = safe.unwrap_or_else(|| panic!("exit {code}: no safe mode: {calls:?}"));
+            assert!(safe.reason.contains("failed its check"), "{}", safe.reason);
+            assert!(
+                safe.reason.contains(&format!("exit status {code}")),
+                "{}",
+                safe.reason
+            );
+            assert!(safe.detail.contains("pass output"), "{}", safe.detail);
+            assert_eq!(safe.device, Some(dir.path().join("dev/vda4")));
+            assert_eq!(calls.len(), 3, "{calls:?}");
+            assert!(calls[0].starts_with("check "), "{calls:?}");
+            // A tmpfs for the master's work dir; nothing of the partition, no dataset, no volume.
+            assert_eq!(calls[1], "mount tmpfs /var/lib/baetyl");
+            assert!(
+                calls[2].starts_with("write /run/baetyl/safe-mode.json reason=the data partition"),
+                "{calls:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_status_2_is_checked_once_more_and_mounted_only_when_that_pass_is_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = data_setup(dir.path(), "");
+        let (calls, safe) = data_calls(recorder(dir.path(), Some(vec![2, 0])), cfg);
+        assert_eq!(safe, None);
+        assert_eq!(calls.iter().filter(|c| c.starts_with("check")).count(), 2);
+        assert_eq!(calls[2], "mount ext4 /var/lib/baetyl");
+
+        let cfg = data_setup(dir.path(), "");
+        let (calls, safe) = data_calls(recorder(dir.path(), Some(vec![2, 2])), cfg);
+        assert!(safe.unwrap().reason.contains("after two checks"));
+        assert_eq!(calls[2], "mount tmpfs /var/lib/baetyl");
+    }
+
+    #[test]
+    fn missing_or_unmountable_data_partition_means_safe_mode_and_a_missing_checker_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        // Missing: the label is nowhere.
+        let cfg = data_setup(dir.path(), "").tap_label("baetyl-elsewhere");
+        let (calls, safe) = data_calls(recorder(dir.path(), Some(vec![])), cfg);
+        assert!(safe.unwrap().reason.contains("missing"));
+        assert_eq!(calls[0], "mount tmpfs /var/lib/baetyl");
+        // It refuses to mount (EUCLEAN, as for a corrupt superblock the checker did not catch).
+        let cfg = data_setup(dir.path(), "");
+        let mut rec = recorder(dir.path(), Some(vec![0]));
+        rec.fail_mount = vec![PathBuf::from("/var/lib/baetyl")];
+        let (calls, safe) = data_calls(rec, cfg);
+        let reason = safe.unwrap().reason;
+        assert!(reason.contains("cannot be mounted"), "{reason}");
+        assert!(
+            !calls.iter().any(|c| c.contains("/var/lib/hub")),
+            "{calls:?}"
+        );
+        // An image without e2fsck mounts unchecked, as before checks existed.
+        let cfg = data_setup(dir.path(), "");
+        let (calls, safe) = data_calls(recorder(dir.path(), None), cfg);
+        assert_eq!(safe, None);
+        assert_eq!(calls[1], "mount ext4 /var/lib/baetyl");
+    }
+
+    trait TapLabel {
+        fn tap_label(self, label: &str) -> Self;
+    }
+
+    impl TapLabel for InitConfig {
+        fn tap_label(mut self, label: &str) -> Self {
+            if let Some(d) = self.data.as_mut() {
+                d.label = label.to_string();
+            }
+            self
+        }
     }
 }

@@ -15,11 +15,13 @@
 //! | `baetyl.modules=a,b,c` | modules to load, in this order (replaces the list) |
 //! | `baetyl.modules.dir=DIR` | where the `.ko` files are |
 //! | `baetyl.root=LABEL\|off`, `baetyl.root.device=DEV`, `baetyl.root.fstype=T`, `baetyl.root.wait=10s` | switch from the initramfs into a read-only root filesystem |
-//! | `baetyl.data.label=L`, `baetyl.data.mountpoint=DIR`, `baetyl.data.fstype=T`, `baetyl.data.grow=0` | the data partition |
+//! | `baetyl.data.label=L`, `baetyl.data.device=DEV`, `baetyl.data.mountpoint=DIR`, `baetyl.data.fstype=T`, `baetyl.data.grow=0` | the data partition |
+//! | `baetyl.data.check=preen\|yes\|off`, `baetyl.data.checker=PROG` | how the data partition is checked before it is mounted |
 //! | `baetyl.net.address=10.0.2.15/24`, `baetyl.net.gateway=10.0.2.2`, `baetyl.net.interface=eth0` | static IPv4 |
 //! | `baetyl.master=off` | do not start the master |
 //! | `baetyl.master.command=PROG,ARG,...` | the master's command line, comma-separated |
 //! | `baetyl.master.grace=30s` | how long the master may take to stop |
+//! | `baetyl.master.nofile=N` | the descriptor limit (RLIMIT_NOFILE) of the master and its services |
 //! | `baetyl.shutdown.grace=5s` | how long the remaining processes may take to stop |
 //! | `baetyl.kmsg=0\|1` | copy the log to /dev/kmsg |
 
@@ -33,6 +35,10 @@ use serde::Deserialize;
 use crate::net::Ipv4Cidr;
 
 pub const DEFAULT_CONFIG: &str = "/etc/baetyl/init.yml";
+
+/// The master's default descriptor limit: systemd's default hard limit for services. Our services use epoll, so
+/// a high soft limit is safe for them.
+pub const DEFAULT_NOFILE: u64 = 524_288;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -132,22 +138,55 @@ impl RootConfig {
 pub struct DataConfig {
     /// GPT partition name or ext4 filesystem label.
     pub label: String,
+    /// An explicit block device (`/dev/mmcblk0p4`); takes precedence over `label`.
+    pub device: Option<PathBuf>,
     pub mountpoint: PathBuf,
     pub fstype: String,
     /// How long to wait for the device to appear (drivers probe asynchronously).
     pub wait: HumanDuration,
     /// Grow the filesystem to fill its device when the device is larger (first boot on a bigger medium).
     pub grow: bool,
+    /// How the filesystem is checked before it is mounted (ext2/3/4 only).
+    pub check: CheckMode,
+    /// The checker: Debian's e2fsck, shipped in the image's root.
+    pub checker: PathBuf,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             label: "baetyl-data".into(),
+            device: None,
             mountpoint: PathBuf::from("/var/lib/baetyl"),
             fstype: "ext4".into(),
             wait: HumanDuration::from_secs(5),
             grow: true,
+            check: CheckMode::Preen,
+            checker: PathBuf::from("/sbin/e2fsck"),
+        }
+    }
+}
+
+/// How the data partition is checked before it is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckMode {
+    /// `e2fsck -p`: repair what is safe to repair without a person; anything else leaves the device in safe mode.
+    Preen,
+    /// `e2fsck -y`: repair everything e2fsck can, even where that loses files (unattended fleets that prefer
+    /// coming up with what is left over staying in safe mode).
+    Yes,
+    /// No check: mount as it is.
+    Off,
+}
+
+impl CheckMode {
+    fn parse(v: &str) -> Result<Self, String> {
+        match v {
+            "preen" => Ok(CheckMode::Preen),
+            "yes" => Ok(CheckMode::Yes),
+            "off" | "0" | "no" => Ok(CheckMode::Off),
+            _ => Err("expected preen, yes or off".into()),
         }
     }
 }
@@ -188,6 +227,9 @@ pub struct MasterConfig {
     pub restart_max: HumanDuration,
     /// A master that ran this long resets the backoff.
     pub stable_after: HumanDuration,
+    /// RLIMIT_NOFILE (soft and hard) of the master, which its services inherit; capped at the kernel's
+    /// fs.nr_open. The kernel's default of 1,024 lets a thousand idle TCP connections lock the hub out.
+    pub nofile: u64,
 }
 
 impl Default for MasterConfig {
@@ -200,6 +242,7 @@ impl Default for MasterConfig {
             restart_min: HumanDuration::from_secs(1),
             restart_max: HumanDuration::from_secs(60),
             stable_after: HumanDuration::from_secs(60),
+            nofile: DEFAULT_NOFILE,
         }
     }
 }
@@ -394,10 +437,23 @@ impl InitConfig {
                 None => return Err("expected on or off".into()),
             },
             "data.label" => self.data_mut().label = value.to_string(),
+            "data.device" => {
+                if !value.starts_with('/') {
+                    return Err("expected an absolute device path such as /dev/mmcblk0p4".into());
+                }
+                self.data_mut().device = Some(PathBuf::from(value))
+            }
             "data.mountpoint" => self.data_mut().mountpoint = PathBuf::from(value),
             "data.fstype" => self.data_mut().fstype = value.to_string(),
             "data.wait" => self.data_mut().wait = parse_duration(value)?,
             "data.grow" => self.data_mut().grow = parse_bool(value).ok_or("expected 0 or 1")?,
+            "data.check" => self.data_mut().check = CheckMode::parse(value)?,
+            "data.checker" => {
+                if !value.starts_with('/') {
+                    return Err("expected an absolute path such as /sbin/e2fsck".into());
+                }
+                self.data_mut().checker = PathBuf::from(value)
+            }
             "net.interface" => self.network.interface = Some(value.to_string()),
             "net.address" => self.network.address = Some(value.parse()?),
             "net.gateway" => {
@@ -420,6 +476,13 @@ impl InitConfig {
                     .collect();
             }
             "master.grace" => self.master.grace = parse_duration(value)?,
+            "master.nofile" => {
+                self.master.nofile = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= 1024)
+                    .ok_or("expected a number of descriptors, at least 1024")?
+            }
             "shutdown.grace" => self.shutdown.grace = parse_duration(value)?,
             "kmsg" => self.kmsg = parse_bool(value).ok_or("expected 0 or 1")?,
             _ => return Err("unknown parameter (see the init crate's config docs)".into()),

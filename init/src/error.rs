@@ -46,6 +46,18 @@ pub enum SysError {
     },
     #[error("reboot(2) {action}: {errno}")]
     Reboot { action: String, errno: Errno },
+    #[error("run {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write {path}: {source}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what}: {errno}")]
     Other { what: String, errno: Errno },
 }

@@ -24,6 +24,7 @@
 pub mod boot;
 pub mod config;
 pub mod error;
+pub mod fsck;
 pub mod gpt;
 pub mod log;
 pub mod master;
@@ -31,6 +32,7 @@ pub mod modules;
 pub mod mounts;
 pub mod net;
 pub mod process;
+pub mod safe_mode;
 pub mod sys;
 
 use std::path::{Path, PathBuf};
@@ -177,8 +179,26 @@ fn run_with<S: System>(
     signals: &mut SignalWatch,
 ) -> PowerAction {
     let mut master = Master::new(&cfg);
+    let nofile = cfg.master.nofile;
     let mut init = Init::new(sys, cfg, mode);
     init.boot();
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok();
+    match process::raise_nofile(nofile, nr_open.as_deref()) {
+        Ok((n, false)) => {
+            info!("descriptor limit (RLIMIT_NOFILE) {n} for the master and its services")
+        }
+        Ok((n, true)) => warning!(
+            "descriptor limit (RLIMIT_NOFILE) {n} for the master and its services: the hard limit cannot be \
+             raised to {nofile} here (no CAP_SYS_RESOURCE)"
+        ),
+        Err(e) => warning!(
+            "cannot raise the descriptor limit to {nofile}: {e}; the master keeps the kernel's"
+        ),
+    }
+    if init.safe_mode.is_some() {
+        let marker = init.sys.host_path(Path::new(safe_mode::MARKER));
+        master.add_env(baetyl_sdk::env::SAFE_MODE, &marker.to_string_lossy());
+    }
     if mode.may_kmsg {
         reopen_console_if_closed();
     }

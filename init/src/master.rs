@@ -59,6 +59,12 @@ impl Master {
         self.pid
     }
 
+    /// Adds a variable to the master's environment (from its next start on).
+    pub fn add_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Supervises the master and reaps orphans until a shutdown signal arrives.
     pub fn supervise(&mut self, signals: &mut SignalWatch) -> PowerAction {
         loop {

@@ -210,6 +210,41 @@ impl Backoff {
     }
 }
 
+/// Sets this process's RLIMIT_NOFILE (soft and hard) to `want`, capped at the kernel's fs.nr_open (read from
+/// `nr_open`, a /proc/sys/fs/nr_open text). Children (the master, its services) inherit it. Where the hard limit
+/// cannot be raised (a container without CAP_SYS_RESOURCE), the soft limit is raised to the hard one. The
+/// limits set, and whether that was the fallback.
+pub fn raise_nofile(want: u64, nr_open: Option<&str>) -> Result<(u64, bool), Errno> {
+    let cap = nr_open
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let n = want.min(cap);
+    if set_nofile(n, n).is_ok() {
+        return Ok((n, false));
+    }
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct through the pointer, which points at `cur` on this frame.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) } != 0 {
+        return Err(Errno::last());
+    }
+    let hard: u64 = cur.rlim_max;
+    set_nofile(hard.min(n), hard)?;
+    Ok((hard.min(n), true))
+}
+
+fn set_nofile(soft: u64, hard: u64) -> Result<(), Errno> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads one rlimit struct through the pointer, which points at `lim` on this frame.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    if rc == 0 { Ok(()) } else { Err(Errno::last()) }
+}
+
 /// `start + d`, without the panic `Instant + Duration` has on overflow (a config can say `grace: 1000000000h`).
 pub fn after(start: Instant, d: Duration) -> Instant {
     start

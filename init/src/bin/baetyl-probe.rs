@@ -59,11 +59,34 @@ fn probe(signal: Option<Signal>, listen: Option<u16>) -> i32 {
     let exe = std::fs::read_link("/proc/self/exe")
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    // The descriptor limit init gave the master, and whether init started it in safe mode.
+    let nofile = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    format!("{}/{}", f.get(3).unwrap_or(&"?"), f.get(4).unwrap_or(&"?"))
+                })
+        })
+        .unwrap_or_default();
+    let safe_mode = std::env::var(baetyl_sdk::env::SAFE_MODE).unwrap_or_else(|_| "-".into());
     println!(
         "BAETYL-PROBE pid={pid} ppid={ppid} hostname={hostname} mounts={} modules={modules} lo_up={lo_up} \
-         init_rss_kib={init_rss} kmsg_lines={kmsg_lines} root_fs={root_fs} root_ro={root_ro} exe={exe}",
+         init_rss_kib={init_rss} kmsg_lines={kmsg_lines} root_fs={root_fs} root_ro={root_ro} nofile={nofile} \
+         safe_mode={safe_mode} exe={exe}",
         mounts.join(",")
     );
+    if safe_mode != "-" {
+        // The marker's contents on one line, for the test to read (it lives on a tmpfs of the namespace).
+        let marker =
+            std::fs::read_to_string(&safe_mode).unwrap_or_else(|e| format!("unreadable: {e}"));
+        println!(
+            "BAETYL-PROBE safe-mode-marker {}",
+            marker.replace('\n', " ")
+        );
+    }
     if let Some(port) = listen
         && let Err(e) = serve_one(port)
     {

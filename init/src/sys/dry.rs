@@ -92,6 +92,21 @@ impl System for DrySystem {
         );
         Ok(())
     }
+    fn run_checker(
+        &mut self,
+        program: &Path,
+        args: &[String],
+    ) -> Result<crate::fsck::CheckerRun, SysError> {
+        crate::log::info!("dry: {} {}", program.display(), args.join(" "));
+        Ok(crate::fsck::CheckerRun {
+            exit: crate::fsck::Exit::Code(0),
+            output: String::new(),
+        })
+    }
+    fn write_file(&mut self, path: &Path, contents: &[u8]) -> Result<(), SysError> {
+        crate::log::info!("dry: write {} ({} bytes)", path.display(), contents.len());
+        Ok(())
+    }
     fn sync(&mut self) {
         crate::log::info!("dry: sync");
     }

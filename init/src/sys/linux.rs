@@ -278,6 +278,50 @@ impl System for LinuxSystem {
         }
     }
 
+    fn run_checker(
+        &mut self,
+        program: &Path,
+        args: &[String],
+    ) -> Result<crate::fsck::CheckerRun, SysError> {
+        use std::os::unix::process::ExitStatusExt;
+        let host = self.host_path(program);
+        let out = std::process::Command::new(&host)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| SysError::Spawn {
+                program: host.clone(),
+                source,
+            })?;
+        let exit = match (out.status.code(), out.status.signal()) {
+            (Some(code), _) => crate::fsck::Exit::Code(code),
+            (None, Some(sig)) => crate::fsck::Exit::Signal(
+                nix::sys::signal::Signal::try_from(sig)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|_| format!("signal {sig}")),
+            ),
+            (None, None) => crate::fsck::Exit::Code(-1),
+        };
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok(crate::fsck::CheckerRun {
+            exit,
+            output: crate::fsck::bounded(&text),
+        })
+    }
+
+    fn write_file(&mut self, path: &Path, contents: &[u8]) -> Result<(), SysError> {
+        let host = self.host_path(path);
+        let err = |source| SysError::WriteFile {
+            path: host.clone(),
+            source,
+        };
+        if let Some(dir) = host.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        std::fs::write(&host, contents).map_err(err)
+    }
+
     fn sync(&mut self) {
         nix::unistd::sync();
     }

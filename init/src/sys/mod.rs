@@ -111,6 +111,15 @@ pub trait System {
         address: Option<crate::net::Ipv4Cidr>,
         gateway: Option<std::net::Ipv4Addr>,
     ) -> Result<(), SysError>;
+    /// Runs a filesystem checker to completion (no time limit: a check may take minutes on a large medium) and
+    /// returns how it ended and its output. `program` is a device path.
+    fn run_checker(
+        &mut self,
+        program: &Path,
+        args: &[String],
+    ) -> Result<crate::fsck::CheckerRun, SysError>;
+    /// Writes a small file (creating its directory), e.g. the safe-mode marker under /run.
+    fn write_file(&mut self, path: &Path, contents: &[u8]) -> Result<(), SysError>;
     fn sync(&mut self);
     /// Hands control back to the kernel. Returns only if that failed or the system is not allowed to.
     fn reboot(&mut self, action: PowerAction) -> Result<(), SysError>;
