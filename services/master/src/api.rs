@@ -166,6 +166,7 @@ async fn inspect(State(st): State<Arc<ApiState>>) -> Response {
         "processes": system_processes(),
         "services": sup.inspect_services(),
         "volumes": volumes,
+        "safe_mode": crate::safe_mode::inspect(),
     });
     axum::Json(body).into_response()
 }
@@ -188,6 +189,9 @@ async fn update(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Response {
+    if let Some(refused) = crate::safe_mode::refuse_update(&body) {
+        return refused;
+    }
     answer(submit_update(&st, &caller, &body))
 }
 

@@ -9,7 +9,7 @@
 //! application.yml, volumes, the dependency graph), [`engine`] (the `Engine` trait; the native engine:
 //! processes, cgroups, logs, leftovers; the fake one), [`supervisor`] (instances, dynamic instances, inspect
 //! data), [`limits`] (descriptor limits of the master and of services), [`restart`] (the restart decision: policy, backoff, `retry.max`), [`ota`] (application updates
-//! and rollback), [`api`] (the HTTP routes), [`error`] (every failure and its HTTP status), [`users`] (per-service users), [`stats`] (host
+//! and rollback), [`safe_mode`] (no application when init could not use the data partition), [`api`] (the HTTP routes), [`error`] (every failure and its HTTP status), [`users`] (per-service users), [`stats`] (host
 //! and process figures), [`cli`] (`baetyl master` and `baetyl inspect`), [`default_app`] (the embedded
 //! example application).
 pub mod access;
@@ -22,6 +22,7 @@ pub mod error;
 pub mod limits;
 pub mod ota;
 pub mod restart;
+pub mod safe_mode;
 pub mod server;
 pub mod stats;
 pub mod supervisor;

@@ -174,7 +174,16 @@ pub async fn run(
     let servers = serve(listeners, api::router(state), api_stopped);
     tracing::info!(api = %address, "API listening");
 
-    let (app, text) = load_application(&workdir, &sup);
+    // Safe mode (init could not use the data partition): no application at all, not even the built-in one.
+    let (app, text) = match crate::safe_mode::init() {
+        Some(record) => {
+            let msg = crate::safe_mode::message(&record);
+            tracing::error!("{msg}");
+            sup.set_error(msg);
+            (Application::default(), None)
+        }
+        None => load_application(&workdir, &sup),
+    };
     updater.set_running_text(text);
     sup.run_app(app.clone()).await;
     tracing::info!(
