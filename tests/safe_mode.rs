@@ -15,7 +15,10 @@ async fn safe_mode_runs_no_application_reports_why_and_refuses_app_updates() {
     );
     let m = Master::start(
         w.path(),
-        &[(baetyl_sdk::env::SAFE_MODE, marker.to_str().expect("utf-8 path"))],
+        &[(
+            baetyl_sdk::env::SAFE_MODE,
+            marker.to_str().expect("utf-8 path"),
+        )],
     );
 
     // No application: not installed, not running.
