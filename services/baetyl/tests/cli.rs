@@ -69,7 +69,11 @@ fn config_errors_name_file_and_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (application v1 with 3 service(s))"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("ok (application v1 with 3 service(s), read in the compose form)"),
+        "{said}"
+    );
 
     // The master refuses a bad conf.yml at start, naming the key.
     write(
