@@ -126,6 +126,7 @@ async fn inspect_has_the_v1_shape() {
             "error",
             "hardware",
             "processes",
+            "safe_mode",
             "services",
             "software",
             "time",
