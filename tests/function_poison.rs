@@ -39,12 +39,7 @@ functions:
 "#
         ),
     );
-    w.write(
-        "etc/hubconf/service.yml",
-        &format!(
-            "listen: [tcp://127.0.0.1:{port}]\nprincipals:\n  - {{username: tester, password: tester-password, permissions: [{{action: pub, permit: ['#']}}, {{action: sub, permit: ['#']}}]}}\n  - {{username: functions, password: functions-password, permissions: [{{action: pub, permit: ['#']}}, {{action: sub, permit: ['#']}}]}}\nstorage: {{dir: var/db/baetyl/data}}\n"
-        ),
-    );
+    write_function_hub(w, port);
     w.write(
         "etc/sqlconf/service.yml",
         "functions:\n  - name: filter\n    handler: \"select * where id < 10\"\n  - name: triple\n    handler: \"select concat(s, s, s) as s\"\n",

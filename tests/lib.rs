@@ -289,3 +289,14 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 pub fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
+
+/// The hub config of the function tests (`etc/hubconf/service.yml`): a TCP listener on `port`, the `tester`
+/// and `functions` principals with every topic, storage on the hub's data volume.
+pub fn write_function_hub(w: &Work, port: u16) {
+    w.write(
+        "etc/hubconf/service.yml",
+        &format!(
+            "listen: [tcp://127.0.0.1:{port}]\nprincipals:\n  - {{username: tester, password: tester-password, permissions: [{{action: pub, permit: ['#']}}, {{action: sub, permit: ['#']}}]}}\n  - {{username: functions, password: functions-password, permissions: [{{action: pub, permit: ['#']}}, {{action: sub, permit: ['#']}}]}}\nstorage: {{dir: var/db/baetyl/data}}\n"
+        ),
+    );
+}
