@@ -33,9 +33,11 @@ for arch in x86_64 aarch64; do
     fi
     grep -E 'layer|layout' "$images/$arch.oci.log" || true
 done
-BAETYL_IMAGES=$images cargo test --locked -p baetyl-e2e --test oci -- --ignored --test-threads=1 --nocapture \
+# The ignored suites that need the images. `--workspace --test X`, not `-p baetyl-e2e`: the same feature set as
+# the build above, so nothing is rebuilt (`-p` alone recompiled 69 crates with other features).
+BAETYL_IMAGES=$images cargo test --locked --workspace --test oci -- --ignored --test-threads=1 --nocapture \
     2>&1 | tee -a "$log" || status=$?
-BAETYL_IMAGES=$images cargo test --locked -p baetyl-e2e --test os_image -- --ignored --test-threads=2 --nocapture \
+BAETYL_IMAGES=$images cargo test --locked --workspace --test os_image -- --ignored --test-threads=2 --nocapture \
     2>&1 | tee -a "$log" || status=$?
 
 # One closing line for the whole run (cargo's own last line is a crate's doc-tests).
