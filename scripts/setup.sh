@@ -20,6 +20,8 @@
 #                       our own
 #   arm64 architecture, rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
 #   libc6-dev-arm64-cross binutils-aarch64-linux-gnu   Debian's Rust cross toolchain for the aarch64 image
+# buildroot-overlay/'s check (tests/buildroot.rs) against Buildroot's release tarball:
+#   make gcc xz-utils   unpack it and build and run Buildroot's kconfig (defconfig, savedefconfig, show-info)
 # Containers (`baetyl image oci`, the containerd engine and its tests):
 #   containerd runc     the engine's tests start a containerd of their own (temporary root, state and socket)
 #   qemu-user-static    (bookworm-backports) runs the aarch64 Python image's interpreter in the OCI tests
@@ -30,7 +32,7 @@ need_debs=(python3 python3-venv util-linux procps e2fsprogs fdisk protobuf-compi
     postgresql chromium chromium-driver
     genimage squashfs-tools mtools dosfstools kmod binutils ovmf qemu-efi-aarch64
     rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-    binutils-aarch64-linux-gnu containerd runc)
+    binutils-aarch64-linux-gnu containerd runc make gcc xz-utils)
 backports_debs=(qemu-system-x86 qemu-system-arm qemu-user-static)
 
 SUDO=""

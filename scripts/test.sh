@@ -12,6 +12,10 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked -- --test-threads=4 --skip image_boots_ --skip image_builds_are 2>&1 | tee "$log" || status=$?
 
+# buildroot-overlay/ against Buildroot's release tarball, offline: every defconfig through kconfig, savedefconfig
+# and show-info (the tarball is unpacked once into target/buildroot/).
+cargo test --locked -p baetyl-e2e --test buildroot -- --ignored --nocapture 2>&1 | tee -a "$log" || status=$?
+
 # The OS images: a development build (the master API also on TCP 9990 with a known operator token, for the boot
 # tests), built twice into separate directories; the boot tests compare the two and boot the first.
 images=${BAETYL_IMAGES:-$target/images}
@@ -43,5 +47,5 @@ BAETYL_IMAGES=$images cargo test --locked --workspace --test os_image -- --ignor
 # One closing line for the whole run (cargo's own last line is a crate's doc-tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
-grep -a '^BOOT ' "$log" || true
+grep -a -E '^(BOOT|BUILDROOT) ' "$log" || true
 exit "$status"
