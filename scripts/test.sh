@@ -14,7 +14,7 @@ cargo test --workspace --locked -- --test-threads=4 --skip image_boots_ --skip i
 
 # buildroot-overlay/ against Buildroot's release tarball, offline: every defconfig through kconfig, savedefconfig
 # and show-info (the tarball is unpacked once into target/buildroot/).
-cargo test --locked -p baetyl-e2e --test buildroot -- --ignored --nocapture 2>&1 | tee -a "$log" || status=$?
+cargo test --locked --workspace --test buildroot -- --ignored --nocapture 2>&1 | tee -a "$log" || status=$?
 
 # The OS images: a development build (the master API also on TCP 9990 with a known operator token, for the boot
 # tests), built twice into separate directories; the boot tests compare the two and boot the first.
