@@ -13,8 +13,12 @@ status=0
 cargo test --workspace --locked -- --test-threads=4 --skip image_boots_ --skip image_builds_are 2>&1 | tee "$log" || status=$?
 
 # buildroot-overlay/ against Buildroot's release tarball, offline: every defconfig through kconfig, savedefconfig
-# and show-info (the tarball is unpacked once into target/buildroot/).
-cargo test --locked --workspace --test buildroot -- --ignored --nocapture 2>&1 | tee -a "$log" || status=$?
+# and show-info (the tarball is unpacked once into target/buildroot/). Mostly make and shell: it runs in the
+# background while the images build (its test binary is already built; the image builds use other target dirs).
+br_log=$(mktemp)
+trap 'rm -f "$log" "$br_log"' EXIT
+cargo test --locked --workspace --test buildroot -- --ignored --nocapture > "$br_log" 2>&1 &
+br_pid=$!
 
 # The OS images: a development build (the master API also on TCP 9990 with a known operator token, for the boot
 # tests), built twice into separate directories; the boot tests compare the two and boot the first.
@@ -37,6 +41,9 @@ for arch in x86_64 aarch64; do
     fi
     grep -E 'layer|layout' "$images/$arch.oci.log" || true
 done
+br_status=0; wait "$br_pid" || br_status=$?
+tee -a "$log" < "$br_log"; [ "$br_status" = 0 ] || status=$br_status
+
 # The ignored suites that need the images. `--workspace --test X`, not `-p baetyl-e2e`: the same feature set as
 # the build above, so nothing is rebuilt (`-p` alone recompiled 69 crates with other features).
 BAETYL_IMAGES=$images cargo test --locked --workspace --test oci -- --ignored --test-threads=1 --nocapture \
