@@ -145,6 +145,31 @@ impl SessionState {
         server_topic_alias_max: u16,
         client_topic_alias_max: u16,
     ) -> Self {
+        let channel = Self::channel(&session.scx);
+        Self::with_channel(session, hook, server_topic_alias_max, client_topic_alias_max, channel)
+    }
+
+    /// A session's message channel, made before the session itself (baetyl patch 21): a takeover routes the
+    /// client id's messages to it while the old session is still being kicked.
+    #[inline]
+    pub(crate) fn channel(#[allow(unused_variables)] scx: &ServerContext) -> (Tx, Rx) {
+        let (tx, rx) = unbounded();
+        let tx = SessionTx::new(
+            tx,
+            #[cfg(feature = "debug")]
+            scx.clone(),
+        );
+        (tx, rx)
+    }
+
+    #[inline]
+    pub(crate) fn with_channel(
+        session: Session,
+        hook: Arc<dyn Hook>,
+        server_topic_alias_max: u16,
+        client_topic_alias_max: u16,
+        (tx, rx): (Tx, Rx),
+    ) -> Self {
         let server_topic_aliases = if server_topic_alias_max > 0 {
             Some(Arc::new(ServerTopicAliases::new(server_topic_alias_max as usize)))
         } else {
@@ -158,12 +183,6 @@ impl SessionState {
         log::debug!("server_topic_aliases: {server_topic_aliases:?}");
         log::debug!("client_topic_aliases: {client_topic_aliases:?}");
 
-        let (tx, rx) = unbounded();
-        let tx = SessionTx::new(
-            tx,
-            #[cfg(feature = "debug")]
-            session.scx.clone(),
-        );
         let scx = session.scx.clone();
         let max_inflight = session.listen_cfg().max_inflight;
         Self {
@@ -466,8 +485,16 @@ impl SessionState {
                                     // offline event loop was busy would otherwise be silently
                                     // dropped on session transfer (reconnect while the broker
                                     // is still draining a large offline backlog).
+                                    // baetyl patch 21: closed first, so that a message routed from now on fails
+                                    // to send here and is routed again, to the session taking over; every
+                                    // message before it is drained, whatever its kind.
+                                    self.rx.close();
                                     let mut drained = 0usize;
-                                    while let Ok(Message::Forward(from, p)) = self.rx.try_recv() {
+                                    while let Ok(msg) = self.rx.try_recv() {
+                                        let Message::Forward(from, p) = msg else {
+                                            self.keep_for_takeover(msg).await;
+                                            continue;
+                                        };
                                         // hook, offline_message — same as the main offline event
                                         // loop so hook consumers (web-hook `offline_message`
                                         // rule, sys-topic offline counters, audit plugins) do not
@@ -636,6 +663,24 @@ impl SessionState {
                     is_admin
                 );
                 if !sender.is_closed() {
+                    // baetyl patch 21: what was routed to this session before the kick goes with its state to
+                    // the session taking over (the kicker takes the deliver queue right after the answer);
+                    // closed first, so that what is routed from now on is routed again, to the new session.
+                    self.rx.close();
+                    while let Ok(msg) = self.rx.try_recv() {
+                        match msg {
+                            Message::Forward(from, p) => {
+                                if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
+                                    self.scx
+                                        .extends
+                                        .hook_mgr()
+                                        .message_dropped(Some(self.id.clone()), from, p, Reason::MessageQueueFull)
+                                        .await;
+                                }
+                            }
+                            msg => self.keep_for_takeover(msg).await,
+                        }
+                    }
                     if sender.send(()).is_err() {
                         log::warn!("{:?} Message::Kick, send response error, sender is closed", self.id);
                     }
@@ -1550,6 +1595,59 @@ impl SessionState {
         Ok(sub_ret)
     }
 
+    /// baetyl patch 21: the taken-over session's messages, put in this session's deliver queue before its
+    /// connection loop starts: its unacknowledged messages first (DUP, their packet ids kept), in the order they
+    /// were sent, then its queued ones. Messages routed to this session during the takeover wait in its channel
+    /// and so come after them, in order. (They went through the channel, behind those, and the inflight ones in
+    /// reverse order.) PUBRELs still owed are sent again through the channel.
+    pub(crate) async fn adopt_messages(&self, offline_info: &mut OfflineInfo) {
+        let max_transfer_id =
+            offline_info.inflight_messages.iter().filter_map(|m| m.publish.packet_id.map(|id| id.get())).max();
+        if let Some(max_id) = max_transfer_id {
+            self.out_inflight().write().await.advance_next_id(max_id);
+        }
+        let queue = self.deliver_queue().clone();
+        let inflight = std::mem::take(&mut offline_info.inflight_messages);
+        let offline = std::mem::take(&mut offline_info.offline_messages);
+        let mut adopted = Vec::with_capacity(inflight.len() + offline.len());
+        for mut msg in inflight {
+            if msg.status == MomentStatus::UnComplete {
+                if let Err(e) = self.reforward(msg).await {
+                    log::warn!("{:?} adopt_messages, rerelease error, {e}", self.id);
+                }
+            } else {
+                msg.publish.dup = true;
+                adopted.push((msg.from, msg.publish));
+            }
+        }
+        adopted.extend(offline);
+        for item in adopted {
+            if let Err((from, p)) = queue.push(item) {
+                self.scx
+                    .extends
+                    .hook_mgr()
+                    .message_dropped(Some(self.id.clone()), from, p, Reason::MessageQueueFull)
+                    .await;
+            }
+        }
+    }
+
+    /// baetyl patch 21: a message other than a Forward found in the channel of a kicked session: a PUBREL still
+    /// owed goes back to the inflight window so that the taking-over session sends it; anything else (a request
+    /// whose answer nobody waits for any more) is dropped.
+    async fn keep_for_takeover(&self, msg: Message) {
+        match msg {
+            Message::SendRerelease(iflt_msg) => {
+                self.out_inflight().write().await.push_back(OutInflightMessage::new(
+                    MomentStatus::UnComplete,
+                    iflt_msg.from,
+                    iflt_msg.publish,
+                ));
+            }
+            msg => log::debug!("{:?} kicked, dropping {:?}", self.id, msg),
+        }
+    }
+
     #[inline]
     async fn transfer_session_state(
         &self,
@@ -1705,6 +1803,16 @@ impl SessionState {
                     .message_dropped(Some(self.id.clone()), from, publish, Reason::from_static("packet too large"))
                     .await;
                 return Ok(());
+            }
+            // baetyl patch 21: the connection failed while this message was being written: it was taken off the
+            // deliver queue, so it goes to the inflight window (sent again when the session resumes) instead of
+            // nowhere.
+            if let Some(status) = match publish.qos {
+                QoS::AtLeastOnce => Some(MomentStatus::UnAck),
+                QoS::ExactlyOnce => Some(MomentStatus::UnReceived),
+                _ => None,
+            } {
+                self.out_inflight().write().await.push_back(OutInflightMessage::new(status, from, publish));
             }
             return Err(e);
         }

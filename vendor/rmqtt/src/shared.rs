@@ -116,6 +116,19 @@ pub trait Entry: Sync + Send {
         clear_subscriptions: bool,
         is_admin: IsAdmin,
     ) -> Result<OfflineSession>;
+    /// [`Entry::kick`] by a connection that takes the session over (baetyl patch 21): unless `clean_start`,
+    /// messages routed to the client id from before the kick on go to `successor`, the channel of the session
+    /// taking over, instead of being dropped until that session is registered.
+    async fn kick_to(
+        &mut self,
+        clean_start: bool,
+        clear_subscriptions: bool,
+        is_admin: IsAdmin,
+        successor: Tx,
+    ) -> Result<OfflineSession> {
+        let _ = successor;
+        self.kick(clean_start, clear_subscriptions, is_admin).await
+    }
     /// Check whether the client is currently online.
     async fn online(&self) -> bool;
     /// Check whether the client connection is active.
@@ -425,6 +438,89 @@ impl LockEntry {
             None
         }
     }
+
+    /// Kicks the session of this client id and takes its state. With a `successor` and without `clean_start`
+    /// (baetyl patch 21), the client id's messages are routed to the successor's channel *before* the kick,
+    /// and the entry stays until the successor's `set`: a message routed while the old session is kicked
+    /// either reaches the old session before it is drained (and comes with its state) or fails to send to its
+    /// closed channel and is routed again (`forwards_to`), to the successor. Before, the entry was removed after
+    /// the kick: what was routed between the kick's answer and the new session's `set` (the storage plugin
+    /// writes the session's record in between) was acknowledged to its publisher and dropped.
+    async fn kick_with(
+        &mut self,
+        clean_start: bool,
+        clear_subscriptions: bool,
+        is_admin: IsAdmin,
+        successor: Option<Tx>,
+    ) -> Result<OfflineSession> {
+        log::debug!(
+            "{:?} LockEntry kick ..., clean_start: {}, clear_subscriptions: {}, is_admin: {}",
+            self.session().map(|s| s.id.clone()),
+            clean_start,
+            clear_subscriptions,
+            is_admin
+        );
+
+        let peer_tx = self.tx();
+        let handed_over = match successor {
+            Some(successor) if !clean_start && !clear_subscriptions => {
+                match self.shared.peers.get_mut(&self.id.client_id) {
+                    Some(mut peer) => {
+                        peer.tx = successor;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        };
+
+        if let Some(peer_tx) = peer_tx.filter(|tx| !tx.is_closed()) {
+            let (tx, rx) = oneshot::channel();
+            if let Ok(()) = peer_tx.unbounded_send(Message::Kick(tx, self.id.clone(), clean_start, is_admin))
+            {
+                match tokio::time::timeout(Duration::from_secs(5), rx).await {
+                    Ok(Ok(())) => {
+                        log::debug!("{:?} kicked, from {:?}", self.id, self.session().map(|s| s.id.clone()));
+                    }
+                    Ok(Err(_)) => {
+                        // The session's task ended before it read the Kick (its connection was closing at the
+                        // same moment): it is gone, which is what the kick wanted. Take its state over below.
+                        log::debug!(
+                            "{:?} kicked session ended by itself, from {:?}",
+                            self.id,
+                            self.session().map(|s| s.id.clone())
+                        );
+                    }
+                    Err(_) => {
+                        log::warn!(
+                            "{:?} kick, recv result is Timeout, from {:?}",
+                            self.id,
+                            self.session().map(|s| s.id.clone())
+                        );
+                    }
+                }
+            }
+        }
+
+        // Handed over, the entry stays (it routes to the successor) until the successor's `set` replaces it.
+        let old = if handed_over { self.session() } else { self._remove(clear_subscriptions).await.map(|(s, _)| s) };
+        if let Some(s) = old {
+            if clean_start {
+                Ok(OfflineSession::Exist(None))
+            } else {
+                match s.to_offline_info().await {
+                    Ok(offline_info) => Ok(OfflineSession::Exist(Some(offline_info))),
+                    Err(e) => {
+                        log::error!("get offline info error, {e}");
+                        Ok(OfflineSession::Exist(None))
+                    }
+                }
+            }
+        } else {
+            Ok(OfflineSession::NotExist)
+        }
+    }
 }
 
 #[async_trait]
@@ -476,57 +572,18 @@ impl Entry for LockEntry {
         clear_subscriptions: bool,
         is_admin: IsAdmin,
     ) -> Result<OfflineSession> {
-        log::debug!(
-            "{:?} LockEntry kick ..., clean_start: {}, clear_subscriptions: {}, is_admin: {}",
-            self.session().map(|s| s.id.clone()),
-            clean_start,
-            clear_subscriptions,
-            is_admin
-        );
+        self.kick_with(clean_start, clear_subscriptions, is_admin, None).await
+    }
 
-        if let Some(peer_tx) = self.tx().filter(|tx| !tx.is_closed()) {
-            let (tx, rx) = oneshot::channel();
-            if let Ok(()) = peer_tx.unbounded_send(Message::Kick(tx, self.id.clone(), clean_start, is_admin))
-            {
-                match tokio::time::timeout(Duration::from_secs(5), rx).await {
-                    Ok(Ok(())) => {
-                        log::debug!("{:?} kicked, from {:?}", self.id, self.session().map(|s| s.id.clone()));
-                    }
-                    Ok(Err(_)) => {
-                        // The session's task ended before it read the Kick (its connection was closing at the
-                        // same moment): it is gone, which is what the kick wanted. Take its state over below.
-                        log::debug!(
-                            "{:?} kicked session ended by itself, from {:?}",
-                            self.id,
-                            self.session().map(|s| s.id.clone())
-                        );
-                    }
-                    Err(_) => {
-                        log::warn!(
-                            "{:?} kick, recv result is Timeout, from {:?}",
-                            self.id,
-                            self.session().map(|s| s.id.clone())
-                        );
-                    }
-                }
-            }
-        }
-
-        if let Some((s, _)) = self._remove(clear_subscriptions).await {
-            if clean_start {
-                Ok(OfflineSession::Exist(None))
-            } else {
-                match s.to_offline_info().await {
-                    Ok(offline_info) => Ok(OfflineSession::Exist(Some(offline_info))),
-                    Err(e) => {
-                        log::error!("get offline info error, {e}");
-                        Ok(OfflineSession::Exist(None))
-                    }
-                }
-            }
-        } else {
-            Ok(OfflineSession::NotExist)
-        }
+    #[inline]
+    async fn kick_to(
+        &mut self,
+        clean_start: bool,
+        clear_subscriptions: bool,
+        is_admin: IsAdmin,
+        successor: Tx,
+    ) -> Result<OfflineSession> {
+        self.kick_with(clean_start, clear_subscriptions, is_admin, Some(successor)).await
     }
 
     #[inline]
@@ -934,7 +991,20 @@ impl Shared for DefaultShared {
                 continue;
             };
 
-            if let Err(e) = tx.unbounded_send(Message::Forward(from.clone(), p)) {
+            // baetyl patch 21: a session being taken over closes its channel once it has been drained; what
+            // fails to send to it goes to the session taking over, which the entry routes to by then.
+            let mut sent = tx.unbounded_send(Message::Forward(from.clone(), p));
+            for _ in 0..3 {
+                let Err(e) = sent else { break };
+                match self.tx(&client_id) {
+                    Some((next, _)) if !next.is_closed() => sent = next.unbounded_send(e.into_inner()),
+                    _ => {
+                        sent = Err(e);
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = sent {
                 log::warn!(
                     "forwards_to failed, from:{:?}, to:{:?}, topic_filter:{:?}, topic:{:?}, reason:{:?}",
                     from,

@@ -264,8 +264,11 @@ async fn _handshake(
 
     // Kick out the current session, if it exists
     let clean_session = connect_info.clean_start();
-    let (session_present, _has_offline_session, offline_info) =
-        match entry.kick(clean_session, clean_session, false).await {
+    // baetyl patch 21: the new session's channel exists before the kick, so that the messages routed to this
+    // client id during the takeover wait in it instead of being dropped.
+    let channel = SessionState::channel(&scx);
+    let (session_present, _has_offline_session, mut offline_info) =
+        match entry.kick_to(clean_session, clean_session, false, channel.0.clone()).await {
             Err(e) => {
                 return Err((ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable), e));
             }
@@ -328,7 +331,10 @@ async fn _handshake(
         hook.session_created().await;
     }
 
-    let state = SessionState::new(session, hook, 0, 0);
+    let state = SessionState::with_channel(session, hook, 0, 0, channel);
+    if let Some(o) = offline_info.as_mut() {
+        state.adopt_messages(o).await;
+    }
 
     if let Err(e) = entry.set(state.session().clone(), state.tx().clone()).await {
         return Err((ConnectAckReason::V3(ConnectAckReasonV3::ServiceUnavailable), e));
