@@ -1,13 +1,15 @@
 //! `cargo bench -p baetyl-hub --bench mqtt`: our hub against Debian's mosquitto, same machine, same run.
 //!
 //! Both brokers run as child processes on free ports with equivalent settings (password authentication,
-//! persistence directory, 16 messages in flight per client, Nagle's algorithm on: no TCP_NODELAY).
+//! persistence directory, 16 messages in flight per client), each with its own socket defaults: the hub sets
+//! TCP_NODELAY and coalesces its writes itself, mosquitto runs with its default (`set_tcp_nodelay false`: Nagle).
 //! The hub child is this binary re-executed, with the `baetyl` binary's allocator and the hub's own runtime
 //! ([`baetyl_hub::cli::runtime`]). rumqttc clients measure, per scenario: messages/s, p50/p99 latency; at the
 //! end each broker's peak RSS (VmHWM) and CPU time (user + system) over the whole run. Scenarios: fan-in
 //! (4 publishers -> 1 subscriber) and fan-out (1 publisher -> 4 subscribers), QoS 0 and 1, 64 B and 1 KiB
-//! payloads. `BENCH_MESSAGES` sets messages per publisher; `BENCH_ONLY=TEXT` runs only the scenarios whose
-//! label contains TEXT (e.g. `qos1`, `fan-in`).
+//! payloads; then a round trip at a low rate (publish, receive on one's own subscription), QoS 0 and 1. `BENCH_MESSAGES` sets messages per publisher; `BENCH_ONLY=TEXT` runs only the scenarios whose
+//! label contains TEXT (e.g. `qos1`, `fan-in`, `round trip`); `BENCH_HUB_EXE=PATH` runs another build of this
+//! benchmark as the hub child (before/after comparisons); `BENCH_ROUNDTRIPS` sets the round trips per QoS.
 //!
 //! Needs `mosquitto` and `mosquitto_passwd` (Debian package `mosquitto`; stop its system daemon).
 
@@ -110,7 +112,12 @@ async fn start_hub(dir: &Path) -> Result<Broker> {
             dir.join("hub-data").display()
         ),
     )?;
-    let mut cmd = Command::new(std::env::current_exe()?);
+    // `BENCH_HUB_EXE`: another build of this benchmark as the hub child (before/after comparisons in one run).
+    let exe = match std::env::var_os("BENCH_HUB_EXE") {
+        Some(exe) => exe.into(),
+        None => std::env::current_exe()?,
+    };
+    let mut cmd = Command::new(exe);
     cmd.args(["--child-hub", &cfg.display().to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -240,6 +247,115 @@ async fn scenario(
     })
 }
 
+/// The conformance tests' raw MQTT (packets byte by byte, a connection that reads whole packets).
+#[path = "../tests/mqtt_raw/mod.rs"]
+#[allow(unused_imports)] // the tests' fixtures it re-exports
+mod mqtt_raw;
+
+/// One MQTT 3.1.1 client on a raw socket with TCP_NODELAY (so that only the broker's own writes are measured):
+/// it publishes one message at a time, at a low rate, to a topic it subscribes to, and times each from the write
+/// of its PUBLISH to the read of the same message coming back (QoS 1: the broker's PUBACK and the delivery both
+/// arrive; the client acknowledges the delivery at once).
+mod roundtrip {
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Result, anyhow, bail};
+
+    use crate::mqtt_raw::{Conn, Connect, Event, ack, publish, subscribe};
+
+    /// Round-trip times in microseconds, sorted.
+    pub async fn run(
+        port: u16,
+        tag: &str,
+        user: &str,
+        pass: &str,
+        qos: u8,
+        n: usize,
+        gap: Duration,
+    ) -> Result<Vec<u64>> {
+        let topic = format!("rt/{tag}");
+        let addr = baetyl_testkit::net::localhost(port);
+        let (mut c, _) =
+            Conn::connected(addr, &Connect::v311(&format!("rt-{tag}")).user(user, pass))
+                .await
+                .map_err(|e| anyhow!(e))?;
+        c.set_nodelay()?;
+        c.send(&subscribe(1, &[(topic.as_bytes(), qos)], None))
+            .await;
+        c.expect_kind(9).await.map_err(|e| anyhow!(e))?;
+        let mut times = Vec::with_capacity(n);
+        for i in 0..n {
+            let pid = (qos == 1).then_some((i % 65_535 + 1) as u16);
+            let message = publish(qos, false, &topic, pid, None, (i as u64).to_be_bytes());
+            let start = Instant::now();
+            c.send(&message).await;
+            let (mut acked, mut back) = (qos == 0, false);
+            while !(acked && back) {
+                let p = match c.next(Duration::from_secs(10)).await {
+                    Event::Packet(p) => p,
+                    other => bail!("round trip {i}: {other:?}"),
+                };
+                match p.kind() {
+                    4 => acked = true,
+                    3 => {
+                        if !back {
+                            times.push(start.elapsed().as_micros() as u64);
+                            back = true;
+                        }
+                        if let Some(pid) = p.publish(false).and_then(|d| d.pid) {
+                            c.send(&ack(0x40, pid)).await;
+                        }
+                    }
+                    k => bail!("round trip {i}: unexpected packet type {k}"),
+                }
+            }
+            tokio::time::sleep(gap).await;
+        }
+        c.send(&[0xe0, 0]).await;
+        times.sort_unstable();
+        Ok(times)
+    }
+
+    pub fn pct(sorted: &[u64], q: f64) -> u64 {
+        sorted
+            .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The round trip at a low rate (one message every 5 ms), QoS 0 and 1, printed next to mosquitto's.
+async fn round_trips(hub: &Broker, mosq: &Broker) -> Result<()> {
+    let n: usize = std::env::var("BENCH_ROUNDTRIPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    println!(
+        "\n{:<26} {:>9} {:>9} {:>9} {:>9}   ({n} messages, one every 5 ms, raw client with TCP_NODELAY)",
+        "round trip (pub -> own sub)", "hub p50", "p99 µs", "mosq p50", "p99 µs"
+    );
+    for qos in [0u8, 1] {
+        let label = format!("round trip qos{qos}");
+        if let Ok(only) = std::env::var("BENCH_ONLY")
+            && !label.contains(&only)
+        {
+            continue;
+        }
+        let gap = Duration::from_millis(5);
+        let h = roundtrip::run(hub.port, &format!("h{qos}"), USER, PASS, qos, n, gap).await?;
+        let m = roundtrip::run(mosq.port, &format!("m{qos}"), USER, PASS, qos, n, gap).await?;
+        println!(
+            "{:<26} {:>9} {:>9} {:>9} {:>9}",
+            label,
+            roundtrip::pct(&h, 0.50),
+            roundtrip::pct(&h, 0.99),
+            roundtrip::pct(&m, 0.50),
+            roundtrip::pct(&m, 0.99)
+        );
+    }
+    Ok(())
+}
+
 async fn bench(per_pub: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let hub = start_hub(dir.path()).await?;
@@ -289,6 +405,7 @@ async fn bench(per_pub: usize) -> Result<()> {
             }
         }
     }
+    round_trips(&hub, &mosq).await?;
     println!(
         "\npeak RSS: {} {} KiB, {} {} KiB",
         hub.name,

@@ -168,12 +168,11 @@ fn listener_builder(spec: &ListenSpec, cfg: &HubConfig) -> Builder {
     let mut b = Builder::new()
         .name(spec.url.clone())
         .laddr(spec.addr)
-        // Nagle's algorithm stays on (the engine's and mosquitto's default). The engine writes and flushes every
-        // packet on its own (each PUBACK, each PUBLISH to a subscriber): with TCP_NODELAY each became a segment
-        // of its own, and under load the kernel's per-segment work was about a third of the hub's CPU time.
-        // With Nagle, packets written while an earlier one is unacknowledged share a segment. A lone packet
-        // still leaves at once; measured on loopback, bursts of QoS 0/1 messages saw no added delay (README).
-        .nodelay(false)
+        // TCP_NODELAY: the engine's session loop coalesces its writes itself (vendor/rmqtt patch 22: packets
+        // produced back to back leave in one write, flushed when the loop has nothing else ready), so Nagle's
+        // algorithm has nothing left to batch and only delayed lone packets: a QoS 1 round trip (PUBACK, then
+        // the delivery) waited for the client's delayed ACK, ~40 ms (README, "Latency").
+        .nodelay(true)
         .reuseaddr(Some(true))
         .allow_anonymous(false)
         .max_packet_size(packet)

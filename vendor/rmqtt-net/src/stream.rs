@@ -61,6 +61,7 @@ where
                 cfg: self.cfg,
                 #[cfg(feature = "tls")]
                 cert_info: self.cert_info,
+                coalesce: false,
             }),
             ProtocolVersion::MQTT5 => MqttStream::V5(v5::MqttStream {
                 io: self.io,
@@ -68,6 +69,7 @@ where
                 cfg: self.cfg,
                 #[cfg(feature = "tls")]
                 cert_info: self.cert_info,
+                coalesce: false,
             }),
         })
     }
@@ -153,6 +155,9 @@ pub mod v3 {
         #[cfg(feature = "tls")]
         /// TLS certificate information (if available)
         pub cert_info: Option<CertInfo>,
+        /// baetyl patch 6: packets are only buffered by [`MqttStream::send`]; the owner flushes (when it has
+        /// nothing else ready to do), so that packets written together leave in one write.
+        pub coalesce: bool,
     }
 
     /// # Examples
@@ -172,6 +177,7 @@ pub mod v3 {
     ///     remote_addr: addr,
     ///     cfg: Arc::new(Builder::default()),
     ///     cert_info: None,
+    ///     coalesce: false,
     /// };
     ///
     /// // Send a PING request
@@ -268,7 +274,18 @@ pub mod v3 {
         /// Generic packet sending method
         #[inline]
         pub async fn send(&mut self, packet: rmqtt_codec::v3::Packet) -> Result<()> {
-            super::send(&mut self.io, MqttPacket::V3(packet), self.cfg.send_timeout).await
+            if self.coalesce {
+                super::feed(&mut self.io, MqttPacket::V3(packet), self.cfg.send_timeout).await
+            } else {
+                super::send(&mut self.io, MqttPacket::V3(packet), self.cfg.send_timeout).await
+            }
+        }
+
+        /// Whether packets were buffered and not yet flushed (baetyl patch 6). Framed's buffer is written out
+        /// only by a flush, which also flushes the transport (TLS): an empty buffer means nothing is pending.
+        #[inline]
+        pub fn has_unflushed(&self) -> bool {
+            !self.io.write_buffer().is_empty()
         }
 
         /// Flushes write buffers
@@ -380,6 +397,9 @@ pub mod v5 {
         #[cfg(feature = "tls")]
         /// TLS certificate information (if available)
         pub cert_info: Option<CertInfo>,
+        /// baetyl patch 6: packets are only buffered by [`MqttStream::send`]; the owner flushes (when it has
+        /// nothing else ready to do), so that packets written together leave in one write.
+        pub coalesce: bool,
     }
 
     /// # Examples
@@ -399,7 +419,8 @@ pub mod v5 {
     ///     io: Framed::new(stream, MqttCodec::V5(Default::default())),
     ///     remote_addr: addr,
     ///     cfg: Arc::new(Builder::default()),
-    ///     cert_info: None
+    ///     cert_info: None,
+    ///     coalesce: false,
     /// };
     ///
     /// // Send authentication packet
@@ -504,7 +525,18 @@ pub mod v5 {
         /// Generic packet sending method
         #[inline]
         pub async fn send(&mut self, packet: rmqtt_codec::v5::Packet) -> Result<()> {
-            super::send(&mut self.io, MqttPacket::V5(packet), self.cfg.send_timeout).await
+            if self.coalesce {
+                super::feed(&mut self.io, MqttPacket::V5(packet), self.cfg.send_timeout).await
+            } else {
+                super::send(&mut self.io, MqttPacket::V5(packet), self.cfg.send_timeout).await
+            }
+        }
+
+        /// Whether packets were buffered and not yet flushed (baetyl patch 6). Framed's buffer is written out
+        /// only by a flush, which also flushes the transport (TLS): an empty buffer means nothing is pending.
+        #[inline]
+        pub fn has_unflushed(&self) -> bool {
+            !self.io.write_buffer().is_empty()
         }
 
         /// Flushes write buffers
@@ -595,6 +627,26 @@ where
         Ok(())
     } else {
         match tokio::time::timeout(send_timeout, io.send(packet)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(MqttError::SendPacket(SendPacketError::Encode(e))),
+            Err(_) => Err(MqttError::WriteTimeout),
+        }?;
+        Ok(())
+    }
+}
+
+/// Encodes `packet` into the write buffer without flushing it (baetyl patch 6); the buffer is written out when
+/// it passes its backpressure boundary (8 KiB) or at the next flush.
+#[inline]
+async fn feed<Io>(io: &mut Framed<Io, MqttCodec>, packet: MqttPacket, send_timeout: Duration) -> Result<()>
+where
+    Io: AsyncWrite + Unpin,
+{
+    if send_timeout.is_zero() {
+        io.feed(packet).await?;
+        Ok(())
+    } else {
+        match tokio::time::timeout(send_timeout, io.feed(packet)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(MqttError::SendPacket(SendPacketError::Encode(e))),
             Err(_) => Err(MqttError::WriteTimeout),

@@ -365,6 +365,20 @@ impl SessionState {
 
         tokio::pin!(deliver_timeout_delay);
 
+        // baetyl patch 22: what the loop writes (PUBLISHes to this client, its acknowledgements) is buffered and
+        // written out when the loop would otherwise wait: packets produced back to back leave in one write
+        // (with TCP_NODELAY, one segment) instead of one write and one segment each, and a lone packet leaves
+        // at once (no Nagle delay). Every branch's future is cancel-safe (timers, channels, the framed reader),
+        // so polling them once and dropping them loses nothing.
+        enum Event {
+            KeepAliveTimeout,
+            DeliverTimeout,
+            Deliver(Option<Option<(From, Publish)>>),
+            Message(Option<Message>),
+            Packet(Result<Option<Packet>>),
+        }
+        sink.set_coalesce(true);
+
         loop {
             log::debug!("{:?} tokio::select! loop", state.id);
             deliver_timeout_delay.as_mut().reset(
@@ -376,46 +390,68 @@ impl SessionState {
                         .get_timeout()
                         .unwrap_or_else(|| Duration::from_secs(120)),
             );
+            let credit = state.out_inflight().read().await.has_credit();
 
-            tokio::select! {
-                 _ = &mut keep_alive_delay => {
-                    return Err(Reason::ConnectKeepaliveTimeout)
-                },
+            macro_rules! next_event {
+                () => {
+                    async {
+                        tokio::select! {
+                            _ = &mut keep_alive_delay => Event::KeepAliveTimeout,
+                            _ = &mut deliver_timeout_delay => Event::DeliverTimeout,
+                            p = deliver_queue_rx.next(), if credit => Event::Deliver(p),
+                            msg = state.rx.next() => Event::Message(msg),
+                            pkt = sink.recv() => Event::Packet(pkt),
+                        }
+                    }
+                };
+            }
+            let event = if sink.has_unflushed() {
+                match futures::FutureExt::now_or_never(next_event!()) {
+                    Some(event) => event,
+                    None => {
+                        sink.flush().await?;
+                        continue;
+                    }
+                }
+            } else {
+                next_event!().await
+            };
 
-                _ = &mut deliver_timeout_delay => {
-                    while let Some(iflt_msg) = state.out_inflight().write().await.pop_front_timeout(){
+            match event {
+                Event::KeepAliveTimeout => return Err(Reason::ConnectKeepaliveTimeout),
+
+                Event::DeliverTimeout => {
+                    while let Some(iflt_msg) = state.out_inflight().write().await.pop_front_timeout() {
                         log::debug!("{:?} has timeout message in inflight: {:?}", state.id, iflt_msg);
                         state.reforward(iflt_msg).await?;
                     }
-                },
+                }
 
-                deliver_packet = deliver_queue_rx.next(), if state.out_inflight().read().await.has_credit() => {
+                Event::Deliver(deliver_packet) => {
                     log::debug!("{:?} deliver_packet: {:?}", state.id, deliver_packet);
                     match deliver_packet {
                         Some(Some((from, p))) => {
                             state.deliver(sink, from, p).await?;
-                        },
+                        }
                         Some(None) => {
                             log::warn!("{:?} No messages received from the delivery queue", state.id);
-                        },
-                        None => {
-                            return Err("Message delivery queue is closed".into())
                         }
+                        None => return Err("Message delivery queue is closed".into()),
                     }
                 }
 
-                msg = state.rx.next() => {
+                Event::Message(msg) => {
                     log::debug!("{:?} msg: {:?}", state.id, msg);
                     if let Some(msg) = msg {
                         #[cfg(feature = "debug")]
                         state.scx.stats.debug_session_channels.dec();
                         state.process_message(sink, msg, deliver_queue_tx, flags).await?;
-                    }else{
+                    } else {
                         return Err("No message received from the Rx".into());
                     }
                 }
 
-                pkt = sink.recv() => {
+                Event::Packet(pkt) => {
                     log::debug!("{:?} pkt: {:?}", state.id, pkt);
                     keep_alive_delay.as_mut().reset(Instant::now() + keep_alive_interval);
                     match pkt? {
@@ -425,10 +461,8 @@ impl SessionState {
                             if flags.contains(StateFlags::ClientDisconnected) {
                                 return Ok(());
                             }
-                        },
-                        None => {
-                            return Err(Reason::ConnectRemoteClose);
                         }
+                        None => return Err(Reason::ConnectRemoteClose),
                     }
                 }
             }

@@ -1465,6 +1465,32 @@ where
         }
     }
 
+    /// baetyl patch 22: packets are buffered, and written out by [`Sink::flush`] (the session loop flushes when
+    /// it has nothing else ready), so that what is written together leaves in one write.
+    #[inline]
+    pub(crate) fn set_coalesce(&mut self, coalesce: bool) {
+        match self {
+            Sink::V3(s) => s.coalesce = coalesce,
+            Sink::V5(s) => s.coalesce = coalesce,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn has_unflushed(&self) -> bool {
+        match self {
+            Sink::V3(s) => s.has_unflushed(),
+            Sink::V5(s) => s.has_unflushed(),
+        }
+    }
+
+    #[inline]
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        match self {
+            Sink::V3(s) => s.flush().await,
+            Sink::V5(s) => s.flush().await,
+        }
+    }
+
     #[inline]
     #[allow(dead_code)]
     pub(crate) async fn close(&mut self) -> Result<()> {

@@ -570,6 +570,11 @@ impl Conn {
         })
     }
 
+    /// Turns Nagle's algorithm off on this client's socket (latency measurements time only the broker).
+    pub fn set_nodelay(&self) -> std::io::Result<()> {
+        self.stream.set_nodelay(true)
+    }
+
     /// Sends bytes; a broker that already closed makes this fail quietly (the next read reports the close).
     pub async fn send(&mut self, b: &[u8]) {
         let _ = self.stream.write_all(b).await;
