@@ -371,7 +371,7 @@ async fn function_poison(m: &Master, port: u16, count: u64, rng: &mut Rng) -> Ta
     }
     for attempt in 0..count {
         let tag = format!("poison-{attempt}");
-        let (topic, out, poison, kind) = if rng.next_u64() % 2 == 0 {
+        let (topic, out, poison, kind) = if rng.next_u64().is_multiple_of(2) {
             let size = rng.range(1024, 30 * 1024) as usize;
             (
                 "sql/in",
