@@ -407,3 +407,41 @@ async fn no_qos1_message_is_lost_when_a_runtime_or_the_manager_is_killed() {
         .expect("manager");
     assert!(manager["restarts"].as_u64().unwrap_or(0) >= 1, "{manager}");
 }
+
+/// Whatever answers on a function instance's port without holding the instance's secret gets no input (issue 10,
+/// the impostor runtime): here the runtime service is a program that drops `FUNCTION_INSTANCE_SECRET` and then
+/// serves SQL to any caller, as a process that bound the port first would. The manager's challenge finds it out
+/// before sending anything: the input is answered with a `StartFailed` error, never with the impostor's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_on_the_instance_port_gets_no_input() {
+    let w = Work::new();
+    let port = free_port();
+    setup(&w, port);
+    w.package(
+        "impostor",
+        "#!/bin/sh\nunset FUNCTION_INSTANCE_SECRET\nexec \"$IMPOSTOR_BIN\" runtime-sql -c etc/baetyl/service.yml\n",
+    );
+    let app = std::fs::read_to_string(w.path().join("var/db/baetyl/application.yml")).expect("app");
+    w.app(&app.replace("image: baetyl-function-sql", "image: impostor"));
+    let bin = baetyl_bin();
+    let m = Master::start(w.path(), &[("IMPOSTOR_BIN", &bin.to_string_lossy())]);
+    wait_accepting_async(localhost(port), LONG).await;
+    wait_rules_subscribed(&m).await;
+    let mut peer = tester(port, "tester-impostor", &["sql/out"]).await;
+    input(&mut peer, "sql/in", json!({"id": 1}).to_string()).await;
+    let answer = json_of(&next_on(&mut peer, "sql/out").await);
+    assert_eq!(answer["errorType"], "StartFailed", "{answer}");
+    assert!(
+        answer["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not the instance started"),
+        "{answer}"
+    );
+    let log = std::fs::read_to_string(
+        w.path()
+            .join("var/log/baetyl/services/function-sql/filter-1.log"),
+    )
+    .unwrap_or_default();
+    assert!(!log.contains("\"id\""), "the impostor saw the input: {log}");
+}

@@ -17,51 +17,7 @@ const LONG: Duration = Duration::from_secs(60);
 const HUB_LIMIT: usize = 32 * 1024;
 
 fn setup(w: &Work, port: u16) {
-    w.write(
-        "etc/fconf/service.yml",
-        &format!(
-            r#"
-hub: {{address: "tcp://127.0.0.1:{port}", username: functions, password: functions-password}}
-rules:
-  - clientid: rule-sql
-    subscribe: {{topic: sql/in, qos: 1}}
-    function: {{name: filter}}
-    publish: {{topic: sql/out, qos: 1}}
-  - clientid: rule-big
-    subscribe: {{topic: big/in, qos: 1}}
-    function: {{name: triple}}
-    publish: {{topic: big/out, qos: 1}}
-functions:
-  - name: filter
-    service: function-sql
-  - name: triple
-    service: function-sql
-"#
-        ),
-    );
-    write_function_hub(w, port);
-    w.write(
-        "etc/sqlconf/service.yml",
-        "functions:\n  - name: filter\n    handler: \"select * where id < 10\"\n  - name: triple\n    handler: \"select concat(s, s, s) as s\"\n",
-    );
-    w.app(
-        r#"
-services:
-  hub:
-    image: baetyl-hub
-    volumes: ["./etc/hubconf:/etc/baetyl", "./hubdata:/var/db/baetyl/data"]
-  function-manager:
-    image: baetyl-function-manager
-    depends_on: [hub]
-    volumes: ["./etc/fconf:/etc/baetyl"]
-    restart: {policy: always, backoff: {min: 200ms, max: 1s}}
-  function-sql:
-    image: baetyl-function-sql
-    replica: 0
-    volumes: ["./etc/sqlconf:/etc/baetyl"]
-    restart: {policy: "no"}
-"#,
-    );
+    write_sql_rules(w, port);
 }
 
 /// The manager's report for `rule` once both rules are subscribed.

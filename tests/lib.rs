@@ -300,3 +300,55 @@ pub fn write_function_hub(w: &Work, port: u16) {
         ),
     );
 }
+
+/// The application of the poison-input tests and the fault-injection program: the hub (restarted when killed),
+/// the function manager and the SQL runtime, with their configs (the hub's: [`write_function_hub`]): rule `rule-sql` runs `filter` (`select * where id < 10`) from `sql/in`
+/// to `sql/out`, rule `rule-big` runs `triple` (`concat(s, s, s)`) from `big/in` to `big/out`, at QoS 1.
+pub fn write_sql_rules(w: &Work, port: u16) {
+    w.write(
+        "etc/fconf/service.yml",
+        &format!(
+            r#"
+hub: {{address: "tcp://127.0.0.1:{port}", username: functions, password: functions-password}}
+rules:
+  - clientid: rule-sql
+    subscribe: {{topic: sql/in, qos: 1}}
+    function: {{name: filter}}
+    publish: {{topic: sql/out, qos: 1}}
+  - clientid: rule-big
+    subscribe: {{topic: big/in, qos: 1}}
+    function: {{name: triple}}
+    publish: {{topic: big/out, qos: 1}}
+functions:
+  - name: filter
+    service: function-sql
+  - name: triple
+    service: function-sql
+"#
+        ),
+    );
+    write_function_hub(w, port);
+    w.write(
+        "etc/sqlconf/service.yml",
+        "functions:\n  - name: filter\n    handler: \"select * where id < 10\"\n  - name: triple\n    handler: \"select concat(s, s, s) as s\"\n",
+    );
+    w.app(
+        r#"
+services:
+  hub:
+    image: baetyl-hub
+    volumes: ["./etc/hubconf:/etc/baetyl", "./hubdata:/var/db/baetyl/data"]
+    restart: {policy: always, backoff: {min: 200ms, max: 1s}}
+  function-manager:
+    image: baetyl-function-manager
+    depends_on: [hub]
+    volumes: ["./etc/fconf:/etc/baetyl"]
+    restart: {policy: always, backoff: {min: 200ms, max: 1s}}
+  function-sql:
+    image: baetyl-function-sql
+    replica: 0
+    volumes: ["./etc/sqlconf:/etc/baetyl"]
+    restart: {policy: "no"}
+"#,
+    );
+}

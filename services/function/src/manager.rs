@@ -120,6 +120,14 @@ pub struct FunctionConfig {
     /// Longest time one call may take; the instance is then stopped and replaced.
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
+    /// A fresh instance must prove it holds its secret before it gets anything (our SQL and Python runtimes
+    /// do); `false` only for a v1 runtime we do not ship, which cannot (it still gets the secret).
+    #[serde(default = "default_true")]
+    pub verify_runtime: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_timeout() -> HumanDuration {

@@ -6,9 +6,16 @@
 //! instance died is retried on a fresh one). An error raised by the function itself keeps the instance.
 //! Instances are named `<function>-<slot>` with slots 1..=max, so a restarted manager takes over (stops and
 //! restarts) instances its predecessor left.
+//!
+//! Only the instance started is ever called: a fresh instance must answer the manager's challenge with the
+//! proof derived from its secret before it gets anything (a process that bound the port first is stopped
+//! being talked to, and the start fails), and its channel keeps that one proven connection: when it breaks,
+//! the channel does not reconnect (someone else may hold the port by then); the instance is replaced.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -20,11 +27,16 @@ use tonic::transport::{Channel, Endpoint};
 use crate::manager::FunctionConfig;
 use crate::proto::FunctionMessage;
 use crate::proto::function_client::FunctionClient;
-use crate::runtime::{ERROR_TYPE_KEY, INSTANCE_SECRET_ENV, INSTANCE_SECRET_KEY};
+use crate::runtime::{
+    ERROR_TYPE_KEY, INSTANCE_CHALLENGE_KEY, INSTANCE_PROOF_KEY, INSTANCE_SECRET_ENV,
+    INSTANCE_SECRET_KEY, instance_proof,
+};
 use baetyl_sdk::client::MasterClient;
 
 /// How long a fresh instance may take to serve gRPC.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a fresh instance may take to answer the challenge.
+const PROOF_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts for one call when instances die under it.
 const ATTEMPTS: usize = 3;
 
@@ -57,6 +69,15 @@ pub enum StartError {
         address: String,
         #[source]
         source: tonic::transport::Error,
+    },
+    /// Whoever answered on the instance's address did not prove it holds the instance's secret.
+    #[error(
+        "instance {name}: what answers on {address} is not the instance started (it did not prove it holds the instance secret: {why}); another process may hold the port"
+    )]
+    Unproven {
+        name: String,
+        address: String,
+        why: String,
     },
     #[error("instance {name} did not serve gRPC on {address} within {START_TIMEOUT:?}: {source}")]
     NotServing {
@@ -106,6 +127,90 @@ pub struct Pool {
     master: MasterClient,
     permits: Arc<Semaphore>,
     state: Mutex<State>,
+}
+
+/// A channel over one TCP connection to `address`: if it breaks, the channel fails instead of reconnecting to
+/// whatever listens on the port by then.
+async fn connect_once(
+    endpoint: &Endpoint,
+    address: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let Ok(addr) = address.parse::<SocketAddr>() else {
+        // Not an IP address (cannot happen: the manager writes it); connect as tonic would.
+        return endpoint.connect().await;
+    };
+    endpoint
+        .connect_with_connector(ConnectOnce {
+            addr,
+            used: Arc::new(AtomicBool::new(false)),
+        })
+        .await
+}
+
+#[derive(Clone)]
+struct ConnectOnce {
+    addr: SocketAddr,
+    used: Arc<AtomicBool>,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for ConnectOnce {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let (addr, used) = (self.addr, self.used.clone());
+        Box::pin(async move {
+            if used.swap(true, Ordering::SeqCst) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("the connection to the instance on {addr} ended; it is not reopened"),
+                ));
+            }
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
+/// Challenges what answers on a fresh instance's connection; Ok if it proved it holds `secret`.
+pub async fn prove(client: &mut FunctionClient<Channel>, secret: &[u8]) -> Result<(), String> {
+    use subtle::ConstantTimeEq;
+    let challenge = invoke_id();
+    let mut req = tonic::Request::new(FunctionMessage::default());
+    req.set_timeout(PROOF_TIMEOUT);
+    let value = challenge
+        .parse()
+        .map_err(|_| "the challenge is not a metadata value".to_string())?;
+    req.metadata_mut().insert(INSTANCE_CHALLENGE_KEY, value);
+    let metadata = match tokio::time::timeout(PROOF_TIMEOUT, client.call(req)).await {
+        Err(_) => {
+            return Err(format!(
+                "no answer to the challenge within {PROOF_TIMEOUT:?}"
+            ));
+        }
+        Ok(Ok(resp)) => resp.metadata().clone(),
+        Ok(Err(status)) => status.metadata().clone(),
+    };
+    let Some(got) = metadata.get(INSTANCE_PROOF_KEY) else {
+        return Err(format!("no `{INSTANCE_PROOF_KEY}` in the answer"));
+    };
+    let want = instance_proof(secret, challenge.as_bytes());
+    if bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
+        Ok(())
+    } else {
+        Err(format!("a wrong `{INSTANCE_PROOF_KEY}`"))
+    }
 }
 
 /// A random id for one invocation.
@@ -280,14 +385,22 @@ impl Pool {
             })?
             .connect_timeout(Duration::from_secs(1));
         loop {
-            match endpoint.connect().await {
+            match connect_once(&endpoint, &address).await {
                 Ok(ch) => {
+                    let mut client = FunctionClient::new(ch).max_decoding_message_size(64 << 20);
+                    if self.conf.verify_runtime
+                        && let Err(why) = prove(&mut client, secret.as_bytes()).await
+                    {
+                        tracing::error!(function = %self.conf.name, instance = %name, %address, "refusing the instance: {why}");
+                        let _ = self.master.stop_instance(&self.conf.service, &name).await;
+                        return Err(StartError::Unproven { name, address, why });
+                    }
                     tracing::info!(function = %self.conf.name, instance = %name, %address, "instance ready in {:?}", began.elapsed());
                     return Ok(Instance {
                         slot,
                         name,
                         secret,
-                        client: FunctionClient::new(ch).max_decoding_message_size(64 << 20),
+                        client,
                         last_used: Instant::now(),
                     });
                 }

@@ -2,7 +2,11 @@
 //!
 //! Callers: the function manager starts each instance with a fresh secret in `FUNCTION_INSTANCE_SECRET` and sends
 //! it as `baetyl-instance-secret` metadata on every call; a runtime started with one refuses every call without it
-//! (Unauthenticated; compared in constant time). Instances keep v1's TCP contract
+//! (Unauthenticated; compared in constant time). The other way round, before it sends anything, the manager
+//! challenges a fresh instance (`baetyl-instance-challenge`, a random value); the runtime runs nothing on a
+//! challenge and answers `baetyl-instance-proof` = HMAC-SHA256(secret, "baetyl-instance-proof:" + challenge),
+//! so a process that bound the instance's port first (an impostor) is found out before it sees the secret or
+//! an input. Instances keep v1's TCP contract
 //! (`BAETYL_SERVICE_INSTANCE_ADDRESS`), which also works when the manager and a runtime are different containers
 //! on the host's network, where a unix socket in the runtime's instance dir would not be reachable by the manager.
 //!
@@ -30,6 +34,39 @@ use crate::sql::{MessageContext, SqlHandler};
 pub const INSTANCE_SECRET_ENV: &str = "FUNCTION_INSTANCE_SECRET";
 /// The gRPC metadata key carrying it on every call.
 pub const INSTANCE_SECRET_KEY: &str = "baetyl-instance-secret";
+
+/// The manager's challenge to a fresh instance, and the instance's answer (see the module's doc).
+pub const INSTANCE_CHALLENGE_KEY: &str = "baetyl-instance-challenge";
+pub const INSTANCE_PROOF_KEY: &str = "baetyl-instance-proof";
+
+/// The proof an instance holding `secret` answers `challenge` with: HMAC-SHA256(secret,
+/// "baetyl-instance-proof:" + challenge) as hex (runtime.py computes the same).
+pub fn instance_proof(secret: &[u8], challenge: &[u8]) -> String {
+    let mut msg = b"baetyl-instance-proof:".to_vec();
+    msg.extend_from_slice(challenge);
+    hmac_sha256(secret, &msg)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// RFC 2104 over SHA-256 (the workspace's sha2; the `hmac` crate's current line needs another digest version).
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut k = [0u8; 64];
+    if key.len() > k.len() {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
 
 /// Metadata key carrying the error's type name (an exception class, `PayloadError`, ...).
 pub const ERROR_TYPE_KEY: &str = "baetyl-error-type";
@@ -192,6 +229,16 @@ impl tonic::service::Interceptor for RequireSecret {
         let Some(want) = &self.0 else {
             return Ok(req);
         };
+        if let Some(challenge) = req.metadata().get(INSTANCE_CHALLENGE_KEY) {
+            // Answered here, as a refusal carrying the proof: no function ever runs on a challenge.
+            let proof = instance_proof(want, challenge.as_bytes());
+            let mut status =
+                Status::failed_precondition("instance proof: no function runs on a challenge");
+            if let Ok(v) = proof.parse() {
+                status.metadata_mut().insert(INSTANCE_PROOF_KEY, v);
+            }
+            return Err(status);
+        }
         let got = req
             .metadata()
             .get(INSTANCE_SECRET_KEY)
@@ -324,6 +371,23 @@ pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        let hex = |b: [u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        // Test cases 2 and 6 (a key longer than the block).
+        assert_eq!(
+            hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
 
     #[test]
     fn listen_addresses() {

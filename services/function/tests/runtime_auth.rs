@@ -1,10 +1,13 @@
 //! Runtimes serve only the manager that started them (issue 10): started with a per-instance secret in
 //! `FUNCTION_INSTANCE_SECRET`, the SQL runtime (`baetyl runtime-sql`) and the Python runtime refuse a call that
-//! does not carry it as `baetyl-instance-secret` metadata (Unauthenticated) and serve one that does.
+//! does not carry it as `baetyl-instance-secret` metadata (Unauthenticated) and serve one that does. The other
+//! way round, each proves it holds the secret when the manager challenges it (`pool::prove`), runs nothing on a
+//! challenge, and one started with another secret or none (an impostor on the port) fails the challenge.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use baetyl_function::pool::prove;
 use baetyl_function::proto::FunctionMessage;
 use baetyl_function::proto::function_client::FunctionClient;
 use baetyl_function::runtime::{INSTANCE_SECRET_ENV, INSTANCE_SECRET_KEY, PYTHON_RUNTIME};
@@ -58,27 +61,70 @@ async fn only_the_secret_holder_is_served(port: u16, function: &str, payload: &[
     assert!(!r.payload.is_empty());
 }
 
-#[tokio::test]
-async fn the_sql_runtime_requires_its_instance_secret() {
-    let dir = tempfile::tempdir().expect("dir");
+/// The instance proves it holds SECRET; a challenge carrying the secret too still runs nothing.
+async fn proves_its_secret(port: u16, function: &str) {
+    let mut c = connect(port).await;
+    prove(&mut c, SECRET.as_bytes())
+        .await
+        .expect("the proof of the right secret");
+    let e = prove(&mut c, b"another secret")
+        .await
+        .expect_err("not the proof of another secret");
+    assert!(e.contains("wrong"), "{e}");
+    let mut req = call(function, b"{}", Some(SECRET));
+    req.metadata_mut()
+        .insert("baetyl-instance-challenge", "c".parse().expect("ascii"));
+    let e = c
+        .call(req)
+        .await
+        .expect_err("no function runs on a challenge");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+}
+
+/// `baetyl runtime-sql` serving `f` on `port` with `secret` in its environment (None: no secret).
+fn sql_runtime(dir: &std::path::Path, port: u16, secret: Option<&str>) -> Process {
     std::fs::write(
-        dir.path().join("service.yml"),
+        dir.join("service.yml"),
         "functions: [{name: f, handler: \"select *\"}]\n",
     )
     .expect("write");
+    let mut cmd = Command::new(baetyl_bin());
+    cmd.args(["runtime-sql", "-c"])
+        .arg(dir.join("service.yml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove(INSTANCE_SECRET_ENV)
+        .stdin(Stdio::null());
+    if let Some(s) = secret {
+        cmd.env(INSTANCE_SECRET_ENV, s);
+    }
+    Process::spawn(&mut cmd, "runtime-sql")
+        .expect("spawn")
+        .term_on_drop(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn the_sql_runtime_requires_its_instance_secret() {
+    let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let _rt = Process::spawn(
-        Command::new(baetyl_bin())
-            .args(["runtime-sql", "-c"])
-            .arg(dir.path().join("service.yml"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env(INSTANCE_SECRET_ENV, SECRET)
-            .stdin(Stdio::null()),
-        "runtime-sql",
-    )
-    .expect("spawn")
-    .term_on_drop(Duration::from_secs(5));
+    let _rt = sql_runtime(dir.path(), port, Some(SECRET));
     only_the_secret_holder_is_served(port, "f", br#"{"a":1}"#).await;
+    proves_its_secret(port, "f").await;
+}
+
+/// What binds an instance's port first (here a runtime started with another secret, or with none, which serves
+/// any caller) cannot answer the manager's challenge: the manager sends it neither the secret nor an input.
+#[tokio::test]
+async fn an_impostor_on_the_port_fails_the_challenge() {
+    let dir = tempfile::tempdir().expect("dir");
+    for secret in [Some("another-secret"), None] {
+        let port = free_port();
+        let _impostor = sql_runtime(dir.path(), port, secret);
+        let mut c = connect(port).await;
+        let e = prove(&mut c, SECRET.as_bytes())
+            .await
+            .expect_err("an impostor cannot prove the secret");
+        assert!(e.contains("baetyl-instance-proof"), "{secret:?}: {e}");
+    }
 }
 
 #[tokio::test]
@@ -108,6 +154,7 @@ async fn the_python_runtime_requires_its_instance_secret() {
     .expect("spawn")
     .term_on_drop(Duration::from_secs(5));
     only_the_secret_holder_is_served(port, "f", b"{}").await;
+    proves_its_secret(port, "f").await;
     // User code does not see the secret.
     let mut c = connect(port).await;
     let r = c

@@ -14,9 +14,12 @@ a gRPC error whose metadata names the exception type.
 
 Callers: started by the function manager with a per-instance secret in FUNCTION_INSTANCE_SECRET, the runtime
 serves only calls carrying it as `baetyl-instance-secret` metadata (compared in constant time) and removes it
-from the environment before user code is loaded.
+from the environment before user code is loaded. A call carrying `baetyl-instance-challenge` runs nothing: it is
+answered with `baetyl-instance-proof` (HMAC-SHA256 of the challenge keyed with the secret), by which the manager
+knows it reached the instance it started and not a process that bound the port first.
 """
 import argparse
+import hashlib
 import hmac
 import datetime
 import importlib
@@ -33,6 +36,10 @@ import grpc
 ERROR_TYPE_KEY = "baetyl-error-type"
 INSTANCE_SECRET_ENV = "FUNCTION_INSTANCE_SECRET"
 INSTANCE_SECRET_KEY = "baetyl-instance-secret"
+# The manager's challenge to a fresh instance, and the instance's answer: HMAC-SHA256 keyed with the secret
+# (the secret itself never travels to a peer that has not proved it holds it; see runtime.rs).
+INSTANCE_CHALLENGE_KEY = "baetyl-instance-challenge"
+INSTANCE_PROOF_KEY = "baetyl-instance-proof"
 
 log = logging.getLogger("baetyl_runtime_python")
 
@@ -239,12 +246,32 @@ class RequireSecret(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, details):
         got = b""
+        challenge = None
         for key, value in details.invocation_metadata or ():
+            value = value.encode() if isinstance(value, str) else value
             if key == INSTANCE_SECRET_KEY:
-                got = value.encode() if isinstance(value, str) else value
+                got = value
+            elif key == INSTANCE_CHALLENGE_KEY:
+                challenge = value
+        if challenge is not None:
+            # Answered here: no function ever runs on a challenge.
+            return self.prove(instance_proof(self.secret, challenge))
         if hmac.compare_digest(got, self.secret):
             return continuation(details)
         return self.deny
+
+    @staticmethod
+    def prove(proof):
+        def answer(request, context):
+            context.set_trailing_metadata(((INSTANCE_PROOF_KEY, proof),))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "instance proof: no function runs on a challenge")
+
+        return grpc.unary_unary_rpc_method_handler(answer)
+
+
+def instance_proof(secret, challenge):
+    """HMAC-SHA256(secret, "baetyl-instance-proof:" + challenge) as hex, as runtime.rs computes it."""
+    return hmac.new(secret, b"baetyl-instance-proof:" + challenge, hashlib.sha256).hexdigest()
 
 
 def main():
@@ -264,7 +291,9 @@ def main():
     interceptors = (RequireSecret(secret),) if secret else ()
     if not secret:
         log.warning("no %s: any caller is served", INSTANCE_SECRET_ENV)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors)
+    # gRPC's default SO_REUSEPORT would let another process bind the same port and take a share of the calls.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors,
+                         options=(("grpc.so_reuseport", 0),))
     server.add_generic_rpc_handlers((handler,))
     if server.add_insecure_port(args.listen) == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
