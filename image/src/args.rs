@@ -15,6 +15,9 @@ pub enum ImageCommand {
     Build(BuildArgs),
     /// Build the OCI image layout of the services (no registry, no container tool).
     Oci(crate::oci::OciArgs),
+    /// Make a built disk image cloud-managed: rewrite its data partition with the agent's bootstrap (cloud URL,
+    /// fleet CA and signing key, provisioning key or device token), without rebuilding anything else.
+    Configure(crate::cloud::ConfigureArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -43,8 +46,11 @@ pub struct BuildArgs {
     pub cache: PathBuf,
     /// The application to ship instead of `examples/image`: a master work-dir tree holding
     /// `var/db/baetyl/application.yml` and its volumes' files, copied onto the data partition (validated first).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "provisioning_key")]
     pub app: Option<PathBuf>,
+    /// A cloud-managed image (`--cloud URL --provisioning-key FILE`; conflicts with --app).
+    #[command(flatten)]
+    pub cloud: crate::cloud::CloudArgs,
     /// Size of the data partition in the image, MiB (init grows it to fill a larger medium on first boot).
     #[arg(long, default_value_t = 64)]
     pub data_mib: u64,

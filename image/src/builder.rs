@@ -13,7 +13,7 @@ use crate::arch::{Arch, arch};
 use crate::args::BuildArgs;
 use crate::binaries::{cargo_build, default_source};
 use crate::configs::init_config;
-use crate::data::{check_app, stage_data};
+use crate::data::check_app;
 use crate::disk::{self, Layout};
 use crate::elf;
 use crate::error::{ImageError, Result};
@@ -149,6 +149,7 @@ impl<'a> Build<'a> {
         if let Some(app) = &args.app {
             check_app(app)?;
         }
+        args.cloud.fleet()?;
         let epoch = args.source_date_epoch;
         let epoch32 = u32::try_from(epoch).map_err(|_| {
             ImageError::Input(format!(
@@ -408,7 +409,7 @@ impl<'a> Build<'a> {
     /// Step 7b: the data partition's image (`data.ext4`) with the application.
     pub fn data_partition(&self) -> Result<()> {
         let datadir = self.work.join("data");
-        stage_data(&datadir, self.args.app.as_deref())?;
+        crate::cloud::stage_data(&datadir, self.args)?;
         touch_tree(&datadir, self.epoch())?;
         disk::data_ext4(
             self.run,

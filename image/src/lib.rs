@@ -13,7 +13,8 @@
 //! Init switches from the initramfs to root-a (found by GPT partition name), mounts baetyl-data on
 //! /var/lib/baetyl and starts `/bin/baetyl master` there; the data partition ships with the application of
 //! `examples/image` (hub, timer, SQL function; or the work-dir tree given with `--app`), whose hub keeps its
-//! sessions and retained messages on a volume.
+//! sessions and retained messages on a volume. A cloud-managed image (`--cloud URL --provisioning-key FILE`,
+//! or `baetyl image configure` on a built one: [`cloud`]) ships the cloud agent alone instead.
 //!
 //! Layout: [`builder`] (the [`Build`] and its steps, in order), [`args`] (the command line), [`arch`] (what
 //! differs between the architectures), [`binaries`] (the static binaries, with cargo), [`apt`] (Debian's
@@ -28,6 +29,7 @@ pub mod arch;
 pub mod args;
 pub mod binaries;
 pub mod builder;
+pub mod cloud;
 pub mod configs;
 pub mod data;
 pub mod disk;

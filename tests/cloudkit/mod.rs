@@ -34,15 +34,34 @@ pub struct CloudProc {
     pub dir: PathBuf,
     pub port: u16,
     pub db: Option<String>,
+    /// A config file (`-c`), for keys that have no command-line flag.
+    pub config: Option<PathBuf>,
     child: Option<Process>,
 }
 
 impl CloudProc {
     pub fn start(dir: &Path, db: Option<&str>) -> CloudProc {
+        Self::start_with(dir, db, |_| None)
+    }
+
+    /// Starts a cloud whose config file is `config(port)` (when it answers one).
+    pub fn start_with(
+        dir: &Path,
+        db: Option<&str>,
+        config: impl FnOnce(u16) -> Option<String>,
+    ) -> CloudProc {
+        let port = free_port();
+        let config = config(port).map(|text| {
+            std::fs::create_dir_all(dir).expect("cloud dir");
+            let p = dir.join("cloud.yml");
+            std::fs::write(&p, text).expect("cloud.yml");
+            p
+        });
         let mut c = CloudProc {
             dir: dir.to_path_buf(),
-            port: free_port(),
+            port,
             db: db.map(str::to_string),
+            config,
             child: None,
         };
         c.run();
@@ -68,6 +87,9 @@ impl CloudProc {
         .stderr(err);
         if let Some(db) = &self.db {
             cmd.args(["--database", db]);
+        }
+        if let Some(c) = &self.config {
+            cmd.arg("-c").arg(c);
         }
         self.child = Some(
             Process::spawn(&mut cmd, "baetyl cloud")
@@ -160,16 +182,8 @@ pub struct Device {
     child: Option<Process>,
 }
 
-pub const BOOTSTRAP_APP: &str = "version: v1
-app_version: bootstrap
-services:
-  agent:
-    image: baetyl-agent
-    volumes: [agent-conf:/etc/baetyl, agent-state:/var/lib/baetyl-agent]
-volumes:
-  agent-conf: {path: var/db/baetyl/agent/conf, read_only: true}
-  agent-state: {path: var/db/baetyl/agent/state}
-";
+/// The application a cloud-managed image ships (`baetyl image build --cloud`): the agent alone.
+pub use baetyl_agent::bootstrap::BOOTSTRAP_APP;
 
 impl Device {
     pub fn new(dir: &Path, name: &str, cloud: &CloudProc) -> Device {

@@ -6,12 +6,13 @@
 //! signed desired states and applies them through the master's update (keeping the running application when
 //! anything is wrong), and runs operators' commands (logs, inspect, restart, reboot, power off).
 //!
-//! Layout: [`proto`] (the wire messages and signed documents, shared with the cloud), [`crypto`] (digests,
+//! Layout: [`bootstrap`] (the fleet file and a cloud-managed device's first application), [`proto`] (the wire messages and signed documents, shared with the cloud), [`crypto`] (digests,
 //! ed25519, secrets), [`https`] (the HTTPS/WebSocket client, shared with `baetyl ctl`), [`files`] (private and
 //! atomic files), [`config`], [`identity`] (device key, registration), [`master`] (what the agent asks of the
 //! master, behind a trait), [`deploy`] (download, verify, stage, update, follow), [`ops`] (operations),
 //! [`agent`] (the link loop), [`cli`].
 pub mod agent;
+pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -125,6 +125,9 @@ fn main() -> ExitCode {
             baetyl_image::ImageCommand::Oci(o) => {
                 baetyl_image::oci::build(&o).map(|_| ()).map_err(Into::into)
             }
+            baetyl_image::ImageCommand::Configure(c) => {
+                baetyl_image::cloud::configure(&c).map_err(Into::into)
+            }
         },
         Command::Hub(args) => baetyl_hub::run_cli(args).map_err(Into::into),
         Command::Agent(args) => baetyl_agent::cli::run_cli(args).map_err(Into::into),

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use baetyl_agent::bootstrap::FleetFile;
 use baetyl_agent::crypto;
 use baetyl_agent::https::{Client, Endpoint, client_config};
 use baetyl_agent::proto::{BlobRef, FileRef};
@@ -58,6 +59,12 @@ pub enum CtlCommand {
         /// Write the token to this file (0600) instead of printing it.
         #[arg(long)]
         token_out: Option<PathBuf>,
+        /// Write a fleet file with the token (0600) for `baetyl image build|configure --provisioning-key`.
+        #[arg(long, value_name = "FILE", conflicts_with = "token_out")]
+        fleet_file: Option<PathBuf>,
+        /// The cloud's URL as the device reaches it, for --fleet-file (default: the cloud's public_url).
+        #[arg(long, value_name = "URL", requires = "fleet_file")]
+        device_url: Option<String>,
     },
     /// The fleet provisioning key that images carry (admin only; audited).
     ProvisioningKey {
@@ -67,6 +74,13 @@ pub enum CtlCommand {
         /// Write the key to this file (0600) instead of printing it.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write a fleet file (0600): the cloud's URL, its CA, the signing key and the provisioning key, what
+        /// `baetyl image build|configure --provisioning-key` bakes into an image.
+        #[arg(long, value_name = "FILE", conflicts_with = "out")]
+        fleet_file: Option<PathBuf>,
+        /// The cloud's URL as devices reach it, for --fleet-file (default: the cloud's public_url).
+        #[arg(long, value_name = "URL", requires = "fleet_file")]
+        device_url: Option<String>,
     },
     /// List application versions, or upload one.
     Apps {
@@ -242,6 +256,32 @@ impl Ctl {
         Ok(self.client.json(method, path, Some(&body)).await?)
     }
 
+    /// Writes a fleet file (0600) with the fleet's CA and signing key and one credential; answers its URL.
+    async fn write_fleet_file(
+        &self,
+        path: &Path,
+        device_url: Option<String>,
+        provisioning_key: Option<String>,
+        token: Option<String>,
+    ) -> anyhow::Result<String> {
+        let fleet = self.get("/api/v1/fleet").await?;
+        let file = FleetFile {
+            url: device_url.unwrap_or_else(|| s(&fleet["public_url"])),
+            ca: s(&fleet["ca"]),
+            signing_key: s(&fleet["signing_key"]),
+            provisioning_key,
+            token,
+        };
+        file.check().map_err(|e| {
+            anyhow::anyhow!(
+                "the fleet file would not work: {e} (give --device-url https://HOST:PORT)"
+            )
+        })?;
+        baetyl_agent::files::replace(path, file.to_yaml().as_bytes(), 0o600)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(file.url)
+    }
+
     fn print(&self, v: &Value, human: impl FnOnce(&Value)) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -274,6 +314,8 @@ impl Ctl {
                 name,
                 tags,
                 token_out,
+                fleet_file,
+                device_url,
             } => {
                 let v = self
                     .send(
@@ -283,6 +325,22 @@ impl Ctl {
                     )
                     .await?;
                 let token = s(&v["token"]);
+                if let Some(p) = fleet_file {
+                    self.write_fleet_file(&p, device_url, None, Some(token))
+                        .await?;
+                    self.print(
+                        &json!({"device": v["device"], "name": v["name"], "fleet_file": p}),
+                        |_| {
+                            println!(
+                                "device {} ({}) made; its fleet file (with its one-time token) is {}",
+                                s(&v["name"]),
+                                s(&v["device"]),
+                                p.display()
+                            )
+                        },
+                    );
+                    return Ok(());
+                }
                 match token_out {
                     Some(p) => {
                         baetyl_agent::files::create_private(&p, format!("{token}\n").as_bytes())
@@ -309,7 +367,12 @@ impl Ctl {
                     }),
                 }
             }
-            CtlCommand::ProvisioningKey { rotate, out } => {
+            CtlCommand::ProvisioningKey {
+                rotate,
+                out,
+                fleet_file,
+                device_url,
+            } => {
                 let v = if rotate {
                     self.send("POST", "/api/v1/fleet/provisioning-key/rotate", json!({}))
                         .await?
@@ -317,6 +380,18 @@ impl Ctl {
                     self.get("/api/v1/fleet/provisioning-key").await?
                 };
                 let key = s(&v["provisioning_key"]);
+                if let Some(p) = fleet_file {
+                    let url = self
+                        .write_fleet_file(&p, device_url, Some(key), None)
+                        .await?;
+                    self.print(&json!({"fleet_file": p, "url": url}), |_| {
+                        println!(
+                            "fleet file for devices reaching {url} written to {}",
+                            p.display()
+                        )
+                    });
+                    return Ok(());
+                }
                 match out {
                     Some(p) => {
                         baetyl_agent::files::replace(&p, format!("{key}\n").as_bytes(), 0o600)

@@ -277,10 +277,14 @@ async fn link_loop(
     }))
     .await
     .map_err(closed)?;
-    if let Some(row) = app.store.desired(&device.id).await? {
-        handle
+    // A deployment issued while this query runs is also pushed on the link's queue (`Links::push_desired`);
+    // whichever of the two claims the revision first sends it, so the device gets it once.
+    if let Some(row) = app.store.desired(&device.id).await?
+        && handle
             .sent
-            .store(row.revision, std::sync::atomic::Ordering::SeqCst);
+            .fetch_max(row.revision, std::sync::atomic::Ordering::SeqCst)
+            < row.revision
+    {
         ws.send(text(&Down::Desired {
             desired: Signed {
                 payload: row.payload,
