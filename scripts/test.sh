@@ -54,9 +54,12 @@ tee -a "$log" < "$br_log"; [ "$br_status" = 0 ] || status=$br_status
 # the build above, so nothing is rebuilt (`-p` alone recompiled 69 crates with other features).
 # The cloud-managed boot test (the x86_64 image made cloud-managed with `baetyl image configure`, against a
 # cloud on the host) runs beside the other VM tests; its output is shown when it has finished.
+# `cargo test` holds the target dir's lock while its tests run, so the background suite runs its test binary
+# directly (built above; `--no-run` only names it), from the crate's dir as cargo would.
+test_bin() { cargo test --locked --workspace --test "$1" --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1; }
 cloud_log=$(mktemp)
-BAETYL_IMAGES=$images cargo test --locked --workspace --test cloud_boot -- --ignored --nocapture \
-    > "$cloud_log" 2>&1 &
+cloud_bin=$(test_bin cloud_boot)
+(cd tests && BAETYL_IMAGES=$images "$cloud_bin" --ignored --nocapture) > "$cloud_log" 2>&1 &
 cloud_boot=$!
 BAETYL_IMAGES=$images cargo test --locked --workspace --test oci -- --ignored --test-threads=1 --nocapture \
     2>&1 | tee -a "$log" || status=$?
