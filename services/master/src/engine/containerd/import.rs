@@ -111,7 +111,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 }
 
 /// A request in namespace `ns` (and lease `lease`, when given).
-fn req<T>(msg: T, ns: &str, lease: Option<&str>) -> Request<T> {
+pub(crate) fn req<T>(msg: T, ns: &str, lease: Option<&str>) -> Request<T> {
     let mut r = Request::new(msg);
     if let Ok(v) = ns.parse() {
         r.metadata_mut().insert("containerd-namespace", v);
