@@ -605,11 +605,7 @@ impl Running for NativeInstance {
     }
 
     async fn wait(&self) -> Exit {
-        let mut rx = self.exited.clone();
-        match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or(Exit::Error("no exit status".into())),
-            Err(_) => Exit::Error("the engine lost the instance".into()),
-        }
+        crate::engine::wait_exit(&self.exited).await
     }
 
     async fn stop(&self, grace: Duration) -> Exit {

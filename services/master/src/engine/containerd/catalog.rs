@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::import::{ImportError, chain_ids};
+use super::import::{ImportError, chain_ids, read_json};
 use super::spec::ImageProcess;
 
 /// One image of a layout.
@@ -26,17 +26,6 @@ pub struct CatalogImage {
 pub struct Catalog {
     /// By `name:tag`.
     images: BTreeMap<String, CatalogImage>,
-}
-
-fn read_json(path: &Path) -> Result<Value, ImportError> {
-    let data = std::fs::read(path).map_err(|source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_slice(&data).map_err(|e| ImportError::Layout {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })
 }
 
 fn blob(dir: &Path, descriptor: &Value, at: &Path) -> Result<PathBuf, ImportError> {
