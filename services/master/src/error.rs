@@ -244,6 +244,28 @@ pub enum MasterError {
     },
     #[error("no free port: {0}")]
     NoFreePort(#[source] std::io::Error),
+
+    // ---- the containerd engine
+    #[error("conf.yml key `containerd`: {0}")]
+    ContainerdConfig(String),
+    #[error(
+        "containerd does not answer on {socket} ({detail}); `mode: containerd` needs it running (on a device init starts it; elsewhere start `containerd`, or set conf.yml `containerd.socket`)"
+    )]
+    ContainerdUnreachable { socket: PathBuf, detail: String },
+    #[error("containerd: {what}: {detail}")]
+    Containerd { what: String, detail: String },
+    #[error("importing the OCI images: {0}")]
+    ImageImport(#[from] crate::engine::containerd::import::ImportError),
+    #[error(transparent)]
+    ContainerSpec(#[from] crate::engine::containerd::spec::SpecError),
+    #[error(
+        "service `{service}`: image `{image}` is in none of the OCI layouts of conf.yml `containerd.images` (they hold: {available})"
+    )]
+    ImageNotImported {
+        service: String,
+        image: String,
+        available: String,
+    },
 }
 
 impl MasterError {
@@ -266,9 +288,14 @@ impl MasterError {
             UpdateInProgress => StatusCode::CONFLICT,
             RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
             // The master's own faults, not the request's.
-            Io { .. } | AlreadyRunning { .. } | Bind { .. } | UsersNeedRoot => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Io { .. }
+            | AlreadyRunning { .. }
+            | Bind { .. }
+            | UsersNeedRoot
+            | ContainerdConfig(_)
+            | ContainerdUnreachable { .. }
+            | Containerd { .. }
+            | ImageImport(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Config(_)
             | OperatorToken { .. }
             | Cycle(_)
@@ -304,7 +331,9 @@ impl MasterError {
             | UpdateSource { .. }
             | NoInit { .. }
             | SignalInit { .. }
-            | NoFreePort(_) => StatusCode::BAD_REQUEST,
+            | NoFreePort(_)
+            | ContainerSpec(_)
+            | ImageNotImported { .. } => StatusCode::BAD_REQUEST,
         }
     }
 }

@@ -7,6 +7,26 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
+/// An instance's CPU use between two samples, in percent of one CPU.
+#[derive(Debug, Default)]
+pub struct CpuSampler(Mutex<Option<(std::time::Instant, f64)>>);
+
+impl CpuSampler {
+    /// The use since the previous call, given the total CPU time now (0 at the first call).
+    pub fn percent(&self, cpu_seconds: f64) -> f64 {
+        let now = std::time::Instant::now();
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let percent = match *last {
+            Some((t, c)) if now > t => {
+                ((cpu_seconds - c).max(0.0) / (now - t).as_secs_f64() * 10000.0).round() / 100.0
+            }
+            _ => 0.0,
+        };
+        *last = Some((now, cpu_seconds));
+        percent
+    }
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), for /proc/<pid>/stat times.
 pub fn clock_ticks() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use baetyl_sdk::logging::LogFormat;
 use baetyl_sdk::service::{Kit, shutdown_signal};
 use nix::fcntl::{Flock, FlockArg};
@@ -13,6 +13,7 @@ use super::load_config;
 use crate::api::BuildInfo;
 use crate::config::{MasterConfig, Mode};
 use crate::engine::Engine;
+use crate::engine::containerd::ContainerdEngine;
 use crate::engine::native::{NativeEngine, Role};
 use crate::error::MasterError;
 use crate::server::{Listeners, Setup};
@@ -65,7 +66,7 @@ pub fn run_master(args: MasterArgs, build: BuildInfo, roles: Vec<Role>) -> anyho
     }
     service.block_on(async {
         let _lock = lock_workdir(&workdir)?;
-        let engine = engine(&workdir, &cfg, roles)?;
+        let engine = engine(&workdir, &cfg, roles).await?;
         let listeners = Listeners::bind(&workdir, &cfg.server).await?;
         let setup = Setup {
             workdir,
@@ -97,11 +98,13 @@ fn lock_workdir(workdir: &Path) -> Result<Flock<std::fs::File>, MasterError> {
 }
 
 /// The engine `mode` names.
-fn engine(workdir: &Path, cfg: &MasterConfig, roles: Vec<Role>) -> anyhow::Result<Arc<dyn Engine>> {
-    match cfg.mode {
-        Mode::Native => Ok(Arc::new(NativeEngine::new(workdir, cfg, roles)?)),
-        Mode::Containerd => bail!(
-            "mode `containerd` (also what Baetyl v1's `mode: docker` reads as) is not available in this build yet; set `mode: native` in conf.yml"
-        ),
-    }
+async fn engine(
+    workdir: &Path,
+    cfg: &MasterConfig,
+    roles: Vec<Role>,
+) -> anyhow::Result<Arc<dyn Engine>> {
+    Ok(match cfg.mode {
+        Mode::Native => Arc::new(NativeEngine::new(workdir, cfg, roles)?),
+        Mode::Containerd => Arc::new(ContainerdEngine::new(workdir, cfg).await?),
+    })
 }

@@ -25,6 +25,8 @@ pub struct MasterConfig {
     pub snfile: Option<PathBuf>,
     pub update: UpdateConfig,
     pub native: NativeConfig,
+    /// The containerd engine (`mode: containerd`).
+    pub containerd: ContainerdConfig,
     /// Rotation of each instance's stdout/stderr log.
     pub instance_log: InstanceLogConfig,
     pub volumes: VolumesConfig,
@@ -42,6 +44,7 @@ impl Default for MasterConfig {
             snfile: None,
             update: UpdateConfig::default(),
             native: NativeConfig::default(),
+            containerd: ContainerdConfig::default(),
             instance_log: InstanceLogConfig::default(),
             volumes: VolumesConfig::default(),
             users: UsersConfig::default(),
@@ -232,6 +235,37 @@ impl Default for NativeConfig {
     fn default() -> Self {
         NativeConfig {
             packages: vec![PathBuf::from("lib/baetyl/packages")],
+        }
+    }
+}
+
+/// `containerd:` in conf.yml: where containerd is and which images it runs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerdConfig {
+    /// containerd's gRPC socket.
+    pub socket: PathBuf,
+    /// The containerd namespace of this master's images and containers; what is in it belongs to this master
+    /// (a master removes the containers it finds there at start).
+    pub namespace: String,
+    /// OCI image layout directories (`baetyl image oci --out DIR`) imported at start, relative to the work
+    /// dir; a service's `image` (v1 names such as `hub.baetyl.io/baetyl-hub:v2` read as `baetyl-hub`) names
+    /// one of their images. Nothing is ever pulled from a registry.
+    pub images: Vec<PathBuf>,
+    /// The cgroup under which each container gets `<parent>/<service>.<instance>`.
+    pub cgroup_parent: String,
+    /// How long to wait for containerd's socket to answer at start.
+    pub connect_timeout: HumanDuration,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            socket: PathBuf::from("/run/containerd/containerd.sock"),
+            namespace: "baetyl".to_string(),
+            images: Vec::new(),
+            cgroup_parent: "/baetyl".to_string(),
+            connect_timeout: HumanDuration::from_secs(30),
         }
     }
 }

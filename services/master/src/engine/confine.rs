@@ -29,6 +29,27 @@ pub enum Problem {
     Io(PathBuf, std::io::Error),
 }
 
+impl Problem {
+    /// The failure of `spec`'s start that this problem is.
+    pub fn into_error(self, spec: &crate::engine::InstanceSpec) -> crate::error::MasterError {
+        use crate::error::MasterError;
+        let (service, instance) = (spec.service.clone(), spec.instance.clone());
+        match self {
+            Problem::Outside(path) => MasterError::Escape {
+                service,
+                instance,
+                path,
+            },
+            Problem::InTheWay(link) => MasterError::VolumeInTheWay {
+                service,
+                instance,
+                link,
+            },
+            Problem::Io(path, e) => MasterError::io(path, e),
+        }
+    }
+}
+
 fn io(path: &Path, e: impl Into<std::io::Error>) -> Problem {
     Problem::Io(path.to_path_buf(), e.into())
 }

@@ -3,6 +3,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{InstanceSpec, confine};
+use crate::config::InstanceLogConfig;
+use crate::error::{MasterError, Result};
 
 pub struct RotatingLog {
     path: PathBuf,
@@ -29,6 +34,26 @@ impl RotatingLog {
             backups,
             owner: None,
         })
+    }
+
+    /// The log of an instance: `var/log/baetyl/services/<service>/<instance>.log` in the work dir, owned by
+    /// the instance's user, rotated as conf.yml `instance_log` says.
+    pub fn of_instance(
+        workdir: &Path,
+        spec: &InstanceSpec,
+        cfg: &InstanceLogConfig,
+    ) -> Result<Arc<Mutex<RotatingLog>>> {
+        let dir = workdir.join("var/log/baetyl/services").join(&spec.service);
+        let dir = confine::ensure_dir_inside(&dir, &[workdir.to_path_buf()])
+            .map_err(|p| p.into_error(spec))?;
+        let path = dir.join(format!("{}.log", spec.instance));
+        let log = RotatingLog::open(&path, cfg.max_size.0, cfg.backups)
+            .and_then(|log| match &spec.user {
+                Some(u) => log.owned_by(u.uid, u.gid),
+                None => Ok(log),
+            })
+            .map_err(|e| MasterError::io(&path, e))?;
+        Ok(Arc::new(Mutex::new(log)))
     }
 
     /// Gives the log's files to `uid:gid` (the service whose output it is), now and after each rotation.
@@ -88,6 +113,34 @@ impl RotatingLog {
         self.chown()?;
         self.size = 0;
         Ok(())
+    }
+}
+
+/// An instance's log shared by the copiers of its stdout and stderr; a failure to write is said once per run
+/// of failures (a full disk fails every write), not at every chunk.
+pub struct LogSink {
+    log: Arc<Mutex<RotatingLog>>,
+    failing: bool,
+}
+
+impl LogSink {
+    pub fn new(log: Arc<Mutex<RotatingLog>>) -> Self {
+        LogSink {
+            log,
+            failing: false,
+        }
+    }
+
+    pub fn write(&mut self, data: &[u8]) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        match log.write_all(data) {
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!("cannot write instance log ({e}); its output is lost until it can");
+            }
+            Err(_) => {}
+            Ok(()) => self.failing = false,
+        }
     }
 }
 

@@ -98,6 +98,15 @@ pub struct RunningInfo {
     pub pid: Option<u32>,
 }
 
+/// What [`Running::wait`] answers for an instance whose end is published on `exited`.
+pub async fn wait_exit(exited: &tokio::sync::watch::Receiver<Option<Exit>>) -> Exit {
+    let mut rx = exited.clone();
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => v.clone().unwrap_or(Exit::Error("no exit status".into())),
+        Err(_) => Exit::Error("the engine lost the instance".into()),
+    }
+}
+
 /// An instance the engine started.
 #[async_trait]
 pub trait Running: Send + Sync {

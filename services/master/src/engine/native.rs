@@ -20,8 +20,8 @@ use tokio::sync::watch;
 
 use super::cgroup::{Cgroup, CgroupRoot};
 use super::child::{ChildSetup, Credentials};
-use super::confine::{self, Problem};
-use super::logfile::RotatingLog;
+use super::confine;
+use super::logfile::{LogSink, RotatingLog};
 use super::owner;
 use super::{Engine, Exit, InstanceSpec, InstanceStats, ResolvedMount, Running, RunningInfo};
 use crate::config::{InstanceLogConfig, MasterConfig, ServiceSpec};
@@ -223,42 +223,14 @@ impl NativeEngine {
     /// Makes `path` (a directory under the work dir or an allowed root) and answers its resolved path;
     /// a symlink that leads elsewhere is refused before anything is created.
     fn dir_inside(&self, spec: &InstanceSpec, path: &Path, roots: &[PathBuf]) -> Result<PathBuf> {
-        confine::ensure_dir_inside(path, roots).map_err(|p| self.problem(spec, p))
-    }
-
-    fn problem(&self, spec: &InstanceSpec, p: Problem) -> MasterError {
-        let (service, instance) = (spec.service.clone(), spec.instance.clone());
-        match p {
-            Problem::Outside(path) => MasterError::Escape {
-                service,
-                instance,
-                path,
-            },
-            Problem::InTheWay(link) => MasterError::VolumeInTheWay {
-                service,
-                instance,
-                link,
-            },
-            Problem::Io(path, e) => MasterError::io(path, e),
-        }
+        confine::ensure_dir_inside(path, roots).map_err(|p| p.into_error(spec))
     }
 
     /// With per-service users: a read-write volume becomes the service's own (readable by all when other
     /// services mount it too); a read-only one readable by the service's group alone, or by all when
     /// shared. A dataset on a read-only file system is left as it is (the image made it readable).
     fn let_use(&self, spec: &InstanceSpec, m: &ResolvedMount, host: &Path, user: &Credentials) {
-        let done = match (m.read_only, m.shared) {
-            (false, shared) => owner::give_tree(host, user.uid, user.gid).and_then(|()| {
-                if shared {
-                    owner::share_with_all(host)
-                } else {
-                    Ok(())
-                }
-            }),
-            (true, false) => owner::share_with_group(host, user.gid),
-            (true, true) => owner::share_with_all(host),
-        };
-        if let Err(e) = done {
+        if let Err(e) = owner::let_use(host, m.read_only, m.shared, user.uid, user.gid) {
             self.warn_once(format!("own:{}", host.display()), || {
                 format!(
                     "service `{}`: cannot give volume {} to its user {}:{} ({e}); it may not be able to use it",
@@ -285,7 +257,7 @@ impl NativeEngine {
             if let Some(user) = &spec.user {
                 self.let_use(spec, m, &host, user);
             }
-            confine::link_volume(dir, &m.target, &host).map_err(|p| self.problem(spec, p))?;
+            confine::link_volume(dir, &m.target, &host).map_err(|p| p.into_error(spec))?;
             if m.read_only {
                 self.warn_once("ro".into(), || {
                     format!(
@@ -401,22 +373,7 @@ impl Engine for NativeEngine {
                 .map_err(|e| MasterError::io(&dir, std::io::Error::from(e)))?;
         }
         self.link_volumes(&spec, &dir)?;
-        let log_dir = self.dir_inside(
-            &spec,
-            &self
-                .workdir
-                .join("var/log/baetyl/services")
-                .join(&spec.service),
-            &inside_workdir,
-        )?;
-        let log_path = log_dir.join(format!("{}.log", spec.instance));
-        let log = RotatingLog::open(&log_path, self.log.max_size.0, self.log.backups)
-            .and_then(|log| match &spec.user {
-                Some(u) => log.owned_by(u.uid, u.gid),
-                None => Ok(log),
-            })
-            .map_err(|e| MasterError::io(&log_path, e))?;
-        let log = Arc::new(Mutex::new(log));
+        let log = RotatingLog::of_instance(&self.workdir, &spec, &self.log)?;
         let cgroup = self.make_cgroup(&spec);
 
         let (first, rest) = argv
@@ -601,7 +558,7 @@ impl NativeEngine {
             pid,
             cgroup,
             exited: rx,
-            last_cpu: Mutex::new(None),
+            last_cpu: stats::CpuSampler::default(),
         }))
     }
 }
@@ -614,8 +571,7 @@ enum Pipe {
 impl Pipe {
     async fn copy_to(mut self, log: Arc<Mutex<RotatingLog>>) {
         let mut buf = vec![0u8; 8192];
-        // Said once per run of failures (a full disk fails every write), not at every chunk.
-        let mut failing = false;
+        let mut sink = LogSink::new(log);
         loop {
             let n = match &mut self {
                 Pipe::Out(p) => p.read(&mut buf).await,
@@ -623,19 +579,7 @@ impl Pipe {
             };
             match n {
                 Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                    match log.write_all(&buf[..n]) {
-                        Err(e) if !failing => {
-                            failing = true;
-                            tracing::warn!(
-                                "cannot write instance log ({e}); its output is lost until it can"
-                            );
-                        }
-                        Err(_) => {}
-                        Ok(()) => failing = false,
-                    }
-                }
+                Ok(n) => sink.write(&buf[..n]),
             }
         }
     }
@@ -646,7 +590,7 @@ struct NativeInstance {
     pid: u32,
     cgroup: Option<Cgroup>,
     exited: watch::Receiver<Option<Exit>>,
-    last_cpu: Mutex<Option<(Instant, f64)>>,
+    last_cpu: stats::CpuSampler,
 }
 
 #[async_trait]
@@ -661,11 +605,7 @@ impl Running for NativeInstance {
     }
 
     async fn wait(&self) -> Exit {
-        let mut rx = self.exited.clone();
-        match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or(Exit::Error("no exit status".into())),
-            Err(_) => Exit::Error("the engine lost the instance".into()),
-        }
+        crate::engine::wait_exit(&self.exited).await
     }
 
     async fn stop(&self, grace: Duration) -> Exit {
@@ -697,15 +637,7 @@ impl Running for NativeInstance {
         let cpu_seconds = cg_cpu
             .or_else(|| stats::process_cpu_seconds(self.pid))
             .unwrap_or(0.0);
-        let now = Instant::now();
-        let mut last = self.last_cpu.lock().unwrap_or_else(|p| p.into_inner());
-        let cpu_percent = match *last {
-            Some((t, c)) if now > t => {
-                ((cpu_seconds - c).max(0.0) / (now - t).as_secs_f64() * 10000.0).round() / 100.0
-            }
-            _ => 0.0,
-        };
-        *last = Some((now, cpu_seconds));
+        let cpu_percent = self.last_cpu.percent(cpu_seconds);
         let rss_bytes = self
             .cgroup
             .as_ref()

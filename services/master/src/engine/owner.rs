@@ -21,6 +21,17 @@ const FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOCTTY)
     .union(OFlag::O_CLOEXEC);
 
+/// Lets the service `uid:gid` use the volume at `path`: a read-write one becomes its own (readable by all
+/// when other services mount it too); a read-only one readable by its group alone, or by all when shared.
+pub fn let_use(path: &Path, read_only: bool, shared: bool, uid: u32, gid: u32) -> nix::Result<()> {
+    match (read_only, shared) {
+        (false, shared) => give_tree(path, uid, gid)
+            .and_then(|()| if shared { share_with_all(path) } else { Ok(()) }),
+        (true, false) => share_with_group(path, gid),
+        (true, true) => share_with_all(path),
+    }
+}
+
 /// Gives the tree at `path` to `uid:gid` (modes unchanged), unless its top already is theirs.
 pub fn give_tree(path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
     let (fd, st) = open_top(path)?;

@@ -111,7 +111,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 }
 
 /// A request in namespace `ns` (and lease `lease`, when given).
-fn req<T>(msg: T, ns: &str, lease: Option<&str>) -> Request<T> {
+pub(crate) fn req<T>(msg: T, ns: &str, lease: Option<&str>) -> Request<T> {
     let mut r = Request::new(msg);
     if let Ok(v) = ns.parse() {
         r.metadata_mut().insert("containerd-namespace", v);
@@ -132,6 +132,18 @@ pub async fn connect(socket: &Path) -> Result<Channel> {
         })
 }
 
+/// A JSON document of a layout.
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
+    let data = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&data).map_err(|e| ImportError::Layout {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
 pub struct Importer {
     channel: Channel,
     ns: String,
@@ -143,17 +155,6 @@ impl Importer {
             channel,
             ns: namespace.to_string(),
         }
-    }
-
-    fn read_json(path: &Path) -> Result<Value> {
-        let data = std::fs::read(path).map_err(|source| ImportError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_slice(&data).map_err(|e| ImportError::Layout {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })
     }
 
     fn blob_path(dir: &Path, b: &Blob) -> PathBuf {
@@ -250,7 +251,7 @@ impl Importer {
     /// Imports every image of the layout in `dir` (see the module's doc).
     pub async fn import(&self, dir: &Path) -> Result<Imported> {
         let index_path = dir.join("index.json");
-        let index = Self::read_json(&index_path)?;
+        let index = read_json(&index_path)?;
         let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
         let lease = format!("baetyl-import-{}", std::process::id());
         let mut leases = LeasesClient::new(self.channel.clone());
@@ -298,7 +299,7 @@ impl Importer {
                 .to_string();
             let manifest = Blob::of(m, &index_path)?;
             let mpath = Self::blob_path(dir, &manifest);
-            let doc = Self::read_json(&mpath)?;
+            let doc = read_json(&mpath)?;
             let config = Blob::of(&doc["config"], &mpath)?;
             let layers: Vec<Blob> = doc["layers"]
                 .as_array()
@@ -307,7 +308,7 @@ impl Importer {
                 .iter()
                 .map(|l| Blob::of(l, &mpath))
                 .collect::<Result<_>>()?;
-            let cfg = Self::read_json(&Self::blob_path(dir, &config))?;
+            let cfg = read_json(&Self::blob_path(dir, &config))?;
             let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
                 .as_array()
                 .cloned()
