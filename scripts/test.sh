@@ -59,6 +59,7 @@ tee -a "$log" < "$br_log"; [ "$br_status" = 0 ] || status=$br_status
 test_bin() { cargo test --locked --workspace --test "$1" --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1; }
 cloud_log=$(mktemp)
 cloud_bin=$(test_bin cloud_boot)
+case "$cloud_bin" in /*) ;; '') echo "cloud_boot: no test binary"; status=1 ;; *) cloud_bin=$PWD/$cloud_bin ;; esac
 (cd tests && BAETYL_IMAGES=$images "$cloud_bin" --ignored --nocapture) > "$cloud_log" 2>&1 &
 cloud_boot=$!
 BAETYL_IMAGES=$images cargo test --locked --workspace --test oci -- --ignored --test-threads=1 --nocapture \
