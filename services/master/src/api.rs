@@ -232,11 +232,21 @@ fn ask_init(signal: nix::sys::signal::Signal, action: &'static str) -> Response 
         }
         .into_response();
     };
-    answer(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-            .map(|()| tracing::warn!("{action} requested through the API; asked init (pid {pid})"))
-            .map_err(|source| MasterError::SignalInit { pid, source }),
-    )
+    let target = nix::unistd::Pid::from_raw(pid);
+    // Checked now (signal 0) so that a missing init is answered; the signal itself goes a moment after the
+    // answer, so that the caller (the cloud agent forwarding an operator's command) gets the answer out before
+    // init stops every service.
+    if let Err(source) = nix::sys::signal::kill(target, None) {
+        return answer(Err(MasterError::SignalInit { pid, source }));
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        match nix::sys::signal::kill(target, signal) {
+            Ok(()) => tracing::warn!("{action} requested through the API; asked init (pid {pid})"),
+            Err(e) => tracing::error!("{action}: cannot signal init (pid {pid}): {e}"),
+        }
+    });
+    answer(Ok(()))
 }
 
 async fn reboot(Extension(caller): Extension<Caller>) -> Response {
