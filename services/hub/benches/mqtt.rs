@@ -10,6 +10,8 @@
 //! payloads; then a round trip at a low rate (publish, receive on one's own subscription), QoS 0 and 1. `BENCH_MESSAGES` sets messages per publisher; `BENCH_ONLY=TEXT` runs only the scenarios whose
 //! label contains TEXT (e.g. `qos1`, `fan-in`, `round trip`); `BENCH_HUB_EXE=PATH` runs another build of this
 //! benchmark as the hub child (before/after comparisons); `BENCH_ROUNDTRIPS` sets the round trips per QoS.
+//! Before the message scenarios: each broker's RSS at rest and per idle connection (`BENCH_IDLE_CONNECTIONS`,
+//! default 10,000; 0 skips it); after them, messages kept for an offline persistent session (to the last PUBACK).
 //!
 //! Needs `mosquitto` and `mosquitto_passwd` (Debian package `mosquitto`; stop its system daemon).
 
@@ -76,14 +78,30 @@ struct Broker {
 }
 
 impl Broker {
-    fn peak_rss_kib(&self) -> u64 {
+    /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), 0 when unreadable.
+    fn status_kib(&self, field: &str) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM")
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// Resets the peak RSS to the current RSS (`clear_refs` 5), so that the peak of what follows is measured
+    /// alone. Needs the right to write the broker's `/proc` files (the same user).
+    fn reset_peak(&self) -> Result<()> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5")
+            .with_context(|| format!("resetting the peak RSS of {}", self.name))
     }
 
     /// User + system CPU time the broker process has used so far, in milliseconds.
@@ -108,6 +126,7 @@ async fn start_hub(dir: &Path) -> Result<Broker> {
             "listen: ['tcp://127.0.0.1:{port}']\n\
              principals: [{{username: {USER}, password: {PASS}, permissions: [{{action: pub, permit: ['#']}}, {{action: sub, permit: ['#']}}]}}]\n\
              message: {{length: {{max: 64k}}}}\n\
+             limits: {{connections: 20000, connections_per_principal: 20000}}\n\
              storage: {{dir: '{}'}}\nlogger: {{level: warn}}\n",
             dir.join("hub-data").display()
         ),
@@ -167,6 +186,15 @@ struct Outcome {
     p99_us: u64,
     received: usize,
     expected: usize,
+}
+
+/// " (got N/M)" when messages were missing, else nothing.
+fn lost(o: &Outcome) -> String {
+    if o.received < o.expected {
+        format!(" (got {}/{})", o.received, o.expected)
+    } else {
+        String::new()
+    }
 }
 
 async fn scenario(
@@ -243,6 +271,67 @@ async fn scenario(
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         received: all.len(),
+        expected,
+    })
+}
+
+/// Messages kept for an offline persistent session: a subscriber (clean session 0) subscribes QoS 1 and goes
+/// away; 4 publishers send `per_pub` QoS 1 messages each to its topic, and the rate counts from the first
+/// PUBLISH to the last PUBACK. Each broker keeps these messages for the subscriber (the hub acknowledges each
+/// only once it is synced to disk, mosquitto keeps them in memory and writes its state on its own schedule).
+/// Then the subscriber comes back and must receive all of them.
+async fn offline_queue(port: u16, tag: &str, per_pub: usize, size: usize) -> Result<Outcome> {
+    const PUBS: usize = 4;
+    let topic = format!("offline/{tag}");
+    let sub_id = format!("boff-{tag}");
+    let persistent = |id: &str| {
+        let mut o = options(id, port);
+        o.set_credentials(USER, PASS)
+            .set_keep_alive(Duration::from_secs(60))
+            .set_clean_session(false)
+            .set_inflight(64);
+        o
+    };
+    let mut sub = Client::connect(persistent(&sub_id)).await?;
+    sub.subscribe(&topic, QoS::AtLeastOnce).await?;
+    sub.disconnect().await?;
+    // The broker takes the session offline once it has read the DISCONNECT.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..PUBS {
+        let mut c = client(&format!("bpoff-{tag}-{p}"), port).await?;
+        let topic = topic.clone();
+        tasks.spawn(async move {
+            let payload = vec![b'x'; size];
+            for _ in 0..per_pub {
+                c.send(&topic, QoS::AtLeastOnce, false, payload.clone())
+                    .await?;
+            }
+            c.wait_acks().await?;
+            let _ = c.disconnect().await;
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let elapsed = start.elapsed();
+    let expected = PUBS * per_pub;
+    let mut sub = Client::connect(persistent(&sub_id)).await?;
+    let mut received = 0;
+    while received < expected {
+        match sub.recv(Duration::from_secs(10)).await? {
+            Some(_) => received += 1,
+            None => break,
+        }
+    }
+    let _ = sub.disconnect().await;
+    Ok(Outcome {
+        rate: expected as f64 / elapsed.as_secs_f64(),
+        p50_us: 0,
+        p99_us: 0,
+        received,
         expected,
     })
 }
@@ -324,6 +413,104 @@ mod roundtrip {
     }
 }
 
+/// Memory: RSS at rest, and what `n` idle MQTT connections (CONNECT, CONNACK, then nothing: keep alive 300 s,
+/// clean session, no subscription) add to it, one broker at a time, each printed next to mosquitto's.
+mod idle {
+    use std::time::Duration;
+
+    use anyhow::{Result, anyhow};
+
+    use crate::Broker;
+    use crate::mqtt_raw::{Conn, Connect};
+
+    /// Opens `n` connections to `port`, 50 at a time; returns them open.
+    async fn open(port: u16, tag: &str, user: &str, pass: &str, n: usize) -> Result<Vec<Conn>> {
+        const PARALLEL: usize = 50;
+        let addr = baetyl_testkit::net::localhost(port);
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..PARALLEL {
+            let (tag, user, pass) = (tag.to_string(), user.to_string(), pass.to_string());
+            tasks.spawn(async move {
+                let mut conns = Vec::new();
+                for i in (t..n).step_by(PARALLEL) {
+                    let c = Connect::v311(&format!("idle-{tag}-{i}"))
+                        .user(&user, &pass)
+                        .keep_alive(300);
+                    let (conn, _) = Conn::connected(addr, &c)
+                        .await
+                        .map_err(|e| anyhow!("idle connection {i}: {e}"))?;
+                    conns.push(conn);
+                }
+                Ok::<_, anyhow::Error>(conns)
+            });
+        }
+        let mut all = Vec::with_capacity(n);
+        while let Some(r) = tasks.join_next().await {
+            all.extend(r??);
+        }
+        Ok(all)
+    }
+
+    /// The broker's RSS once it has stopped moving (two reads 300 ms apart within 1%), at most after 3 s.
+    async fn settled_rss(b: &Broker) -> u64 {
+        let mut last = b.rss_kib();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = b.rss_kib();
+            if now.abs_diff(last) * 100 <= last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
+    /// (RSS before, RSS with `n` idle connections open) in KiB.
+    pub async fn measure(b: &Broker, user: &str, pass: &str, n: usize) -> Result<(u64, u64)> {
+        let before = settled_rss(b).await;
+        let conns = open(b.port, b.name, user, pass, n).await?;
+        let with = settled_rss(b).await;
+        drop(conns);
+        // Let the broker notice the closes before the next measurement.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok((before, with))
+    }
+}
+
+/// Idle RSS of both brokers, then the RSS per idle connection with `BENCH_IDLE_CONNECTIONS` (default 10,000;
+/// 0 skips it) open, one broker at a time.
+async fn memory(hub: &Broker, mosq: &Broker) -> Result<()> {
+    let n: usize = std::env::var("BENCH_IDLE_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rss = |b: &Broker| {
+        format!(
+            "{} KiB (anonymous {}, file {})",
+            b.rss_kib(),
+            b.status_kib("RssAnon"),
+            b.status_kib("RssFile")
+        )
+    };
+    println!(
+        "idle RSS (started, no client): hub {}, mosquitto {}",
+        rss(hub),
+        rss(mosq)
+    );
+    if n == 0 {
+        return Ok(());
+    }
+    let (hb, hw) = idle::measure(hub, USER, PASS, n).await?;
+    let (mb, mw) = idle::measure(mosq, USER, PASS, n).await?;
+    let per = |before: u64, with: u64| with.saturating_sub(before) as f64 / n as f64;
+    println!(
+        "{n} idle connections: hub {hb} -> {hw} KiB ({:.2} KiB each), mosquitto {mb} -> {mw} KiB ({:.2} KiB each)\n",
+        per(hb, hw),
+        per(mb, mw)
+    );
+    Ok(())
+}
+
 /// The round trip at a low rate (one message every 5 ms), QoS 0 and 1, printed next to mosquitto's.
 async fn round_trips(hub: &Broker, mosq: &Broker) -> Result<()> {
     let n: usize = std::env::var("BENCH_ROUNDTRIPS")
@@ -360,6 +547,10 @@ async fn bench(per_pub: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let hub = start_hub(dir.path()).await?;
     let mosq = start_mosquitto(dir.path()).await?;
+    memory(&hub, &mosq).await?;
+    // The peak RSS printed at the end is that of the message scenarios alone.
+    hub.reset_peak()?;
+    mosq.reset_peak()?;
     println!(
         "messages per publisher: {per_pub}; brokers on 127.0.0.1, clients: rumqttc in this process\n"
     );
@@ -382,13 +573,6 @@ async fn bench(per_pub: usize) -> Result<()> {
                     scenario(hub.port, &format!("h{i}"), pubs, subs, per_pub, qos, size).await?;
                 let m =
                     scenario(mosq.port, &format!("m{i}"), pubs, subs, per_pub, qos, size).await?;
-                let lost = |o: &Outcome| {
-                    if o.received < o.expected {
-                        format!(" (got {}/{})", o.received, o.expected)
-                    } else {
-                        String::new()
-                    }
-                };
                 println!(
                     "{:<26} {:>14.0} {:>9} {:>9} {:>14.0} {:>9} {:>9} {:>7.2}x{}{}",
                     label,
@@ -405,9 +589,29 @@ async fn bench(per_pub: usize) -> Result<()> {
             }
         }
     }
+    let label = "offline queue 4->1 qos1 64B";
+    if std::env::var("BENCH_ONLY").map_or(true, |only| label.contains(&only)) {
+        // Fewer messages than the other scenarios: the subscriber reads them all back afterwards.
+        let n = (per_pub / 4).max(1);
+        let h = offline_queue(hub.port, "h", n, 64).await?;
+        let m = offline_queue(mosq.port, "m", n, 64).await?;
+        println!(
+            "{:<26} {:>14.0} {:>9} {:>9} {:>14.0} {:>9} {:>9} {:>7.2}x{}{}   ({n} per publisher, to the last PUBACK)",
+            label,
+            h.rate,
+            "-",
+            "-",
+            m.rate,
+            "-",
+            "-",
+            h.rate / m.rate.max(1.0),
+            lost(&h),
+            lost(&m)
+        );
+    }
     round_trips(&hub, &mosq).await?;
     println!(
-        "\npeak RSS: {} {} KiB, {} {} KiB",
+        "\npeak RSS (message scenarios): {} {} KiB, {} {} KiB",
         hub.name,
         hub.peak_rss_kib(),
         mosq.name,
