@@ -23,6 +23,12 @@ use rmqtt_codec::v5::Codec as CodecV5;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{MqttCodec, MqttPacket};
 
+/// Initial capacity of a connection's read and write buffers (baetyl patch 7): a CONNECT, a CONNACK and the
+/// small packets of an idle connection fit.
+const INITIAL_BUFFER: usize = 256;
+/// Buffered output is written out once it passes this (tokio-util's default boundary).
+const WRITE_BOUNDARY: usize = 8 * 1024;
+
 /// MQTT protocol dispatcher handling version negotiation
 ///
 /// Manages initial protocol detection and creates version-specific streams
@@ -48,7 +54,13 @@ where
         cert_info: Option<CertInfo>,
         cfg: Arc<Builder>,
     ) -> Self {
-        Dispatcher { io: Framed::new(io, MqttCodec::Version(VersionCodec)), remote_addr, cfg, cert_info }
+        // baetyl patch 7: small buffers to start with. `Framed::new` gives every connection 8 KiB to read into
+        // and 8 KiB to write from; an idle connection (a CONNECT in, a CONNACK out) then holds two dirty pages.
+        // The buffers grow (doubling) when traffic needs it; the write buffer is still written out past 8 KiB
+        // (the session loop's coalescing, patch 6).
+        let mut io = Framed::with_capacity(io, MqttCodec::Version(VersionCodec), INITIAL_BUFFER);
+        io.set_backpressure_boundary(WRITE_BOUNDARY);
+        Dispatcher { io, remote_addr, cfg, cert_info }
     }
 
     /// Negotiates protocol version and returns appropriate stream
