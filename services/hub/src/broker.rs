@@ -481,6 +481,10 @@ async fn engine(cfg: &HubConfig, on_disk: bool) -> Result<ServerContext, HubErro
     );
     let mut builder = ServerContext::new()
         .busy_check_enable(false)
+        // A QoS 1/2 message is acknowledged once it is on disk wherever it must be kept: queued for an offline
+        // persistent session, or retained (vendor/rmqtt patch 23; the stores sync in groups). Messages for
+        // online sessions never wait for the disk.
+        .durable_acks(on_disk)
         .plugins_config_map_add(PLUGIN_RETAIN, retain_cfg)
         .plugins_config_map_add(
             PLUGIN_SYS,

@@ -115,3 +115,100 @@ fn messages_for_a_session_that_was_online_at_kill_9_are_kept() -> Result<()> {
         Ok(())
     })
 }
+
+/// Issue 10: a QoS 1 message the hub acknowledged (PUBACK) survives kill -9 when it had to be stored: queued
+/// for an offline persistent session, or retained. The hub is killed the moment the last PUBACK arrives; before
+/// the durable acknowledgements (vendor/rmqtt patch 23) these messages reached the disk only with the store's
+/// background flush, every 500 ms, and a kill within that time lost them. `KILL9_RUNS` sets the runs (default 3).
+#[test]
+fn acknowledged_queued_and_retained_messages_survive_kill_9() -> Result<()> {
+    let runs: usize = std::env::var("KILL9_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    block_on(async {
+        for run in 0..runs {
+            acknowledged_then_killed(run).await?;
+        }
+        Ok(())
+    })
+}
+
+async fn acknowledged_then_killed(run: usize) -> Result<()> {
+    const QUEUED: usize = 200;
+    const RETAINED: usize = 20;
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let config = dir.path().join("service.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: ['tcp://127.0.0.1:{port}']\n{PRINCIPALS}storage: {{dir: '{}'}}\n",
+            dir.path().join("data").display()
+        ),
+    )?;
+    let log = dir.path().join("hub.log");
+    let mut hub = start_child(&config, port, &log).await?;
+
+    // A persistent subscriber that goes away: what is routed to it now is queued in its offline session.
+    let mut backend = Client::connect(persistent("backend", port)).await?;
+    backend.subscribe("q/#", QoS::AtLeastOnce).await?;
+    backend.disconnect().await?;
+    // The hub takes the session offline when it reads the DISCONNECT (a message routed before that goes to
+    // an online session, which stores nothing).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut publisher = Client::connect(persistent("publisher", port)).await?;
+    let queued: Vec<Vec<u8>> = (0..QUEUED).map(|i| format!("q{i}").into_bytes()).collect();
+    for i in 0..RETAINED {
+        publisher
+            .send(&format!("r/{i}"), QoS::AtLeastOnce, true, format!("r{i}"))
+            .await?;
+    }
+    publisher.publish_all("q/x", &queued).await?;
+    // Every message is acknowledged: kill at once.
+    hub.kill9();
+    drop(publisher);
+
+    let _hub = start_child(&config, port, &log).await?;
+    let mut backend = Client::connect(persistent("backend", port)).await?;
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    while got.len() < QUEUED {
+        match backend.recv(Duration::from_secs(5)).await? {
+            Some(p) if p.topic == "q/x" => {
+                if !got.contains(&p.payload.to_vec()) {
+                    got.push(p.payload.to_vec());
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let mut reader = Client::connect(options(
+        "reader",
+        localhost(port),
+        Some(("admin", "admin-pw")),
+    ))
+    .await?;
+    reader.subscribe("r/#", QoS::AtLeastOnce).await?;
+    let mut retained = 0;
+    while retained < RETAINED {
+        match reader.recv(Duration::from_secs(3)).await? {
+            Some(p) if p.retain => retained += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    println!(
+        "run {run}: {} of {QUEUED} queued and {retained} of {RETAINED} retained acknowledged messages kept",
+        got.len()
+    );
+    assert!(
+        got.len() == QUEUED && retained == RETAINED,
+        "run {run}: after kill -9, {} of {QUEUED} acknowledged queued messages and {retained} of {RETAINED} \
+         acknowledged retained messages were kept\nhub log:\n{}",
+        got.len(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    Ok(())
+}

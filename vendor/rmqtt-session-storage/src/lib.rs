@@ -624,6 +624,9 @@ impl Handler for OfflineMessageHandler {
                 let storage_db = self.storage_db.clone();
                 let id = s.id.clone();
                 let max_mqueue_len = s.listen_cfg().max_mqueue_len;
+                // baetyl patch 2: the publisher's acknowledgement may be waiting for this message to be on disk
+                // (rmqtt's durable acknowledgements); its guard is released once it is written and synced.
+                let durable = p.durable.take();
                 let p = (*p).clone();
                 let f = f.clone();
                 self.dispatch(async move {
@@ -637,6 +640,15 @@ impl Handler for OfflineMessageHandler {
                         .await;
                     if let Err(e) = res {
                         log::warn!("{id:?} save offline messages error, {e}")
+                    } else if let Some(durable) = durable {
+                        // Synced apart from this queue (which runs saves one at a time, in order), so that the
+                        // saves behind this one share its sync (group commit) instead of waiting for it.
+                        tokio::spawn(async move {
+                            if let Err(e) = storage_db.flush().await {
+                                log::warn!("{id:?} sync offline messages to disk error, {e}")
+                            }
+                            drop(durable);
+                        });
                     }
                 })
                 .await;

@@ -99,6 +99,8 @@ pub struct ServerContextBuilder {
 
     /// Enable/disable busy state checking
     pub busy_check_enable: bool,
+    /// baetyl patch 23: acknowledge a QoS 1/2 PUBLISH only once it is stored wherever it must be
+    pub durable_acks: bool,
     /// Maximum allowed concurrent handshakes before busy state
     pub busy_handshaking_limit: isize,
 
@@ -130,6 +132,7 @@ impl ServerContextBuilder {
             task_exec_workers: 2000,
             task_exec_queue_max: 300_000,
             busy_check_enable: true,
+            durable_acks: false,
             busy_handshaking_limit: 0,
             mqtt_max_sessions: 0,
             #[cfg(feature = "plugin")]
@@ -171,6 +174,15 @@ impl ServerContextBuilder {
     /// Enables/disables busy state checking
     pub fn busy_check_enable(mut self, busy_check_enable: bool) -> Self {
         self.busy_check_enable = busy_check_enable;
+        self
+    }
+
+    /// baetyl patch 23: a QoS 1/2 PUBLISH is acknowledged (PUBACK, PUBREC) only once it is on disk in every
+    /// store that keeps it: the queue of each offline persistent session it was routed to, and the retained
+    /// messages (the storage plugins sync in groups). Off by default (the stores then reach the disk on their
+    /// own schedule).
+    pub fn durable_acks(mut self, durable_acks: bool) -> Self {
+        self.durable_acks = durable_acks;
         self
     }
 
@@ -245,6 +257,7 @@ impl ServerContextBuilder {
                 execs: DashMap::default(),
 
                 busy_check_enable: self.busy_check_enable,
+                durable_acks: self.durable_acks,
                 mqtt_max_sessions: self.mqtt_max_sessions,
 
                 handshakings: Counter::new(),
@@ -295,6 +308,8 @@ pub struct ServerContextInner {
 
     /// Busy state check flag
     pub busy_check_enable: bool,
+    /// baetyl patch 23: see [`ServerContextBuilder::durable_acks`]
+    pub durable_acks: bool,
     /// Maximum allowed MQTT sessions
     pub mqtt_max_sessions: isize,
 
@@ -323,6 +338,13 @@ impl Deref for ServerContext {
 }
 
 impl ServerContext {
+    /// baetyl patch 23: whether QoS 1/2 acknowledgements wait for the stores (see
+    /// [`ServerContextBuilder::durable_acks`]).
+    #[inline]
+    pub fn durable_acks(&self) -> bool {
+        self.inner.durable_acks
+    }
+
     /// Creates new ServerContextBuilder instance
     #[allow(clippy::new_ret_no_self)]
     pub fn new() -> ServerContextBuilder {

@@ -460,6 +460,7 @@ mod tests {
             target_clientid: None,
             delay_interval: None,
             create_time: None,
+            durable: Default::default(),
         }
     }
 

@@ -106,6 +106,12 @@ use crate::Result;
 
 /// After its DISCONNECT, how long an MQTT 5 connection is read (and discarded) for the client to close first.
 const DISCONNECT_DRAIN: Duration = Duration::from_millis(500);
+/// baetyl patch 23: acknowledgements a session holds back at most while their messages are being stored; then
+/// it reads no more packets from its client until some are sent.
+const MAX_PENDING_ACKS: usize = 1024;
+/// baetyl patch 23: the longest a durable acknowledgement waits for the stores (a disk that hangs must not
+/// hang the publisher for good); past it the message is acknowledged anyway, and that is logged.
+const DURABLE_ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// Runtime state for an active MQTT session.
 ///
@@ -121,6 +127,18 @@ pub struct SessionState {
     pub server_topic_aliases: Option<Arc<ServerTopicAliases>>,
     pub client_topic_aliases: Option<Arc<ClientTopicAliases>>,
     in_inflight: InInflight,
+    /// baetyl patch 23: acknowledgements (PUBACK, PUBREC) waiting for the stores, in the order of their PUBLISH.
+    pending_acks: std::collections::VecDeque<PendingAck>,
+}
+
+/// An acknowledgement held back until its message is stored (baetyl patch 23).
+struct PendingAck {
+    packet_id: NonZeroU16,
+    qos: QoS,
+    res: PublishResult,
+    /// None: nothing to wait for, only acknowledgements before it.
+    ticket: Option<Arc<DurableTicket>>,
+    held_at: Instant,
 }
 
 impl fmt::Debug for SessionState {
@@ -194,6 +212,7 @@ impl SessionState {
             server_topic_aliases,
             client_topic_aliases,
             in_inflight: InInflight::new(scx, max_inflight.get()),
+            pending_acks: std::collections::VecDeque::new(),
         }
     }
 
@@ -373,24 +392,35 @@ impl SessionState {
         enum Event {
             KeepAliveTimeout,
             DeliverTimeout,
+            /// Held acknowledgements can go (false: the first one's stores did not answer in time).
+            AcksStored(bool),
             Deliver(Option<Option<(From, Publish)>>),
             Message(Option<Message>),
             Packet(Result<Option<Packet>>),
         }
         sink.set_coalesce(true);
 
+        // baetyl patch 24: the timers are re-armed only when they must be. Re-arming a timer takes the runtime's
+        // timer lock; this loop did it twice per packet (the keep alive on every packet read, the inflight
+        // timeout on every iteration). The keep alive now remembers the last packet and, when it fires early,
+        // is pushed back to that packet's time plus the interval; the inflight timeout is moved only to an
+        // earlier deadline (firing early re-sends nothing: only messages that timed out are taken).
+        let mut last_packet = Instant::now();
         loop {
             log::debug!("{:?} tokio::select! loop", state.id);
-            deliver_timeout_delay.as_mut().reset(
-                Instant::now()
-                    + state
-                        .out_inflight()
-                        .read()
-                        .await
-                        .get_timeout()
-                        .unwrap_or_else(|| Duration::from_secs(120)),
-            );
-            let credit = state.out_inflight().read().await.has_credit();
+            let (timeout, credit) = {
+                let out_inflight = state.out_inflight().read().await;
+                (out_inflight.get_timeout(), out_inflight.has_credit())
+            };
+            let deadline = Instant::now() + timeout.unwrap_or_else(|| Duration::from_secs(120));
+            if deadline < deliver_timeout_delay.deadline() || deliver_timeout_delay.is_elapsed() {
+                deliver_timeout_delay.as_mut().reset(deadline);
+            }
+            // baetyl patch 23: the first held acknowledgement's ticket; while MAX_PENDING_ACKS are held, no more
+            // packets are read (the client is slowed down by TCP instead of the hub holding without bound).
+            let acks_held = !state.pending_acks.is_empty();
+            let head = state.pending_acks.front().and_then(|a| Some((a.ticket.clone()?, a.held_at)));
+            let read_packets = state.pending_acks.len() < MAX_PENDING_ACKS;
 
             macro_rules! next_event {
                 () => {
@@ -400,7 +430,15 @@ impl SessionState {
                             _ = &mut deliver_timeout_delay => Event::DeliverTimeout,
                             p = deliver_queue_rx.next(), if credit => Event::Deliver(p),
                             msg = state.rx.next() => Event::Message(msg),
-                            pkt = sink.recv() => Event::Packet(pkt),
+                            stored = async {
+                                match &head {
+                                    Some((t, held_at)) => {
+                                        tokio::time::timeout_at(*held_at + DURABLE_ACK_WAIT, t.released()).await.is_ok()
+                                    }
+                                    None => true,
+                                }
+                            }, if acks_held => Event::AcksStored(stored),
+                            pkt = sink.recv(), if read_packets => Event::Packet(pkt),
                         }
                     }
                 };
@@ -418,7 +456,15 @@ impl SessionState {
             };
 
             match event {
-                Event::KeepAliveTimeout => return Err(Reason::ConnectKeepaliveTimeout),
+                Event::KeepAliveTimeout => {
+                    let due = last_packet + keep_alive_interval;
+                    if Instant::now() >= due {
+                        return Err(Reason::ConnectKeepaliveTimeout);
+                    }
+                    keep_alive_delay.as_mut().reset(due);
+                }
+
+                Event::AcksStored(stored) => state.send_stored_acks(sink, !stored).await?,
 
                 Event::DeliverTimeout => {
                     while let Some(iflt_msg) = state.out_inflight().write().await.pop_front_timeout() {
@@ -453,7 +499,7 @@ impl SessionState {
 
                 Event::Packet(pkt) => {
                     log::debug!("{:?} pkt: {:?}", state.id, pkt);
-                    keep_alive_delay.as_mut().reset(Instant::now() + keep_alive_interval);
+                    last_packet = Instant::now();
                     match pkt? {
                         Some(pkt) => {
                             state.process_mqtt_message(sink, pkt, flags).await?;
@@ -484,6 +530,10 @@ impl SessionState {
             will_delay_interval
         );
 
+        // baetyl patch 23: from now on a publisher's durable acknowledgement waits for what is routed here to be
+        // stored (the storage plugin takes the message's guard in its `offline_message` hook).
+        self.inner.offline.store(true, std::sync::atomic::Ordering::SeqCst);
+
         //state.disconnect
         let session_expiry_delay = tokio::time::sleep(session_expiry_interval);
         tokio::pin!(session_expiry_delay);
@@ -501,6 +551,8 @@ impl SessionState {
 
                                 //hook, offline_message
                                 self.hook.offline_message(from.clone(), &p).await;
+                                // baetyl patch 23: released here unless a store took it.
+                                drop(p.durable.take());
 
                                 if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
                                     log::debug!("{:?} offline deliver_dropped, from: {:?}, {:?}", self.id, from, p);
@@ -534,6 +586,7 @@ impl SessionState {
                                         // rule, sys-topic offline counters, audit plugins) do not
                                         // miss the messages drained on kick.
                                         self.hook.offline_message(from.clone(), &p).await;
+                                        drop(p.durable.take());
                                         if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
                                             log::debug!("{:?} offline deliver_dropped, from: {:?}, {:?}", self.id, from, p);
                                             self.scx
@@ -675,6 +728,8 @@ impl SessionState {
     {
         match msg {
             Message::Forward(from, p) => {
+                // baetyl patch 23: an online session stores nothing; the publisher need not wait for it.
+                drop(p.durable.take());
                 if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
                     log::debug!("{:?} deliver_dropped, from: {:?}, {:?}", self.id, from, p);
                     //hook, message_dropped
@@ -704,6 +759,7 @@ impl SessionState {
                     while let Ok(msg) = self.rx.try_recv() {
                         match msg {
                             Message::Forward(from, p) => {
+                                drop(p.durable.take());
                                 if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
                                     self.scx
                                         .extends
@@ -1151,17 +1207,19 @@ impl SessionState {
                     Ok(res) => res,
                 };
 
-                let pubres = self.publish(publish).await.inspect_err(|_| {
+                let (pubres, ticket) = self.publish(publish).await.inspect_err(|_| {
                     if inflight_res {
                         self.in_inflight.remove(&packet_id);
                     }
                 })?;
-
-                let ack_res = sink.send_publish_ack(packet_id, pubres).await;
+                // A QoS 1 exchange is over for the window once the message is routed; its PUBACK may wait for
+                // the stores (baetyl patch 23), bounded by MAX_PENDING_ACKS.
                 if inflight_res {
                     self.in_inflight.remove(&packet_id);
                 }
-                ack_res?;
+                if let Some(pubres) = self.hold_ack(packet_id, qos, pubres, ticket) {
+                    sink.send_publish_ack(packet_id, pubres).await?;
+                }
             }
             QoS::ExactlyOnce => {
                 let packet_id = Self::packet_id(packet_id)?;
@@ -1190,14 +1248,16 @@ impl SessionState {
                 if self.in_inflight.is_full() {
                     return Err(Reason::InflightWindowFull);
                 }
-                let pub_res = self.publish(publish).await?;
+                let (pub_res, ticket) = self.publish(publish).await?;
                 let inflight_res =
                     if pub_res.is_success() { self.in_inflight.add(packet_id, qos)? } else { false };
-                let rec_res = sink.send_publish_received(packet_id, pub_res).await;
-                if inflight_res && rec_res.is_err() {
-                    self.in_inflight.remove(&packet_id);
+                if let Some(pub_res) = self.hold_ack(packet_id, qos, pub_res, ticket) {
+                    let rec_res = sink.send_publish_received(packet_id, pub_res).await;
+                    if inflight_res && rec_res.is_err() {
+                        self.in_inflight.remove(&packet_id);
+                    }
+                    rec_res?;
                 }
-                rec_res?;
             }
             QoS::AtMostOnce => {
                 self.publish(publish).await?;
@@ -1206,17 +1266,78 @@ impl SessionState {
         Ok(())
     }
 
+    /// baetyl patch 23: keeps an acknowledgement back while its message is not stored yet, or while earlier
+    /// ones wait (acknowledgements leave in the order of their PUBLISH, MQTT-4.6.0-2); returns it when it can
+    /// be sent now.
     #[inline]
-    async fn publish(&self, publish: Publish) -> Result<PublishResult> {
+    fn hold_ack(
+        &mut self,
+        packet_id: NonZeroU16,
+        qos: QoS,
+        res: PublishResult,
+        ticket: Option<Arc<DurableTicket>>,
+    ) -> Option<PublishResult> {
+        let waiting = ticket.as_ref().is_some_and(|t| !t.is_released());
+        if !waiting && self.pending_acks.is_empty() {
+            return Some(res);
+        }
+        self.pending_acks.push_back(PendingAck {
+            packet_id,
+            qos,
+            res,
+            ticket: ticket.filter(|_| waiting),
+            held_at: Instant::now(),
+        });
+        None
+    }
+
+    /// baetyl patch 23: sends the held acknowledgements whose messages are stored, in order; with `late`, the
+    /// first one is sent even though its stores did not answer within [`DURABLE_ACK_WAIT`].
+    async fn send_stored_acks<Io>(&mut self, sink: &mut Sink<Io>, late: bool) -> std::result::Result<(), Reason>
+    where
+        Io: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut force = late;
+        while let Some(a) = self.pending_acks.front() {
+            if !force && a.ticket.as_ref().is_some_and(|t| !t.is_released()) {
+                break;
+            }
+            if force {
+                log::warn!(
+                    "{:?} a message was not stored within {:?}; acknowledged without it being on disk",
+                    self.id,
+                    DURABLE_ACK_WAIT
+                );
+                force = false;
+            }
+            let Some(a) = self.pending_acks.pop_front() else { break };
+            match a.qos {
+                QoS::AtLeastOnce => sink.send_publish_ack(a.packet_id, a.res).await?,
+                QoS::ExactlyOnce => {
+                    if let Err(e) = sink.send_publish_received(a.packet_id, a.res).await {
+                        self.in_inflight.remove(&a.packet_id);
+                        return Err(e.into());
+                    }
+                }
+                QoS::AtMostOnce => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes a client's PUBLISH; with durable acknowledgements (baetyl patch 23), also the ticket its
+    /// acknowledgement waits for.
+    #[inline]
+    async fn publish(&self, publish: Publish) -> Result<(PublishResult, Option<Arc<DurableTicket>>)> {
         match self._publish(publish).await {
             Err(e) => {
                 #[cfg(feature = "metrics")]
                 self.scx.metrics.client_publish_error_inc();
                 Err(e)
             }
-            Ok(pub_res) => {
+            Ok((pub_res, ticket)) => {
                 if pub_res.is_success() {
-                    Ok(pub_res)
+                    Ok((pub_res, ticket))
                 } else {
                     #[cfg(feature = "metrics")]
                     self.scx.metrics.client_publish_error_inc();
@@ -1226,7 +1347,7 @@ impl SessionState {
                             pub_res.reason_string.unwrap_or_default(),
                         )
                         .into()),
-                        false => Ok(pub_res),
+                        false => Ok((pub_res, ticket)),
                     }
                 }
             }
@@ -1234,7 +1355,10 @@ impl SessionState {
     }
 
     #[inline]
-    async fn _publish(&self, #[allow(unused_mut)] mut publish: Publish) -> Result<PublishResult> {
+    async fn _publish(
+        &self,
+        #[allow(unused_mut)] mut publish: Publish,
+    ) -> Result<(PublishResult, Option<Arc<DurableTicket>>)> {
         // (MQTT 5 Topic Aliases are resolved when the PUBLISH arrives, in process_mqtt_message.)
         let from = From::from_custom(self.id.clone());
 
@@ -1269,7 +1393,7 @@ impl SessionState {
                 )
                 .into())
             } else {
-                Ok(pub_res)
+                Ok((pub_res, None))
             };
         }
 
@@ -1300,9 +1424,18 @@ impl SessionState {
             None
         };
 
+        // baetyl patch 23: with durable acknowledgements, a QoS 1/2 message is acknowledged once it is on disk
+        // wherever it must be stored: in the queue of every offline persistent session it was routed to, and as
+        // the retained message of its topic (the stores sync in groups, see rmqtt-storage's `flush`).
+        let ticket = (self.scx.durable_acks() && publish.qos != QoS::AtMostOnce).then(|| {
+            let ticket = Arc::new(crate::types::DurableTicket::default());
+            publish.durable = ticket.guard().into();
+            ticket
+        });
+
         Self::forwards(&self.scx, from, publish, message_storage_available, message_expiry_interval).await?;
 
-        Ok(PublishResult::success())
+        Ok((PublishResult::success(), ticket))
     }
 
     #[inline]
@@ -2095,7 +2228,10 @@ impl SessionState {
                     .as_ref()
                     .and_then(|p| p.message_expiry_interval)
                     .map(|i| Duration::from_secs(u64::from(i.get())));
-                retain.set(&publish.topic, retain_msg.clone(), retain_expiry).await?;
+                // baetyl patch 23: the store releases this share of the publisher's guard once it is on disk.
+                let mut stored = Retain { msg_id, from: from.clone(), publish: publish.clone() };
+                stored.publish.durable = publish.durable.share();
+                retain.set(&publish.topic, stored, retain_expiry).await?;
                 let _ = scx
                     .extends
                     .shared()
@@ -2178,6 +2314,18 @@ pub struct _Session {
     pub auth_info: Option<AuthInfo>,
     pub extra_attrs: Arc<RwLock<ExtraAttrs>>,
     pub scx: ServerContext,
+    /// baetyl patch 23: set when the session's offline loop starts (a session never comes back online: a
+    /// reconnect makes a new one). A message routed to it from then on is stored for it, and the publisher's
+    /// durable acknowledgement waits for that store.
+    offline: std::sync::atomic::AtomicBool,
+}
+
+impl _Session {
+    /// Whether the session runs offline (its client is gone; what is routed to it is queued and stored).
+    #[inline]
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Deref for _Session {
@@ -2539,7 +2687,15 @@ impl Session {
             )
             .await?;
         let extra_attrs = Arc::new(RwLock::new(ExtraAttrs::new()));
-        Ok(Self(Arc::new(_Session { inner: session_like, id, fitter, auth_info, extra_attrs, scx })))
+        Ok(Self(Arc::new(_Session {
+            inner: session_like,
+            id,
+            fitter,
+            auth_info,
+            extra_attrs,
+            scx,
+            offline: std::sync::atomic::AtomicBool::new(false),
+        })))
     }
 
     #[inline]

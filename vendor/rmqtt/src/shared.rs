@@ -972,6 +972,15 @@ impl Shared for DefaultShared {
             }
             // p.properties.subscription_ids = sub_ids;
 
+            // baetyl patch 23: a QoS 1/2 copy for an offline session is stored for it; the publisher's durable
+            // acknowledgement waits for that (the copy's own share of the guard). Online sessions store nothing.
+            if p.qos != QoS::AtMostOnce
+                && publish.durable.is_set()
+                && self.peers.get(&client_id).is_some_and(|peer| peer.s.is_offline())
+            {
+                p.durable = publish.durable.share();
+            }
+
             let (tx, to) = if let Some((tx, to)) = self.tx(&client_id) {
                 (tx, to)
             } else {

@@ -1297,6 +1297,114 @@ pub struct Publish {
 
     /// Message creation timestamp
     pub create_time: Option<i64>,
+
+    /// baetyl patch 23: what the publisher's acknowledgement waits for (see [`Durable`]). Never serialized,
+    /// never cloned: a copy made for a recipient gets its own share with [`Durable::share`].
+    #[serde(skip)]
+    pub durable: Durable,
+}
+
+/// What keeps a publisher's PUBACK (PUBREC) waiting until its message is on disk, wherever it must be stored
+/// (baetyl patch 23).
+///
+/// The publisher's session makes a [`DurableTicket`] for a QoS 1/2 message when the server asks for durable
+/// acknowledgements ([`ServerContext::durable_acks`]), and puts a [`DurableGuard`] on the message. Each copy
+/// routed to a recipient gets a guard of its own ([`Durable::share`]), and so does the copy handed to the
+/// retained-message store. A guard is released when it is dropped: at once by a session that is online (the
+/// message goes to a live client, nothing is stored), after the store wrote and synced it when a storage
+/// plugin took it (an offline persistent session's queue, a retained message), or when the message is dropped.
+/// The publisher acknowledges once every guard is released.
+#[derive(Default)]
+pub struct Durable(std::sync::Mutex<Option<DurableGuard>>);
+
+impl Durable {
+    /// Takes the guard, for a store that will release it once the message is on disk.
+    #[inline]
+    pub fn take(&self) -> Option<DurableGuard> {
+        self.0.lock().ok()?.take()
+    }
+
+    /// A guard on the same ticket for a copy of this message (none when this one has none).
+    #[inline]
+    pub fn share(&self) -> Durable {
+        let g = self.0.lock().ok().and_then(|g| g.as_ref().map(|g| g.0.guard()));
+        Durable(std::sync::Mutex::new(g))
+    }
+
+    #[inline]
+    pub fn is_set(&self) -> bool {
+        self.0.lock().map(|g| g.is_some()).unwrap_or(false)
+    }
+}
+
+impl std::convert::From<DurableGuard> for Durable {
+    fn from(g: DurableGuard) -> Self {
+        Durable(std::sync::Mutex::new(Some(g)))
+    }
+}
+
+/// A copy of a message is not a holder of its ticket: see [`Durable::share`].
+impl Clone for Durable {
+    fn clone(&self) -> Self {
+        Durable::default()
+    }
+}
+
+impl fmt::Debug for Durable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Durable({})", self.is_set())
+    }
+}
+
+/// The publisher's side of [`Durable`]: how many guards are still out.
+#[derive(Default)]
+pub struct DurableTicket {
+    pending: std::sync::atomic::AtomicUsize,
+    released: tokio::sync::Notify,
+}
+
+impl DurableTicket {
+    #[inline]
+    pub fn guard(self: &Arc<Self>) -> DurableGuard {
+        self.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        DurableGuard(self.clone())
+    }
+
+    /// Whether every guard is released.
+    #[inline]
+    pub fn is_released(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// Completes once every guard is released.
+    pub async fn released(&self) {
+        loop {
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_released() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Released when dropped; see [`Durable`].
+pub struct DurableGuard(Arc<DurableTicket>);
+
+impl Drop for DurableGuard {
+    fn drop(&mut self) {
+        if self.0.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.released.notify_waiters();
+        }
+    }
+}
+
+impl fmt::Debug for DurableGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DurableGuard")
+    }
 }
 
 impl Publish {
@@ -1325,7 +1433,7 @@ impl Publish {
         delay_interval: Option<u32>,
         create_time: Option<i64>,
     ) -> Self {
-        Publish { inner, target_clientid, delay_interval, create_time }
+        Publish { inner, target_clientid, delay_interval, create_time, durable: Durable::default() }
     }
 
     #[inline]
@@ -1361,13 +1469,13 @@ impl DerefMut for Publish {
 
 impl std::convert::From<CodecPublish> for Publish {
     fn from(p: CodecPublish) -> Self {
-        Publish { inner: Box::new(p), target_clientid: None, delay_interval: None, create_time: None }
+        Publish::new(Box::new(p), None, None, None)
     }
 }
 
 impl std::convert::From<Box<CodecPublish>> for Publish {
     fn from(p: Box<CodecPublish>) -> Self {
-        Publish { inner: p, target_clientid: None, delay_interval: None, create_time: None }
+        Publish::new(p, None, None, None)
     }
 }
 

@@ -91,7 +91,10 @@ where
             scx.handshakings.dec();
         }
 
-        let (state, keep_alive) = match handshake(&scx, &mut sink, lid).await {
+        // baetyl patch 25: the handshake's future is boxed, so that its state (large: authentication hooks,
+        // session creation, a takeover) is freed once the session runs instead of staying in every connection's
+        // task for its whole life.
+        let (state, keep_alive) = match Box::pin(handshake(&scx, &mut sink, lid)).await {
             Ok(c) => c,
             Err((ack_code, e)) => {
                 match ack_code {
