@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -49,6 +49,39 @@ async fn start_child(config: &Path, port: u16, log: &Path) -> Result<Process> {
     Ok(hub)
 }
 
+/// A hub child with its config and log in `dir` and its stores under `dir/data`: (port, config, log, hub).
+async fn hub_in(dir: &Path) -> Result<(u16, PathBuf, PathBuf, Process)> {
+    let port = free_port();
+    let config = dir.join("service.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: ['tcp://127.0.0.1:{port}']\n{PRINCIPALS}storage: {{dir: '{}'}}\n",
+            dir.join("data").display()
+        ),
+    )?;
+    let log = dir.join("hub.log");
+    let hub = start_child(&config, port, &log).await?;
+    Ok((port, config, log, hub))
+}
+
+/// The distinct payloads received on `topic`, until there are `n` or nothing came for 5 s.
+async fn distinct_on(c: &mut Client, topic: &str, n: usize) -> Result<Vec<Vec<u8>>> {
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    while got.len() < n {
+        match c.recv(Duration::from_secs(5)).await? {
+            Some(p) if p.topic == topic => {
+                if !got.contains(&p.payload.to_vec()) {
+                    got.push(p.payload.to_vec());
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    Ok(got)
+}
+
 fn persistent(id: &str, port: u16) -> rumqttc::MqttOptions {
     let mut o = options(id, localhost(port), Some(("admin", "admin-pw")));
     o.set_clean_session(false);
@@ -59,17 +92,7 @@ fn persistent(id: &str, port: u16) -> rumqttc::MqttOptions {
 fn messages_for_a_session_that_was_online_at_kill_9_are_kept() -> Result<()> {
     block_on(async {
         let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let config = dir.path().join("service.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen: ['tcp://127.0.0.1:{port}']\n{PRINCIPALS}storage: {{dir: '{}'}}\n",
-                dir.path().join("data").display()
-            ),
-        )?;
-        let log = dir.path().join("hub.log");
-        let mut hub = start_child(&config, port, &log).await?;
+        let (port, config, log, mut hub) = hub_in(dir.path()).await?;
 
         // The backend: a persistent subscriber, online, receiving.
         let mut backend = Client::connect(persistent("backend", port)).await?;
@@ -94,18 +117,7 @@ fn messages_for_a_session_that_was_online_at_kill_9_are_kept() -> Result<()> {
         // Then the backend reconnects with its persistent session and gets what was queued for it.
         let mut backend = Client::connect(persistent("backend", port)).await?;
         let present = backend.connack().session_present;
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        while got.len() < 100 {
-            match backend.recv(Duration::from_secs(5)).await? {
-                Some(p) if p.topic == "edge-1/offline" => {
-                    if !got.contains(&p.payload.to_vec()) {
-                        got.push(p.payload.to_vec());
-                    }
-                }
-                Some(_) => {}
-                None => break,
-            }
-        }
+        let got = distinct_on(&mut backend, "edge-1/offline", 100).await?;
         assert!(
             present && got.len() == 100,
             "session present after the restart: {present}; {} of 100 acknowledged messages arrived\nhub log:\n{}",
@@ -138,17 +150,7 @@ async fn acknowledged_then_killed(run: usize) -> Result<()> {
     const QUEUED: usize = 200;
     const RETAINED: usize = 20;
     let dir = tempfile::tempdir()?;
-    let port = free_port();
-    let config = dir.path().join("service.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: ['tcp://127.0.0.1:{port}']\n{PRINCIPALS}storage: {{dir: '{}'}}\n",
-            dir.path().join("data").display()
-        ),
-    )?;
-    let log = dir.path().join("hub.log");
-    let mut hub = start_child(&config, port, &log).await?;
+    let (port, config, log, mut hub) = hub_in(dir.path()).await?;
 
     // A persistent subscriber that goes away: what is routed to it now is queued in its offline session.
     let mut backend = Client::connect(persistent("backend", port)).await?;
@@ -172,18 +174,7 @@ async fn acknowledged_then_killed(run: usize) -> Result<()> {
 
     let _hub = start_child(&config, port, &log).await?;
     let mut backend = Client::connect(persistent("backend", port)).await?;
-    let mut got: Vec<Vec<u8>> = Vec::new();
-    while got.len() < QUEUED {
-        match backend.recv(Duration::from_secs(5)).await? {
-            Some(p) if p.topic == "q/x" => {
-                if !got.contains(&p.payload.to_vec()) {
-                    got.push(p.payload.to_vec());
-                }
-            }
-            Some(_) => {}
-            None => break,
-        }
-    }
+    let got = distinct_on(&mut backend, "q/x", QUEUED).await?;
     let mut reader = Client::connect(options(
         "reader",
         localhost(port),
