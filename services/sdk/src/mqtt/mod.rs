@@ -27,7 +27,7 @@ use crate::config::HumanDuration;
 
 pub use address::{AddressError, DEFAULT_WS_PATH, MqttAddress, Transport};
 pub use qos::{Qos, QosError};
-pub use tls::{ClientTls, TlsError};
+pub use tls::{ClientTls, ServerTls, TlsError};
 
 /// The keep alive a connection uses when its config does not say.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);

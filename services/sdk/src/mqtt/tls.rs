@@ -1,5 +1,5 @@
 //! The TLS side of an MQTT client connection: which servers to trust, what certificate to present, built into
-//! one rustls `ClientConfig` when the service starts.
+//! one rustls `ClientConfig` when the service starts; and [`ServerTls`], the same files on a server's side.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +55,51 @@ pub enum TlsError {
     HalfClientCert,
     #[error("TLS setup: {0}")]
     Rustls(#[source] rustls::Error),
+    #[error("ca file {}: {source}", file.display())]
+    ClientVerifier {
+        file: PathBuf,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+}
+
+/// A server's TLS (v1's `ca`, `cert`, `key` of a server section): its certificate chain and key, and when
+/// `ca` is set, client certificates chaining to it are required (two-way TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+impl ServerTls {
+    /// A rustls server config on the workspace's provider, offering `alpn` (e.g. `h2` for gRPC).
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Rustls)?;
+        let builder = match &self.ca {
+            Some(ca) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(ca_roots(ca)?),
+                    provider,
+                )
+                .build()
+                .map_err(|source| TlsError::ClientVerifier {
+                    file: ca.clone(),
+                    source,
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(certificates("cert", &self.cert)?, private_key(&self.key)?)
+            .map_err(TlsError::Rustls)?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
 }
 
 impl ClientTls {
@@ -82,45 +127,48 @@ impl ClientTls {
             builder.with_root_certificates(self.roots()?)
         };
         match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                let chain = certificates("cert", cert)?;
-                let key_der =
-                    PrivateKeyDer::from_pem_slice(&read("key", key)?).map_err(|source| {
-                        TlsError::Pem {
-                            what: "key",
-                            file: key.clone(),
-                            source,
-                        }
-                    })?;
-                builder
-                    .with_client_auth_cert(chain, key_der)
-                    .map_err(TlsError::Rustls)
-            }
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(certificates("cert", cert)?, private_key(key)?)
+                .map_err(TlsError::Rustls),
             _ => Ok(builder.with_no_client_auth()),
         }
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
         match &self.ca {
-            Some(ca) => {
-                for cert in certificates("ca", ca)? {
-                    roots.add(cert).map_err(|source| TlsError::BadCa {
-                        file: ca.clone(),
-                        source,
-                    })?;
-                }
-            }
+            Some(ca) => ca_roots(ca),
             None => {
+                let mut roots = rustls::RootCertStore::empty();
                 let found = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(found.certs);
                 if roots.is_empty() {
                     return Err(TlsError::NoSystemRoots);
                 }
+                Ok(roots)
             }
         }
-        Ok(roots)
     }
+}
+
+/// The certificates of a CA file as trust roots.
+fn ca_roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates("ca", ca)? {
+        roots.add(cert).map_err(|source| TlsError::BadCa {
+            file: ca.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The private key of a PEM file.
+fn private_key(key: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(&read("key", key)?).map_err(|source| TlsError::Pem {
+        what: "key",
+        file: key.to_path_buf(),
+        source,
+    })
 }
 
 fn read(what: &'static str, file: &Path) -> Result<Vec<u8>, TlsError> {
