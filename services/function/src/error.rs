@@ -38,6 +38,12 @@ pub enum FunctionError {
     },
     #[error("gRPC server: {0}")]
     Serve(#[source] tonic::transport::Error),
+    /// The function server's `cert`, `key` or `ca` cannot be used.
+    #[error("server: {source}")]
+    ServerTls {
+        #[source]
+        source: baetyl_sdk::mqtt::TlsError,
+    },
     /// The hub connection's TLS material cannot be used.
     #[error("hub: {0}")]
     Tls(#[from] baetyl_sdk::mqtt::TlsError),

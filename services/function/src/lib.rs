@@ -5,6 +5,7 @@
 //! - [`manager`]: `baetyl function`: rules subscribe to the hub, call functions, publish results.
 //! - [`answer`]: what a rule publishes: the result or the error answer, within the hub's message limit.
 //! - [`pool`]: instance pools over the master API (min, max, idletime, timeout).
+//! - [`serve`]: the manager's own Function server (v1's `server:`): calls by function name into the pools.
 //! - [`runtime`]: a gRPC server serving a set of functions; the SQL runtime (`baetyl runtime-sql`) and the
 //!   launcher of the Python runtime (`baetyl runtime-python`, code in `runtimes/python/`).
 pub mod answer;
@@ -13,6 +14,7 @@ pub mod manager;
 pub mod pool;
 pub mod proto;
 pub mod runtime;
+pub mod serve;
 pub mod sql;
 
 pub use error::FunctionError;

@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, oneshot};
 use crate::error::FunctionError;
 use crate::pool::{CallError, Pool};
 use crate::proto::FunctionMessage;
+use crate::runtime::{FunctionServerConfig, MessageLimit};
 use baetyl_sdk::ConfigError;
 use baetyl_sdk::client::MasterClient;
 use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
@@ -38,6 +39,10 @@ pub struct ManagerConfig {
     pub message: MessageConfig,
     #[serde(default)]
     pub logger: LoggerConfig,
+    /// v1's `server:`: with an `address`, the manager itself serves `baetyl.Function/Call` to other programs,
+    /// each call going to the named function's pool (see [`crate::runtime::FunctionServerConfig`]).
+    #[serde(default)]
+    pub server: FunctionServerConfig,
 }
 
 /// `message: {length: {max: 32k}}`: the same key as the hub's, and the same default. Set it to the hub's value
@@ -92,6 +97,47 @@ pub struct Rule {
     pub subscribe: TopicQos,
     pub function: FunctionRef,
     pub publish: TopicQos,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// `retry:` of a rule: how often a failed call is made again before the error answer is published.
+/// v1 had only `max` (attempts in all, default 3) and retried at once; `delay`, `factor` and `max_delay`
+/// space the attempts out (the first retry waits `delay`, each next one `factor` times longer, at most
+/// `max_delay`). Every failure is retried, as in v1: an error raised by the function, a timeout, an instance
+/// that could not start or died.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first one included; 0 and 1 mean no retry.
+    pub max: u32,
+    pub delay: HumanDuration,
+    pub factor: f64,
+    pub max_delay: HumanDuration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max: 3,
+            delay: HumanDuration::from_secs(0),
+            factor: 2.0,
+            max_delay: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+/// The most attempts a rule may make for one message (each may take the function's `timeout`).
+const MAX_ATTEMPTS: u32 = 20;
+
+impl RetryConfig {
+    /// The wait before retry number `n` (1 for the first retry).
+    pub fn delay_before(&self, n: u32) -> Duration {
+        let base = self.delay.get().as_secs_f64();
+        let d = base * self.factor.powi(n.saturating_sub(1) as i32);
+        let cap = self.max_delay.get().as_secs_f64();
+        Duration::from_secs_f64(if d.is_finite() { d.min(cap) } else { cap })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,10 +170,31 @@ pub struct FunctionConfig {
     /// do); `false` only for a v1 runtime we do not ship, which cannot (it still gets the secret).
     #[serde(default = "default_true")]
     pub verify_runtime: bool,
+    /// v1's `message.length.max` (default 4m): the largest call or answer exchanged with an instance.
+    #[serde(default)]
+    pub message: MessageLimit,
+    /// v1's `backoff.max` (default 1m): the longest wait between two attempts to connect to a starting
+    /// instance (the wait doubles from 10ms up to it, within the start deadline).
+    #[serde(default)]
+    pub backoff: BackoffConfig,
 }
 
 fn default_true() -> bool {
     true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    pub max: HumanDuration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            max: HumanDuration::from_secs(60),
+        }
+    }
 }
 
 fn default_timeout() -> HumanDuration {
@@ -143,6 +210,19 @@ pub struct InstanceConfig {
     pub max: u32,
     /// Idle instances above `min` are stopped after this long.
     pub idletime: HumanDuration,
+    /// v1's `evicttime`: how often idle instances are looked for. v1's default was 1m (an instance could
+    /// stay up to `idletime` + 1m); unset here, they are looked for every second.
+    pub evicttime: Option<HumanDuration>,
+}
+
+/// How often idle instances are looked for when `evicttime` is not set.
+const DEFAULT_EVICT_EVERY: Duration = Duration::from_secs(1);
+
+impl InstanceConfig {
+    pub fn evict_every(&self) -> Duration {
+        self.evicttime
+            .map_or(DEFAULT_EVICT_EVERY, HumanDuration::get)
+    }
 }
 
 impl Default for InstanceConfig {
@@ -151,6 +231,7 @@ impl Default for InstanceConfig {
             min: 0,
             max: 1,
             idletime: HumanDuration::from_secs(600),
+            evicttime: None,
         }
     }
 }
@@ -194,6 +275,28 @@ impl ConfigFile for ManagerConfig {
                     f.instance.min, f.instance.max
                 )));
             }
+            if f.instance.max > 100 {
+                return Err(bad(format!(
+                    "key `functions[{i}].instance.max`: at most 100 instances (got {}), as in v1",
+                    f.instance.max
+                )));
+            }
+            if f.instance
+                .evicttime
+                .is_some_and(|e| e.get() < Duration::from_millis(100))
+            {
+                return Err(bad(format!(
+                    "key `functions[{i}].instance.evicttime`: at least 100ms (v1's default is 1m)"
+                )));
+            }
+            f.message
+                .check(&format!("functions[{i}].message"))
+                .map_err(bad)?;
+            if f.backoff.max.get() < Duration::from_millis(10) {
+                return Err(bad(format!(
+                    "key `functions[{i}].backoff.max`: at least 10ms (default 1m)"
+                )));
+            }
         }
         let mut ids = std::collections::BTreeSet::new();
         for (i, r) in cfg.rules.iter().enumerate() {
@@ -218,7 +321,33 @@ impl ConfigFile for ManagerConfig {
                     "key `rules[{i}].publish.topic`: a publish topic cannot hold wildcards"
                 )));
             }
+            let retry = &r.retry;
+            if retry.max > MAX_ATTEMPTS {
+                return Err(bad(format!(
+                    "key `rules[{i}].retry.max`: at most {MAX_ATTEMPTS} attempts (got {}); each may take the function's timeout",
+                    retry.max
+                )));
+            }
+            if !(retry.factor.is_finite() && (1.0..=10.0).contains(&retry.factor)) {
+                return Err(bad(format!(
+                    "key `rules[{i}].retry.factor`: between 1 and 10 (got {})",
+                    retry.factor
+                )));
+            }
+            if retry.delay.get() > retry.max_delay.get() {
+                return Err(bad(format!(
+                    "key `rules[{i}].retry.delay`: {} is longer than `max_delay` ({})",
+                    retry.delay, retry.max_delay
+                )));
+            }
+            if retry.max_delay.get() > Duration::from_secs(600) {
+                return Err(bad(format!(
+                    "key `rules[{i}].retry.max_delay`: at most 10m (got {})",
+                    retry.max_delay
+                )));
+            }
         }
+        cfg.server.check("server").map_err(bad)?;
         Ok(())
     }
 }
@@ -232,6 +361,8 @@ pub struct RuleStats {
     pub published: AtomicU64,
     pub filtered: AtomicU64,
     pub errors: AtomicU64,
+    /// Calls made again after a failure (`retry`).
+    pub retried: AtomicU64,
 }
 
 /// Publishes through a rule's client and resolves when the hub acknowledged (QoS 1) or the packet was
@@ -280,21 +411,52 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), FunctionError> {
     let hub = hub_options(&cfg.hub)?;
+    // Bound first: a server that cannot start stops the manager before any instance is started.
+    let bound = match cfg.server.address() {
+        Some(a) => {
+            Some(crate::serve::Server::bind(&cfg.server, crate::runtime::parse_listen(a)?).await?)
+        }
+        None => None,
+    };
     let mut pools: BTreeMap<String, Arc<Pool>> = BTreeMap::new();
     for f in &cfg.functions {
         let pool = Arc::new(Pool::new(f.clone(), master.clone()));
         pool.warm_up().await;
         pools.insert(f.name.clone(), pool);
     }
-    let reaper_pools: Vec<Arc<Pool>> = pools.values().cloned().collect();
-    let reaper = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            for p in &reaper_pools {
-                p.reap_idle().await;
-            }
+    // One reaper per function: each looks for idle instances every `evicttime`.
+    let reapers: Vec<_> = cfg
+        .functions
+        .iter()
+        .filter_map(|f| {
+            pools
+                .get(&f.name)
+                .map(|p| (p.clone(), f.instance.evict_every()))
+        })
+        .map(|(pool, every)| {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    pool.reap_idle().await;
+                }
+            })
+        })
+        .collect();
+    let (server_stop, server_stopped) = oneshot::channel::<()>();
+    let server = match bound {
+        Some(bound) => {
+            let dispatch = crate::serve::Dispatch::new(pools.clone());
+            Some(tokio::spawn(async move {
+                let stopped = async {
+                    let _ = server_stopped.await;
+                };
+                if let Err(e) = bound.serve(dispatch, stopped).await {
+                    tracing::error!("function server: {e}");
+                }
+            }))
         }
-    });
+        None => None,
+    };
     let mut stats = BTreeMap::new();
     let mut tasks = Vec::new();
     for rule in &cfg.rules {
@@ -321,8 +483,14 @@ pub async fn run(
     for t in tasks {
         t.abort();
     }
-    reaper.abort();
+    for r in reapers {
+        r.abort();
+    }
     reporter.abort();
+    let _ = server_stop.send(());
+    if let Some(s) = server {
+        let _ = s.await;
+    }
     for p in pools.values() {
         p.stop_all().await;
     }
@@ -342,6 +510,7 @@ async fn report_loop(stats: BTreeMap<String, Arc<RuleStats>>, pools: BTreeMap<St
                         "published": s.published.load(Ordering::Relaxed),
                         "filtered": s.filtered.load(Ordering::Relaxed),
                         "errors": s.errors.load(Ordering::Relaxed),
+                        "retried": s.retried.load(Ordering::Relaxed),
                     }),
                 )
             })
@@ -488,7 +657,20 @@ async fn handle(
         function_invoke_id: crate::pool::invoke_id(),
     };
     let out_qos: QoS = in_qos.min(rule.publish.qos).into();
-    let result = pool.call(permit, msg.clone()).await;
+    // The permit is held across retries: with `instance.max: 1` messages stay in order.
+    let mut result = pool.call(&permit, msg.clone()).await;
+    let mut attempt = 1;
+    while let Err(e) = &result
+        && attempt < rule.retry.max
+    {
+        let wait = rule.retry.delay_before(attempt);
+        attempt += 1;
+        stats.retried.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(rule = %rule.clientid, "function {} failed ({e}); attempt {attempt} of {} in {wait:?}", rule.function.name, rule.retry.max);
+        tokio::time::sleep(wait).await;
+        result = pool.call(&permit, msg.clone()).await;
+    }
+    drop(permit);
     let failure = match result {
         Ok(reply) if reply.payload.is_empty() => {
             stats.filtered.fetch_add(1, Ordering::Relaxed);
@@ -648,6 +830,142 @@ mod tests {
                 e.contains("key `message.length.max`") && e.contains("between 1k and 64m"),
                 "{e}"
             );
+        }
+    }
+
+    /// Every key of v1.0.2's function manager config (its `Config`, `RuleInfo`, `FunctionInfo` and
+    /// `InstanceInfo`, with v1's `FunctionServerConfig` under `server`).
+    const V1_FULL: &str = r#"
+hub: {address: 'tcp://127.0.0.1:1883', username: test, password: hahaha, keepalive: -1}
+server:
+  address: 127.0.0.1:50060
+  timeout: 1m
+  message: {length: {max: 8m}}
+  concurrent: {max: 16}
+  workers: {max: 4}
+rules:
+  - clientid: r1
+    subscribe: {topic: t}
+    function: {name: sayhi}
+    publish: {topic: t/hi}
+    retry: {max: 5, delay: 100ms, factor: 3, max_delay: 1s}
+  - clientid: r2
+    subscribe: {topic: u}
+    function: {name: sayhi}
+    publish: {topic: u/hi}
+functions:
+  - name: sayhi
+    service: function-python3-sayhi
+    instance: {min: 1, max: 10, idletime: 10m, evicttime: 30s}
+    message: {length: {max: 1m}}
+    backoff: {max: 2s}
+    timeout: 30s
+logger: {path: var/log/baetyl/service.log, level: debug}
+"#;
+
+    #[test]
+    fn every_v1_key_is_read() {
+        let cfg = parse(V1_FULL).expect("v1 config");
+        let s = &cfg.server;
+        assert_eq!(s.address(), Some("127.0.0.1:50060"));
+        assert_eq!(s.timeout, Some(HumanDuration::from_secs(60)));
+        assert_eq!(s.message.bytes(), 8 << 20);
+        assert_eq!((s.concurrent.max, s.workers.max), (16, 4));
+        let r = &cfg.rules[0].retry;
+        assert_eq!(r.max, 5);
+        assert_eq!(r.delay_before(1), Duration::from_millis(100));
+        assert_eq!(r.delay_before(2), Duration::from_millis(300));
+        assert_eq!(r.delay_before(3), Duration::from_millis(900));
+        assert_eq!(
+            r.delay_before(4),
+            Duration::from_secs(1),
+            "capped by max_delay"
+        );
+        assert_eq!(
+            cfg.rules[1].retry,
+            RetryConfig::default(),
+            "v1's default: 3 attempts, at once"
+        );
+        assert_eq!(cfg.rules[1].retry.max, 3);
+        assert_eq!(cfg.rules[1].retry.delay_before(2), Duration::ZERO);
+        let f = &cfg.functions[0];
+        assert_eq!(f.instance.evict_every(), Duration::from_secs(30));
+        assert_eq!(f.message.bytes(), 1 << 20);
+        assert_eq!(f.backoff.max, HumanDuration::from_secs(2));
+        // v1's defaults when left out.
+        let cfg = parse(&format!(
+            "hub: {{address: 'tcp://h'}}\n{}{FUNCTIONS}",
+            rule(1, 1)
+        ))
+        .expect("valid");
+        let f = &cfg.functions[0];
+        assert_eq!(f.message.bytes(), 4 << 20);
+        assert_eq!(f.backoff.max, HumanDuration::from_secs(60));
+        assert_eq!(f.instance.evict_every(), Duration::from_secs(1));
+        assert_eq!(
+            cfg.server.address(),
+            None,
+            "no address: no server, as in v1"
+        );
+    }
+
+    #[test]
+    fn v1_key_mistakes_name_their_key() {
+        for (from, to, want) in [
+            (
+                "max: 5, delay",
+                "max: 50, delay",
+                "`rules[0].retry.max`: at most 20",
+            ),
+            ("factor: 3", "factor: 0.5", "`rules[0].retry.factor`"),
+            ("delay: 100ms", "delay: 2s", "`rules[0].retry.delay`"),
+            (
+                "max_delay: 1s",
+                "max_delay: 1h",
+                "`rules[0].retry.max_delay`",
+            ),
+            (
+                "{length: {max: 1m}}",
+                "{length: {max: 1g}}",
+                "`functions[0].message.length.max`",
+            ),
+            (
+                "{length: {max: 8m}}",
+                "{length: {max: 10}}",
+                "`server.message.length.max`",
+            ),
+            (
+                "backoff: {max: 2s}",
+                "backoff: {max: 1ms}",
+                "`functions[0].backoff.max`",
+            ),
+            (
+                "evicttime: 30s",
+                "evicttime: 1ms",
+                "`functions[0].instance.evicttime`",
+            ),
+            (
+                "max: 10, idletime",
+                "max: 101, idletime",
+                "`functions[0].instance.max`",
+            ),
+            (
+                "address: 127.0.0.1:50060",
+                "address: nowhere",
+                "`server.address`",
+            ),
+            (
+                "workers: {max: 4}",
+                "workers: {max: 4}\n  cert: c.pem",
+                "`server.cert` and `server.key`",
+            ),
+            ("retry: {max: 5", "retry: {tries: 5", "rules[0].retry.tries"),
+        ] {
+            assert!(V1_FULL.contains(from), "{from}");
+            let e = parse(&V1_FULL.replacen(from, to, 1))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{to}: {e}");
         }
     }
 

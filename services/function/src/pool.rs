@@ -105,6 +105,21 @@ fn is_deadline(status: &tonic::Status) -> bool {
         || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout expired"))
 }
 
+/// The error type of a call or an answer over `message.length.max`.
+pub const MESSAGE_TOO_LARGE: &str = "MessageTooLarge";
+
+/// A message over a gRPC size limit, refused by this side (OutOfRange) or by the runtime (ResourceExhausted).
+fn is_too_large(status: &tonic::Status) -> bool {
+    let m = status.message();
+    match status.code() {
+        // tonic, either side: "... message length too large: found N bytes, the limit is: M bytes".
+        tonic::Code::OutOfRange => m.contains("too large"),
+        // grpcio (the Python runtime): "Received message larger than max (N vs. M)", or "Sent ...".
+        tonic::Code::ResourceExhausted => m.contains("too large") || m.contains("larger than max"),
+        _ => false,
+    }
+}
+
 struct Instance {
     slot: u32,
     name: String,
@@ -253,12 +268,12 @@ impl Pool {
         }
     }
 
+    /// One call, made while holding a [`Pool::permit`] (which a rule keeps across its retries).
     pub async fn call(
         &self,
-        permit: OwnedSemaphorePermit,
+        _permit: &OwnedSemaphorePermit,
         msg: FunctionMessage,
     ) -> Result<FunctionMessage, CallError> {
-        let _permit = permit;
         let timeout = self.conf.timeout.get();
         let mut last_error = (String::new(), String::new());
         for _ in 0..ATTEMPTS {
@@ -281,6 +296,18 @@ impl Pool {
                     tracing::warn!(function = %self.conf.name, instance = %inst.name, "call timed out after {}; replacing the instance", self.conf.timeout);
                     self.discard(inst).await;
                     return Err(CallError::Timeout(timeout.into()));
+                }
+                Ok(Err(status)) if is_too_large(&status) => {
+                    // Over `message.length.max` on either side: the instance is fine, the message is not.
+                    self.release(inst).await;
+                    return Err(CallError::Function {
+                        kind: MESSAGE_TOO_LARGE.to_string(),
+                        message: format!(
+                            "over the function's message.length.max of {}: {}",
+                            self.conf.message.length.max,
+                            status.message()
+                        ),
+                    });
                 }
                 Ok(Err(status)) => {
                     if let Some(kind) = status
@@ -384,10 +411,16 @@ impl Pool {
                 source,
             })?
             .connect_timeout(Duration::from_secs(1));
+        // v1's `backoff.max`: the wait between connection attempts doubles from 10ms up to it.
+        let mut wait = Duration::from_millis(10);
+        let max_wait = self.conf.backoff.max.get();
+        let limit = self.conf.message.bytes();
         loop {
             match connect_once(&endpoint, &address).await {
                 Ok(ch) => {
-                    let mut client = FunctionClient::new(ch).max_decoding_message_size(64 << 20);
+                    let mut client = FunctionClient::new(ch)
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(limit);
                     if self.conf.verify_runtime
                         && let Err(why) = prove(&mut client, secret.as_bytes()).await
                     {
@@ -412,7 +445,11 @@ impl Pool {
                         source: e,
                     });
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => {
+                    let left = START_TIMEOUT.saturating_sub(began.elapsed());
+                    tokio::time::sleep(wait.min(left)).await;
+                    wait = (wait * 2).min(max_wait);
+                }
             }
         }
     }

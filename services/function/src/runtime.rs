@@ -17,9 +17,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use baetyl_sdk::ConfigError;
-use baetyl_sdk::config::ConfigFile;
+use baetyl_sdk::config::{ByteSize, ConfigFile, HumanDuration};
 use baetyl_sdk::logging::{LogFormat, LoggerConfig};
 use baetyl_sdk::service::{Kit, shutdown_signal};
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,162 @@ pub struct RuntimeConfig {
     /// v1's `logger:` section; the Python runtime gets it too.
     #[serde(default)]
     pub logger: LoggerConfig,
+    /// v1's `server:` section (address, limits, TLS).
+    #[serde(default)]
+    pub server: FunctionServerConfig,
+}
+
+/// v1's `server:` section (v1's `FunctionServerConfig`), in a runtime's config and in the function manager's,
+/// where a non-empty `address` makes the manager serve `baetyl.Function/Call` itself.
+///
+/// - `address`: where to serve; in a runtime, `BAETYL_SERVICE_INSTANCE_ADDRESS` (set by the manager) and
+///   `--listen` come first, as in v1.
+/// - `timeout` (default 2m): the longest one served call may take (the manager), the grace given to calls
+///   in flight at stop (the Python runtime, as v1's).
+/// - `message.length.max` (default 4m, v1's): the largest request or answer, in both directions.
+/// - `concurrent.max`: most calls at once on one connection (HTTP/2 streams, v1's MaxConcurrentStreams);
+///   0 = the transport's default.
+/// - `workers.max`: the Python runtime's thread pool (default 4); other runtimes report it ignored.
+/// - `ca`, `cert`, `key`: TLS for the manager's server. A runtime reports them ignored: its only caller,
+///   the manager, talks to it over loopback with a per-instance secret (v1's manager could not present
+///   certificates to a runtime either).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionServerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub message: MessageLimit,
+    #[serde(default)]
+    pub concurrent: MaxCount,
+    #[serde(default)]
+    pub workers: MaxCount,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// v1's default `server.timeout`.
+pub const DEFAULT_SERVER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `{max: N}`; 0 means "the default".
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MaxCount {
+    #[serde(default)]
+    pub max: u32,
+}
+
+/// `message: {length: {max: 4m}}` of v1's function client and server configs (default 4 MiB, gRPC's).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MessageLimit {
+    #[serde(default)]
+    pub length: LengthLimit,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LengthLimit {
+    #[serde(default = "default_grpc_length")]
+    pub max: ByteSize,
+}
+
+impl Default for LengthLimit {
+    fn default() -> Self {
+        LengthLimit {
+            max: default_grpc_length(),
+        }
+    }
+}
+
+fn default_grpc_length() -> ByteSize {
+    ByteSize(4 << 20)
+}
+
+/// The largest gRPC message any limit may allow (the manager's MQTT packet limit).
+pub const MAX_GRPC_LENGTH: u64 = 64 << 20;
+
+impl MessageLimit {
+    /// The limit in bytes, after [`MessageLimit::check`].
+    pub fn bytes(&self) -> usize {
+        self.length.max.0 as usize
+    }
+
+    /// Between 1k and 64m; `key` names the section in the error.
+    pub fn check(&self, key: &str) -> Result<(), String> {
+        let max = self.length.max.0;
+        if (1024..=MAX_GRPC_LENGTH).contains(&max) {
+            Ok(())
+        } else {
+            Err(format!(
+                "key `{key}.length.max`: {} is out of range; use between 1k and 64m (default 4m)",
+                self.length.max
+            ))
+        }
+    }
+}
+
+impl FunctionServerConfig {
+    /// Checks the limits and that `cert` and `key` come together; `key` names the section.
+    pub fn check(&self, key: &str) -> Result<(), String> {
+        self.message.check(&format!("{key}.message"))?;
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(format!("keys `{key}.cert` and `{key}.key` go together"));
+        }
+        if self.ca.is_some() && self.cert.is_none() {
+            return Err(format!(
+                "key `{key}.ca` (clients must present a certificate) needs `{key}.cert` and `{key}.key`"
+            ));
+        }
+        if let Some(a) = &self.address
+            && !a.is_empty()
+        {
+            parse_listen(a).map_err(|e| format!("key `{key}.address`: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The TLS of the server when `cert` and `key` are set (checked to come together).
+    pub fn server_tls(&self) -> Option<baetyl_sdk::mqtt::ServerTls> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(baetyl_sdk::mqtt::ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: self.ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The address when one is set (v1: an empty address serves nothing).
+    pub fn address(&self) -> Option<&str> {
+        self.address.as_deref().filter(|a| !a.is_empty())
+    }
+
+    /// Applies `message.length.max` and `concurrent.max` to a tonic server.
+    pub fn limits<S: Function>(&self, svc: FunctionServer<S>) -> FunctionServer<S> {
+        svc.max_decoding_message_size(self.message.bytes())
+            .max_encoding_message_size(self.message.bytes())
+    }
+
+    /// A tonic server builder with `concurrent.max` and `timeout` applied.
+    pub fn builder(&self) -> tonic::transport::Server {
+        let b = tonic::transport::Server::builder();
+        let b = match self.concurrent.max {
+            0 => b,
+            n => b.max_concurrent_streams(n),
+        };
+        match self.timeout {
+            Some(t) => b.timeout(t.get()),
+            None => b,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -109,6 +266,9 @@ impl ConfigFile for RuntimeConfig {
                 "key `functions`: name at least one function",
             ));
         }
+        self.server
+            .check("server")
+            .map_err(|m| ConfigError::invalid(path, m))?;
         Ok(())
     }
 }
@@ -149,7 +309,16 @@ impl SqlRuntime {
     }
 }
 
-fn error_status(code: tonic::Code, kind: &str, message: String) -> Status {
+/// The answer to a call of a function that is not served here.
+pub(crate) fn unknown_function(name: &str) -> Status {
+    error_status(
+        tonic::Code::NotFound,
+        "UnknownFunction",
+        FunctionError::UnknownFunction(name.to_string()).to_string(),
+    )
+}
+
+pub(crate) fn error_status(code: tonic::Code, kind: &str, message: String) -> Status {
     let mut s = Status::new(code, message);
     if let Ok(v) = kind.parse() {
         s.metadata_mut().insert(ERROR_TYPE_KEY, v);
@@ -164,13 +333,10 @@ impl Function for SqlRuntime {
         request: Request<FunctionMessage>,
     ) -> Result<Response<FunctionMessage>, Status> {
         let msg = request.into_inner();
-        let handler = self.functions.get(&msg.function_name).ok_or_else(|| {
-            error_status(
-                tonic::Code::NotFound,
-                "UnknownFunction",
-                FunctionError::UnknownFunction(msg.function_name.clone()).to_string(),
-            )
-        })?;
+        let handler = self
+            .functions
+            .get(&msg.function_name)
+            .ok_or_else(|| unknown_function(&msg.function_name))?;
         let ctx = MessageContext {
             topic: msg.topic.clone(),
             qos: msg.qos,
@@ -254,38 +420,78 @@ impl tonic::service::Interceptor for RequireSecret {
     }
 }
 
-/// Serves `svc` on `addr`, to callers that `secret` lets through, until `shutdown` completes.
+/// A TCP listener on `addr`, or an error naming it.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, FunctionError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| FunctionError::Bind {
+            address: addr,
+            source,
+        })
+}
+
+/// Serves `svc` on `addr`, to callers that `secret` lets through, with `server`'s limits, until `shutdown`
+/// completes.
 pub async fn serve<S>(
     svc: FunctionServer<S>,
     addr: SocketAddr,
+    server: FunctionServerConfig,
     secret: RequireSecret,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), FunctionError>
 where
     S: Function,
 {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| FunctionError::Bind {
-            address: addr,
-            source,
-        })?;
+    let listener = bind(addr).await?;
     if secret.is_required() {
         tracing::info!(%addr, "function runtime listening (callers must present the instance secret)");
     } else {
         tracing::warn!(%addr, "function runtime listening without {INSTANCE_SECRET_ENV}: any caller is served");
     }
-    tonic::transport::Server::builder()
+    server
+        .builder()
         .add_service(tonic::service::interceptor::InterceptedService::new(
-            svc, secret,
+            server.limits(svc),
+            secret,
         ))
-        .serve_with_incoming_shutdown(tokio_stream_from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
         .await
         .map_err(FunctionError::Serve)
 }
 
-fn tokio_stream_from(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener)
+/// Why a runtime ignores `server.ca/cert/key` (logged once at start, by the Rust and the Python runtimes).
+pub const RUNTIME_TLS_IGNORED: &str = "a runtime instance serves only the function manager that started it, \
+     over loopback with a per-instance secret (v1's manager could not present certificates to a runtime either)";
+
+impl FunctionServerConfig {
+    /// The TLS keys that are set, by name.
+    pub fn tls_keys_set(&self) -> Vec<&'static str> {
+        [
+            ("server.ca", self.ca.is_some()),
+            ("server.cert", self.cert.is_some()),
+            ("server.key", self.key.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
+}
+
+/// Logs, once at start, the `server` keys the SQL runtime accepts from v1 configs but cannot use, with why.
+fn log_ignored_server_keys(server: &FunctionServerConfig) {
+    let tls = server.tls_keys_set();
+    if !tls.is_empty() {
+        tracing::warn!("ignored {}: {RUNTIME_TLS_IGNORED}", tls.join(", "));
+    }
+    if server.workers.max != 0 {
+        tracing::warn!(
+            "ignored server.workers.max: it sizes the Python runtime's thread pool; this runtime serves calls \
+             on its async runtime (server.concurrent.max bounds the calls at once)"
+        );
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -301,11 +507,13 @@ pub struct RuntimeArgs {
     pub log_format: Option<LogFormat>,
 }
 
-fn listen_address(args: &RuntimeArgs) -> Result<SocketAddr, FunctionError> {
+/// `--listen`, else the instance address the manager set, else v1's `server.address` in the config.
+fn listen_address(args: &RuntimeArgs, cfg: &RuntimeConfig) -> Result<SocketAddr, FunctionError> {
     let address = args
         .listen
         .clone()
         .or_else(|| std::env::var(baetyl_sdk::env::SERVICE_INSTANCE_ADDRESS).ok())
+        .or_else(|| cfg.server.address().map(str::to_string))
         .ok_or(FunctionError::NoListenAddress)?;
     parse_listen(&address)
 }
@@ -314,16 +522,21 @@ fn listen_address(args: &RuntimeArgs) -> Result<SocketAddr, FunctionError> {
 pub fn run_sql_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
     let cfg = RuntimeConfig::load(&args.config)?;
     let runtime = SqlRuntime::new(&cfg, &args.config)?;
-    let addr = listen_address(&args)?;
+    let addr = listen_address(&args, &cfg)?;
     Kit::new("runtime-sql")
         .worker_threads(1)
         .init(&cfg.logger, args.log_format)?
-        .block_on(serve(
-            runtime.into_server(),
-            addr,
-            RequireSecret::from_env(),
-            shutdown_signal(),
-        ))
+        .block_on(async {
+            log_ignored_server_keys(&cfg.server);
+            serve(
+                runtime.into_server(),
+                addr,
+                cfg.server.clone(),
+                RequireSecret::from_env(),
+                shutdown_signal(),
+            )
+            .await
+        })
 }
 
 /// The Python runtime program, embedded so the binary alone can start it.
@@ -350,10 +563,10 @@ pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
             .into());
         }
     }
-    let addr = listen_address(&args)?;
+    let addr = listen_address(&args, &cfg)?;
     let python = std::env::var("BAETYL_PYTHON").unwrap_or_else(|_| "python3".to_string());
     cfg.logger.format = args.log_format.unwrap_or(cfg.logger.format);
-    let json = serde_json::to_string(&cfg).map_err(FunctionError::ConfigJson)?;
+    let json = python_config_json(&cfg)?;
     let err = std::process::Command::new(&python)
         .arg("-c")
         .arg(PYTHON_RUNTIME)
@@ -366,6 +579,22 @@ pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
         python,
         source: err,
     })
+}
+
+/// The config as the Python program reads it: `server` resolved to numbers (bytes, seconds, counts), and the
+/// keys it ignores listed in `server.ignored`, which it logs with its own logger at start.
+pub fn python_config_json(cfg: &RuntimeConfig) -> Result<String, FunctionError> {
+    let mut json = serde_json::to_value(cfg).map_err(FunctionError::ConfigJson)?;
+    let s = &cfg.server;
+    json["server"] = serde_json::json!({
+        "max_message_length": s.message.bytes(),
+        "workers": s.workers.max,
+        "concurrent": s.concurrent.max,
+        "grace": s.timeout.map(|t| t.get().as_secs_f64()),
+        "ignored": s.tls_keys_set(),
+        "ignored_reason": RUNTIME_TLS_IGNORED,
+    });
+    serde_json::to_string(&json).map_err(FunctionError::ConfigJson)
 }
 
 #[cfg(test)]

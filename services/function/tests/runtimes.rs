@@ -6,7 +6,8 @@ use std::time::Duration;
 use baetyl_function::proto::FunctionMessage;
 use baetyl_function::proto::function_client::FunctionClient;
 use baetyl_function::runtime::{
-    ERROR_TYPE_KEY, PYTHON_RUNTIME, RequireSecret, RuntimeConfig, SqlRuntime, serve,
+    ERROR_TYPE_KEY, PYTHON_RUNTIME, RequireSecret, RuntimeConfig, SqlRuntime, python_config_json,
+    serve,
 };
 use baetyl_sdk::config::ConfigFile;
 use baetyl_testkit::{eventually_async, free_port, python3};
@@ -49,6 +50,7 @@ async fn sql_runtime_serves_v1_calls() {
     let server = tokio::spawn(serve(
         rt.into_server(),
         format!("127.0.0.1:{port}").parse().expect("addr"),
+        cfg.server.clone(),
         RequireSecret::new(None),
         async {
             let _ = stop_rx.await;
@@ -164,4 +166,102 @@ async fn python_runtime_serves_v1_calls() {
     assert!(e.message().contains("boom"));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// v1's `server` section of a runtime: `message.length.max` bounds what the runtime takes, in the SQL runtime
+/// (tonic) and the Python runtime (grpcio), and the Python runtime starts with `workers`, `concurrent`,
+/// `timeout` and the TLS keys it reports as ignored.
+#[tokio::test]
+async fn the_server_section_limits_message_sizes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let code = dir.path().join("code");
+    std::fs::create_dir_all(&code).expect("mkdir");
+    std::fs::write(
+        code.join("index.py"),
+        "def handler(event, context):\n    return event\n",
+    )
+    .expect("write");
+    let path = dir.path().join("service.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "functions:\n  - {{name: f, handler: index.handler, codedir: {}}}\n  - {{name: s, handler: \"select *\"}}\nserver:\n  address: 127.0.0.1:1\n  timeout: 1s\n  workers: {{max: 2}}\n  concurrent: {{max: 4}}\n  message: {{length: {{max: 1k}}}}\n  cert: server.pem\n  key: server.key\n",
+            code.display()
+        ),
+    )
+    .expect("write");
+    let cfg = RuntimeConfig::load(&path).expect("v1 runtime config with server");
+    let small = format!("{{\"p\":\"{}\"}}", "x".repeat(100));
+    let big = format!("{{\"p\":\"{}\"}}", "x".repeat(2048));
+    let check = |c: FunctionClient<tonic::transport::Channel>, function: &'static str| {
+        let (small, big) = (small.clone(), big.clone());
+        async move {
+            let mut c = c;
+            let r = c
+                .call(msg(function, "t", small.as_bytes()))
+                .await
+                .expect("a small call")
+                .into_inner();
+            assert_eq!(r.payload, small.as_bytes(), "{function}");
+            let e = c
+                .call(msg(function, "t", big.as_bytes()))
+                .await
+                .expect_err("over message.length.max");
+            assert!(
+                matches!(
+                    e.code(),
+                    tonic::Code::ResourceExhausted | tonic::Code::OutOfRange
+                ),
+                "{function}: {e:?}"
+            );
+        }
+    };
+
+    // SQL (tonic): the limit applies to what the runtime decodes.
+    let sql_port = free_port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        SqlRuntime::new(
+            &RuntimeConfig::parse(
+                "functions: [{name: s, handler: \"select *\"}]\nserver: {message: {length: {max: 1k}}}\n",
+                &path,
+            )
+            .expect("sql config"),
+            &path,
+        )
+        .expect("sql")
+        .into_server(),
+        format!("127.0.0.1:{sql_port}").parse().expect("addr"),
+        cfg.server.clone(),
+        RequireSecret::new(None),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    check(connect(sql_port).await, "s").await;
+    let _ = stop_tx.send(());
+    server.await.expect("join").expect("serve");
+
+    // Python (grpcio), with the config exactly as `baetyl runtime-python` hands it over.
+    let py_port = free_port();
+    let json = python_config_json(&RuntimeConfig {
+        functions: cfg.functions[..1].to_vec(),
+        ..cfg.clone()
+    })
+    .expect("json");
+    let mut child = std::process::Command::new(python3())
+        .arg("-c")
+        .arg(PYTHON_RUNTIME)
+        .args(["--listen", &format!("127.0.0.1:{py_port}"), "--config-json", &json])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runtime");
+    check(connect(py_port).await, "f").await;
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("ignored server.cert, server.key"),
+        "the Python runtime reports the TLS keys it ignores: {log}"
+    );
 }

@@ -291,9 +291,22 @@ def main():
     interceptors = (RequireSecret(secret),) if secret else ()
     if not secret:
         log.warning("no %s: any caller is served", INSTANCE_SECRET_ENV)
+    # v1's `server` section, resolved by `baetyl runtime-python`: message size, workers, concurrent calls, grace.
+    srv = config.get("server") or {}
+    if srv.get("ignored"):
+        log.warning("ignored %s: %s", ", ".join(srv["ignored"]), srv.get("ignored_reason", ""))
+    length = int(srv.get("max_message_length") or 4 * 1024 * 1024)
     # gRPC's default SO_REUSEPORT would let another process bind the same port and take a share of the calls.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors,
-                         options=(("grpc.so_reuseport", 0),))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=int(srv.get("workers") or 4)),
+        interceptors=interceptors,
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_send_message_length", length),
+            ("grpc.max_receive_message_length", length),
+        ],
+        maximum_concurrent_rpcs=int(srv.get("concurrent") or 0) or None,
+    )
     server.add_generic_rpc_handlers((handler,))
     if server.add_insecure_port(args.listen) == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
@@ -303,7 +316,8 @@ def main():
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
-    server.stop(grace=2).wait()
+    grace = srv.get("grace")
+    server.stop(grace=2 if grace is None else float(grace)).wait()
 
 
 if __name__ == "__main__":
