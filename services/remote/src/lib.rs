@@ -29,11 +29,12 @@
 //!
 //! Layout: [`config`] (schema and validation; addresses, QoS and TLS come from `baetyl_sdk::mqtt`), [`topic`] (filters, matching, rewrite),
 //! [`link`] (one MQTT connection with acknowledgement tracking), [`store`] (the segment log buffer),
-//! [`bridge`] (the tasks and stats), [`cli`] (`baetyl remote`), [`timer`] (`baetyl timer`).
+//! [`bridge`] (the tasks and stats), [`cli`] (`baetyl remote`), [`timer`] (`baetyl timer`), [`gotemplate`] (v1's timer templates).
 pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gotemplate;
 pub mod link;
 pub mod store;
 pub mod timer;

@@ -10,10 +10,13 @@
 //! ```
 //!
 //! Placeholders: `{{time}}` (unix seconds), `{{time_ms}}` (unix milliseconds), `{{time_rfc3339}}`, `{{seq}}`
-//! (1 for the first message), `{{topic}}`, `{{clientid}}`. A string payload is expanded as text. A mapping (or
-//! any other YAML value) is sent as JSON with every string in it expanded; a string that is exactly one numeric
-//! placeholder (`'{{seq}}'`, `'{{time}}'`, `'{{time_ms}}'`) becomes a JSON number, and a mapping without a
-//! `time` key gets `time` (unix seconds) as v1's timer did.
+//! (1 for the first message), `{{topic}}`, `{{clientid}}`, and v1's Go template actions (`{{.Time.Now}}`,
+//! `{{.Time.NowUnix}}`, `{{.Rand.Intn 10}}`, ...: [`crate::gotemplate`]). A string payload is expanded as
+//! text. A mapping (or any other YAML value) is sent as JSON with every string in it expanded; a string that
+//! is exactly one numeric placeholder (`'{{seq}}'`, `'{{time}}'`, `'{{.Rand.Intn 10}}'`) becomes a JSON
+//! number, and a mapping without a `time` key gets `time` (unix seconds) as v1's timer did.
+//!
+//! v1's defaults: `timer.interval` 1m, `publish.topic` `timer` (both may be left out).
 //! When the hub is unreachable at a tick, that tick is skipped and counted (`skipped`), not queued.
 
 use std::future::Future;
@@ -34,12 +37,13 @@ use tokio::sync::watch;
 use crate::config::{Connection, DEFAULT_CONFIG_PATH, LoggerConfig, endpoint};
 use crate::error::RemoteError;
 use crate::link::Link;
-use crate::topic;
+use crate::{gotemplate, topic};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimerConfig {
     pub hub: Connection,
+    #[serde(default)]
     pub timer: TimerSection,
     pub publish: PublishSection,
     #[serde(default = "default_report_interval")]
@@ -51,12 +55,32 @@ pub struct TimerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimerSection {
+    /// v1's default: 1m.
+    #[serde(default = "default_interval")]
     pub interval: HumanDuration,
+}
+
+impl Default for TimerSection {
+    fn default() -> Self {
+        TimerSection {
+            interval: default_interval(),
+        }
+    }
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+
+fn default_topic() -> String {
+    "timer".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishSection {
+    /// v1's default: `timer`.
+    #[serde(default = "default_topic")]
     pub topic: String,
     /// 0 or 1.
     #[serde(default)]
@@ -109,10 +133,12 @@ const VARS: &[(&str, Var)] = &[
     ("clientid", Var::ClientId),
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Part {
     Lit(String),
     Var(Var),
+    /// v1's Go template action.
+    Go(gotemplate::Action),
 }
 
 fn parse_template(s: &str) -> Result<Vec<Part>, String> {
@@ -126,14 +152,35 @@ fn parse_template(s: &str) -> Result<Vec<Part>, String> {
         let close = after
             .find("}}")
             .ok_or_else(|| format!("`{s}`: `{{{{` without a closing `}}}}`"))?;
-        let name = after[..close].trim();
+        let mut name = after[..close].trim();
+        // Go's trim markers: `{{- x -}}` removes the spaces next to the action.
+        if let Some(n) = name.strip_prefix("- ") {
+            name = n.trim_start();
+            if let Some(Part::Lit(l)) = parts.last_mut() {
+                l.truncate(l.trim_end().len());
+            }
+        }
+        let trim_after = name.ends_with(" -");
+        if trim_after {
+            name = name[..name.len() - 2].trim_end();
+        }
+        rest = &after[close + 2..];
+        if trim_after {
+            rest = rest.trim_start();
+        }
+        if name.starts_with('.') {
+            parts.push(Part::Go(
+                gotemplate::parse(name).map_err(|e| format!("`{s}`: {e}"))?,
+            ));
+            continue;
+        }
         let var = VARS
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| *v)
             .ok_or_else(|| {
                 format!(
-                    "unknown placeholder `{{{{{name}}}}}`; known: {}",
+                    "unknown placeholder `{{{{{name}}}}}`; known: {}, and v1's Go template actions such as {{{{.Time.NowUnix}}}} and {{{{.Rand.Intn 10}}}}",
                     VARS.iter()
                         .map(|(n, _)| format!("{{{{{n}}}}}"))
                         .collect::<Vec<_>>()
@@ -141,7 +188,6 @@ fn parse_template(s: &str) -> Result<Vec<Part>, String> {
                 )
             })?;
         parts.push(Part::Var(var));
-        rest = &after[close + 2..];
     }
     if !rest.is_empty() {
         parts.push(Part::Lit(rest.to_string()));
@@ -187,6 +233,7 @@ fn expand(parts: &[Part], ctx: &Context<'_>) -> String {
         .map(|p| match p {
             Part::Lit(s) => s.clone(),
             Part::Var(v) => ctx.text(*v),
+            Part::Go(a) => gotemplate::eval(a, ctx.now).to_string(),
         })
         .collect()
 }
@@ -220,10 +267,17 @@ impl Payload {
             match v {
                 Value::String(s) => {
                     let parts = parse_template(s).unwrap_or_else(|_| vec![Part::Lit(s.clone())]);
-                    if let [Part::Var(var)] = parts.as_slice()
-                        && let Some(n) = ctx.number(*var)
-                    {
-                        return n;
+                    match parts.as_slice() {
+                        [Part::Var(var)] => {
+                            if let Some(n) = ctx.number(*var) {
+                                return n;
+                            }
+                        }
+                        [Part::Go(a)] => {
+                            let v = gotemplate::eval(a, ctx.now);
+                            return v.to_json().unwrap_or_else(|| Value::String(v.to_string()));
+                        }
+                        _ => {}
                     }
                     Value::String(expand(&parts, ctx))
                 }
@@ -407,6 +461,49 @@ mod tests {
             v,
             serde_json::json!({"id": 1, "n": 3, "label": "tick 3", "time": 1_700_000_000u64})
         );
+    }
+
+    /// v1.0.2's example timer config (tests/fixtures/v1/native/var/db/baetyl/timer-conf/service.yml).
+    const V1_EXAMPLE: &str =
+        include_str!("../../../tests/fixtures/v1/native/var/db/baetyl/timer-conf/service.yml");
+
+    #[test]
+    fn v1_example_go_template_renders_json() {
+        let cfg: TimerConfig = parse_yaml(V1_EXAMPLE, Path::new("timer.yml")).expect("v1 config");
+        cfg.validate(Path::new("timer.yml")).expect("valid");
+        assert_eq!(cfg.timer.interval, HumanDuration::from_secs(10));
+        let p = Payload::new(&cfg.publish.payload).expect("template");
+        let v: Value = serde_json::from_slice(&p.render(&ctx(1))).expect("JSON, as v1 sent");
+        assert_eq!(v["datetime"], "2023-11-14 22:13:20.123 +0000 UTC");
+        assert_eq!(v["time"], 1_700_000_000u64);
+        assert_eq!(v["timestampNano"], 1_700_000_000_123_000_000u64);
+        assert!((0..10).contains(&v["id"].as_i64().expect("id")), "{v}");
+        assert!(v["random1"].as_i64().expect("random1") >= 0, "{v}");
+        assert!(
+            (0.0..60.0).contains(&v["random5"].as_f64().expect("random5")),
+            "{v}"
+        );
+        assert_eq!(v["anyString"], "inputString");
+    }
+
+    #[test]
+    fn v1_defaults_and_go_actions_in_mappings() {
+        let text = "hub: {address: 'tcp://h:1883'}\npublish: {payload: {n: '{{.Rand.Intn 5}}', at: '{{- .Time.Now.Format \"2006\" -}}', s: 'x {{ .Time.NowUnix }}'}}\n";
+        let cfg: TimerConfig = parse_yaml(text, Path::new("timer.yml")).expect("parse");
+        cfg.validate(Path::new("timer.yml")).expect("valid");
+        assert_eq!(
+            cfg.timer.interval,
+            HumanDuration::from_secs(60),
+            "v1's default"
+        );
+        assert_eq!(cfg.publish.topic, "timer", "v1's default");
+        let p = Payload::new(&cfg.publish.payload).expect("template");
+        let v: Value = serde_json::from_slice(&p.render(&ctx(1))).expect("JSON");
+        assert!((0..5).contains(&v["n"].as_i64().expect("a number")), "{v}");
+        assert_eq!(v["at"], "2023");
+        assert_eq!(v["s"], "x 1700000000");
+        let e = Payload::new(&Value::String("{{.Rand.Intn 0}}".into())).unwrap_err();
+        assert!(e.contains("between 1"), "{e}");
     }
 
     #[test]
