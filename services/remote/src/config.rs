@@ -94,6 +94,10 @@ pub struct Rule {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubSide {
+    /// v1: the client id of the rule's hub connection. The bridge has one hub connection for every rule, so
+    /// the rules that set it must agree; it then replaces `hub.clientid`, as v1's rule did.
+    #[serde(default)]
+    pub clientid: Option<String>,
     #[serde(default)]
     pub subscriptions: Vec<Subscription>,
     /// Applied to the topic of messages going from the hub to the remote.
@@ -105,6 +109,10 @@ pub struct HubSide {
 #[serde(deny_unknown_fields)]
 pub struct RemoteSide {
     pub name: String,
+    /// v1: the client id of the rule's remote connection. The bridge has one connection per remote, so the
+    /// rules of one remote that set it must agree; it then replaces `remotes[].clientid`, as v1's rule did.
+    #[serde(default)]
+    pub clientid: Option<String>,
     #[serde(default)]
     pub subscriptions: Vec<Subscription>,
     /// Applied to the topic of messages going from the remote to the hub.
@@ -203,7 +211,16 @@ impl BridgeConfig {
 
     /// The options of the hub connection (its TLS config built).
     pub fn hub_endpoint(&self) -> Result<ClientOptions, RemoteError> {
-        endpoint("hub", &self.hub, "baetyl-remote", self.max_message_size)
+        let mut o = endpoint("hub", &self.hub, "baetyl-remote", self.max_message_size)?;
+        if let Some(id) = self.rule_clientid(|r| r.hub.clientid.as_deref()) {
+            o.client_id = id.to_string();
+        }
+        Ok(o)
+    }
+
+    /// The client id the rules selected by `of` agree on (validation refuses rules that disagree).
+    fn rule_clientid<'a>(&'a self, of: impl Fn(&'a Rule) -> Option<&'a str>) -> Option<&'a str> {
+        self.rules.iter().find_map(of)
     }
 
     /// The options of each remote connection, in config order.
@@ -211,12 +228,20 @@ impl BridgeConfig {
         self.remotes
             .iter()
             .map(|r| {
-                endpoint(
+                let mut o = endpoint(
                     &format!("remote `{}`", r.name),
                     r,
                     &format!("baetyl-remote-{}", r.name),
                     self.max_message_size,
-                )
+                )?;
+                if let Some(id) = self.rule_clientid(|rule| {
+                    (rule.remote.name == r.name)
+                        .then_some(rule.remote.clientid.as_deref())
+                        .flatten()
+                }) {
+                    o.client_id = id.to_string();
+                }
+                Ok(o)
             })
             .collect()
     }
@@ -289,6 +314,7 @@ impl ConfigFile for BridgeConfig {
                     .map_err(|m| bad(format!("{key}.{side}.rewrite: {m}")))?;
             }
         }
+        self.check_rule_clientids().map_err(bad)?;
         if self.buffer.max_messages == 0 {
             return Err(bad("buffer.max_messages: must be at least 1".into()));
         }
@@ -297,6 +323,42 @@ impl ConfigFile for BridgeConfig {
         }
         if self.max_message_size.0 == 0 || self.max_message_size.0 > (256 << 20) {
             return Err(bad("max_message_size: must be between 1 and 256m".into()));
+        }
+        Ok(())
+    }
+}
+
+impl BridgeConfig {
+    /// v1's per-rule client ids: each names a connection, and the bridge has one hub connection and one per
+    /// remote, so the rules sharing a connection must not ask for different ids.
+    fn check_rule_clientids(&self) -> Result<(), String> {
+        // The first rule to set an id, per connection: None for the hub, Some(remote name) for a remote.
+        let mut first: std::collections::BTreeMap<Option<&str>, (usize, &str)> = Default::default();
+        for (i, rule) in self.rules.iter().enumerate() {
+            for (side, conn, id) in [
+                ("hub", None, rule.hub.clientid.as_deref()),
+                (
+                    "remote",
+                    Some(rule.remote.name.as_str()),
+                    rule.remote.clientid.as_deref(),
+                ),
+            ] {
+                let Some(id) = id else { continue };
+                if id.is_empty() {
+                    return Err(format!(
+                        "rules[{i}].{side}.clientid: cannot be empty; leave it out for the default"
+                    ));
+                }
+                let (j, other) = *first.entry(conn).or_insert((i, id));
+                if other != id {
+                    let to = conn.map_or("the hub".to_string(), |r| format!("remote `{r}`"));
+                    return Err(format!(
+                        "rules[{i}].{side}.clientid: `{id}` differs from rules[{j}].{side}.clientid `{other}`; \
+                         the bridge keeps one connection to {to} for all its rules (v1 opened one per rule), \
+                         so give them the same client id or leave it out"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -327,6 +389,59 @@ mod tests {
         let cfg: BridgeConfig = parse_yaml(text, p)?;
         cfg.validate(p)?;
         Ok(cfg)
+    }
+
+    #[test]
+    fn v1_per_rule_clientids_name_the_shared_connections() {
+        // v1's shape: rules[].hub.clientid and rules[].remote.clientid (v1 precedence: the rule's id wins).
+        let base = "hub: {address: 'tcp://127.0.0.1:1883', clientid: h0}\n\
+                    remotes: [{name: a, address: 'tcp://127.0.0.1:1884', clientid: r0}, {name: b, address: 'tcp://127.0.0.1:1885'}]\n";
+        let cfg = parse(&format!(
+            "{base}rules:\n\
+             - {{hub: {{clientid: h1, subscriptions: [{{topic: t}}]}}, remote: {{name: a, clientid: ra, subscriptions: [{{topic: r}}]}}}}\n\
+             - {{hub: {{subscriptions: [{{topic: u}}]}}, remote: {{name: a}}}}\n\
+             - {{hub: {{clientid: h1, subscriptions: [{{topic: v}}]}}, remote: {{name: b}}}}\n"
+        ))
+        .expect("valid");
+        assert_eq!(cfg.hub_endpoint().expect("hub").client_id, "h1");
+        let eps = cfg.remote_endpoints().expect("remotes");
+        assert_eq!(
+            eps[0].client_id, "ra",
+            "the rule's id wins over remotes[0].clientid"
+        );
+        assert_eq!(
+            eps[1].client_id, "baetyl-remote-b",
+            "no rule sets one: the default"
+        );
+
+        for (rules, want) in [
+            (
+                "- {hub: {clientid: h1, subscriptions: [{topic: t}]}, remote: {name: a}}\n\
+                 - {hub: {clientid: h2, subscriptions: [{topic: u}]}, remote: {name: b}}\n",
+                "rules[1].hub.clientid: `h2` differs from rules[0].hub.clientid `h1`",
+            ),
+            (
+                "- {hub: {subscriptions: [{topic: t}]}, remote: {name: a, clientid: x}}\n\
+                 - {hub: {subscriptions: [{topic: u}]}, remote: {name: a, clientid: y}}\n",
+                "one connection to remote `a`",
+            ),
+            (
+                "- {hub: {subscriptions: [{topic: t}]}, remote: {name: a, clientid: ''}}\n",
+                "rules[0].remote.clientid: cannot be empty",
+            ),
+        ] {
+            let e = parse(&format!("{base}rules:\n{rules}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        // Different remotes may have different ids.
+        parse(&format!(
+            "{base}rules:\n\
+             - {{hub: {{subscriptions: [{{topic: t}}]}}, remote: {{name: a, clientid: x}}}}\n\
+             - {{hub: {{subscriptions: [{{topic: u}}]}}, remote: {{name: b, clientid: y}}}}\n"
+        ))
+        .expect("one id per remote");
     }
 
     #[test]
