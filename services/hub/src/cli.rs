@@ -49,7 +49,8 @@ pub fn capped_level(level: &str) -> String {
 /// Loads the config, sets up logging, runs the hub until SIGTERM or SIGINT. The kit shuts the runtime down
 /// with a timeout: a store's background task must not keep the process alive (rmqtt trap 1).
 pub fn run_cli(args: HubArgs) -> Result<(), HubError> {
-    let cfg = HubConfig::load(&args.config)?;
+    let mut cfg = HubConfig::load(&args.config)?;
+    let v1_notes = cfg.apply_v1_keys();
     let logger = LoggerConfig {
         level: capped_level(&cfg.logger.level),
         ..cfg.logger.clone()
@@ -61,6 +62,9 @@ pub fn run_cli(args: HubArgs) -> Result<(), HubError> {
             ServiceError::Runtime(e) => HubError::Runtime(e),
         })?;
     service.block_on(async {
+        for note in v1_notes {
+            tracing::warn!("Baetyl v1 key {note}");
+        }
         let hub = crate::broker::start(&cfg).await?;
         tracing::info!(config = %args.config.display(), "hub started");
         hub.serve(shutdown_signal()).await

@@ -60,6 +60,11 @@ pub struct HubConfig {
     /// Which client ids are accepted.
     #[serde(default)]
     pub client_id: ClientIdRule,
+    /// v1's `shutdown` and `metrics` (see [`crate::v1keys`]).
+    #[serde(default)]
+    pub shutdown: crate::v1keys::Shutdown,
+    #[serde(default)]
+    pub metrics: crate::v1keys::Metrics,
 }
 
 fn default_listen() -> Vec<ListenSpec> {
@@ -267,6 +272,13 @@ pub struct RouteEnd {
 pub struct MessageConfig {
     #[serde(default)]
     pub length: LengthConfig,
+    /// v1's engine keys (see [`crate::v1keys`]).
+    #[serde(default)]
+    pub ingress: crate::v1keys::Ingress,
+    #[serde(default)]
+    pub egress: crate::v1keys::Egress,
+    #[serde(default)]
+    pub offset: crate::v1keys::Offset,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -394,6 +406,7 @@ impl ConfigFile for HubConfig {
     /// Checks everything serde cannot: URLs, files needed by TLS, principals, topic filters and routing loops.
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         let bad = |msg: String| ConfigError::invalid(file, msg);
+        self.check_v1_keys().map_err(bad)?;
         if self.listen.is_empty() {
             return Err(bad(
                 "key `listen`: no listener; add at least one, e.g. `listen: [tcp://0.0.0.0:1883]`"

@@ -28,6 +28,7 @@ pub mod persistence;
 pub mod routing;
 pub mod shared;
 pub mod topic;
+pub mod v1keys;
 
 pub use broker::{RunningHub, run, start};
 pub use cli::{HubArgs, run_cli};
