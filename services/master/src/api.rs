@@ -214,7 +214,13 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
         req.path = std::mem::take(&mut req.file);
     }
     if req.path.is_empty() {
-        return Err(MasterError::MissingUpdatePath);
+        // v1: an update without a path reloads application.yml as it is now on disk (edited in place), with
+        // the same validation, `.old` copy and rollback as any update.
+        tracing::info!(
+            "update without a path: reloading {} as v1 did",
+            crate::ota::APP_FILE
+        );
+        req.path = crate::ota::APP_FILE.to_string();
     }
     st.updater.submit(&req.path, &req.trace)
 }

@@ -48,8 +48,6 @@ pub enum MasterError {
         "instance `{service}/{instance}`: instance name must be letters, digits, `-`, `_` or `.`"
     )]
     InvalidInstanceName { service: String, instance: String },
-    #[error("instance `{service}/{instance}`: already running; stop it first")]
-    InstanceRunning { service: String, instance: String },
     /// A dynamic start that the engine could not carry out; `reason` is the instance's last exit.
     #[error("instance `{service}/{instance}`: {reason}")]
     StartFailed {
@@ -205,8 +203,6 @@ pub enum MasterError {
     MasterUpdateUnsupported,
     #[error("update type `{kind}` is unknown; use APP")]
     UnknownUpdateType { kind: String },
-    #[error("update needs `path`: the new application.yml, or a directory holding one")]
-    MissingUpdatePath,
     #[error(
         "update path `{path}`: the new application must be a file under the work dir {workdir} (a relative path without `..`, or an absolute one inside it)"
     )]
@@ -303,7 +299,6 @@ impl MasterError {
             | ServiceNotRunning { .. }
             | UnknownInstance { .. }
             | InvalidInstanceName { .. }
-            | InstanceRunning { .. }
             | StartFailed { .. }
             | Environment { .. }
             | DeniedVariable { .. }
@@ -323,7 +318,6 @@ impl MasterError {
             | InvalidBody { .. }
             | MasterUpdateUnsupported
             | UnknownUpdateType { .. }
-            | MissingUpdatePath
             | UpdateSourceOutside { .. }
             | UpdateSourceSymlink { .. }
             | UpdateSourceNotRegular { .. }

@@ -46,9 +46,12 @@ struct Pending {
     old_text: Option<Vec<u8>>,
 }
 
+/// Where the application lives in a work dir, relative to it.
+pub const APP_FILE: &str = "var/db/baetyl/application.yml";
+
 /// Where the application lives in a work dir.
 pub fn app_file(workdir: &Path) -> PathBuf {
-    workdir.join("var/db/baetyl/application.yml")
+    workdir.join(APP_FILE)
 }
 
 /// The steps the OTA log at `ota_log` (and its rotated backups) records for the update `trace`, in order

@@ -199,8 +199,9 @@ async fn refused_requests_answer_v1_statuses_with_the_reason() {
     let c = m.service("m");
     let start = "/v1/services/rt/instances/rt-1/start";
     assert_eq!(call(&c, "PUT", start, "").await, (200, String::new()));
-    let (status, body) = call(&c, "PUT", start, "").await;
-    assert!(status == 400 && body.contains("already running"), "{body}");
+    // v1: a start of a running instance restarts it.
+    assert_eq!(call(&c, "PUT", start, "").await, (200, String::new()));
+    assert_eq!(m.fake.starts("rt", "rt-1"), 2);
     let (status, body) = call(&c, "PUT", "/v1/services/ghost/instances/g/start", "").await;
     assert!(status == 400 && body.contains("ghost"), "{body}");
     let (status, body) = call(&c, "PUT", start, "[\"A=1\"]").await;
@@ -220,7 +221,6 @@ async fn refused_requests_answer_v1_statuses_with_the_reason() {
         ("nonsense", "update body is not"),
         (r#"{"type":"MST","path":"x"}"#, "type MST"),
         (r#"{"type":"OS","path":"x"}"#, "update type `OS` is unknown"),
-        (r#"{"type":"APP"}"#, "update needs `path`"),
     ] {
         let (status, text) = call(&c, "PUT", update, body).await;
         assert!(
@@ -443,6 +443,44 @@ async fn the_master_stops_promptly_during_an_update_and_keeps_the_previous_appli
         Some("FAILURE"),
         "{steps:?}"
     );
+}
+
+#[tokio::test]
+async fn an_update_without_a_path_reloads_the_application_file_as_v1_did() {
+    let app = "app_version: v1\nservices:\n  a: {image: svc}\n";
+    let m = Master::start("update: {health: 10ms}\n", app, FakeEngine::new(), &["a/a"]).await;
+    // Edited in place, then reloaded with an update that names no file.
+    let edited = "app_version: v2\nservices:\n  a: {image: svc, environment: {V: \"2\"}}\n";
+    write(m.dir.path(), "var/db/baetyl/application.yml", edited);
+    let body = r#"{"type":"APP","trace":"t-reload"}"#;
+    assert_eq!(
+        call(&m.operator(), "PUT", "/v1/system/update", body).await,
+        (200, String::new())
+    );
+    m.fake
+        .until("a with the edited environment", |f| {
+            f.spec_of("a", "a").is_some_and(|s| s.env.contains_key("V"))
+        })
+        .await;
+    let log = m.path("var/db/baetyl/ota.log");
+    let done = async {
+        while crate::ota::steps_of(&log, "t-reload")
+            .last()
+            .map(String::as_str)
+            != Some("RESTARTED")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), done)
+        .await
+        .unwrap_or_else(|_| panic!("{:?}", crate::ota::steps_of(&log, "t-reload")));
+    assert_eq!(
+        std::fs::read_to_string(m.path("var/db/baetyl/application.yml.old")).expect(".old"),
+        app,
+        "the text that ran before is kept as .old, as for any update"
+    );
+    m.stop().await.expect("stop");
 }
 
 const ROLES: &str = "services:\n  a: {image: svc}\n  b: {image: svc}\n  agent: {image: svc}\n  rt: {image: svc, replica: 0}\n";

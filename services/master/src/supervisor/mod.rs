@@ -286,10 +286,13 @@ impl Supervisor {
                 may_manage(by, h).map_err(not_allowed)?;
                 let status = h.state.borrow().status;
                 if !matches!(status, Status::Exited | Status::Failed | Status::Stopped) {
-                    return Err(MasterError::InstanceRunning {
-                        service: service.into(),
-                        instance: instance.into(),
-                    });
+                    // v1: starting an instance that runs restarts it (stopped below, then started with
+                    // the new environment).
+                    tracing::info!(
+                        service,
+                        instance,
+                        "start of a running instance: restarting it, as v1 did"
+                    );
                 }
             }
             run.spec.clone()

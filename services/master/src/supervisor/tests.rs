@@ -217,14 +217,37 @@ async fn dynamic_instances_start_stop_and_get_no_token() {
     let st = r.status("runtime", "runtime-1", Status::Running).await;
     assert!(st.dynamic);
 
-    let again = r
-        .sup
-        .start_dynamic("runtime", "runtime-1", extra.clone(), &as_manager())
-        .await;
-    assert!(
-        matches!(again, Err(MasterError::InstanceRunning { .. })),
-        "{again:?}"
+    // v1: a start of a running instance restarts it, with the environment of the new start.
+    let first = r.fake.live_id("runtime", "runtime-1").expect("running");
+    let mut moved = extra.clone();
+    moved.insert(
+        env::SERVICE_INSTANCE_ADDRESS.to_string(),
+        "127.0.0.1:51000".to_string(),
     );
+    r.sup
+        .start_dynamic("runtime", "runtime-1", moved, &as_manager())
+        .await
+        .expect("a start of a running instance restarts it");
+    assert_eq!(r.fake.starts("runtime", "runtime-1"), 2);
+    let second = r
+        .fake
+        .live_id("runtime", "runtime-1")
+        .expect("running again");
+    assert_ne!(first, second, "a new process");
+    let whats: Vec<What> = r
+        .fake
+        .events_of("runtime", "runtime-1")
+        .into_iter()
+        .map(|e| e.what)
+        .collect();
+    let stopped = whats.iter().position(|w| *w == What::Terminated);
+    let restarted = whats.iter().rposition(|w| *w == What::Started);
+    assert!(
+        stopped.is_some() && stopped < restarted,
+        "the old one is stopped before the new one starts: {whats:?}"
+    );
+    let spec = r.fake.spec_of("runtime", "runtime-1").expect("spec");
+    assert_eq!(spec.env[env::SERVICE_INSTANCE_ADDRESS], "127.0.0.1:51000");
     let ghost = r
         .sup
         .start_dynamic("ghost", "g1", BTreeMap::new(), &as_manager())
