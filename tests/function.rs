@@ -445,3 +445,109 @@ async fn an_impostor_on_the_instance_port_gets_no_input() {
     .unwrap_or_default();
     assert!(!log.contains("\"id\""), "the impostor saw the input: {log}");
 }
+
+/// Many calls in flight per instance (`instance.concurrency`): our runtimes are sent what waits for an
+/// instance as one batch (`FunctionBatch`), and every input still gets its own answer in v1's form, an error
+/// only its own: a burst through the SQL runtime (one instance) and the Python runtime (two), every tenth input
+/// a poison one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_per_instance_go_in_batches_each_with_its_own_answer() {
+    let w = Work::new();
+    let port = free_port();
+    setup(&w, port);
+    let path = w.path().join("etc/fconf/service.yml");
+    let conf = std::fs::read_to_string(&path).expect("manager config");
+    let conf = conf
+        .replace(
+            "instance: {min: 0, max: 1, idletime: 30s}",
+            "instance: {min: 1, max: 1, idletime: 30s, concurrency: 16}",
+        )
+        .replace(
+            "instance: {min: 0, max: 2, idletime: 2s}",
+            "instance: {min: 1, max: 2, idletime: 30s, concurrency: 8}",
+        );
+    assert_eq!(conf.matches("concurrency").count(), 2, "{conf}");
+    std::fs::write(&path, conf).expect("write");
+    let python = python3();
+    let m = Master::start(w.path(), &[("BAETYL_PYTHON", &python.to_string_lossy())]);
+    wait_accepting_async(localhost(port), LONG).await;
+    wait_rules_subscribed(&m).await;
+    let mut peer = tester(port, "tester-batch", &["sql/out", "py/out"]).await;
+    let total = 300u64;
+    let poison = |n: u64| n % 10 == 7;
+    for n in 0..total {
+        let (sql, py) = if poison(n) {
+            (
+                format!("not json {n}"),
+                json!({"fail": true, "n": n}).to_string(),
+            )
+        } else {
+            (
+                json!({"id": 1, "n": n}).to_string(),
+                json!({"name": "b", "n": n}).to_string(),
+            )
+        };
+        for (topic, payload) in [("sql/in", sql), ("py/in", py)] {
+            peer.send(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish");
+        }
+    }
+    peer.wait_acks()
+        .await
+        .expect("the hub acknowledged every input");
+    let got = peer
+        .recv_n(2 * total as usize, Duration::from_secs(120))
+        .await
+        .expect("an answer for every input");
+    for topic in ["sql/out", "py/out"] {
+        let (mut ok, mut failed) = (BTreeSet::new(), BTreeSet::new());
+        for p in got.iter().filter(|p| p.topic == topic) {
+            let v = json_of(p);
+            if let Some(n) = v["n"].as_u64() {
+                ok.insert(n);
+            } else {
+                // The error answer echoes its own input, nobody else's.
+                let echoed = v["functionMessage"]["Payload"].as_str().unwrap_or_default();
+                let n = echoed
+                    .trim_start_matches("not json ")
+                    .parse::<u64>()
+                    .ok()
+                    .or_else(|| serde_json::from_str::<Value>(echoed).ok()?["n"].as_u64())
+                    .unwrap_or_else(|| panic!("{v}"));
+                let kind = if topic == "sql/out" {
+                    "PayloadError"
+                } else {
+                    "ValueError"
+                };
+                assert_eq!(v["errorType"], kind, "{v}");
+                failed.insert(n);
+            }
+        }
+        assert_eq!(
+            ok,
+            (0..total).filter(|n| !poison(*n)).collect::<BTreeSet<_>>(),
+            "{topic}"
+        );
+        assert_eq!(
+            failed,
+            (0..total).filter(|n| poison(*n)).collect(),
+            "{topic}"
+        );
+    }
+    // The manager counts what went through batches (reported every 2 s).
+    let batched = baetyl_testkit::wait::poll_async(LONG, || async {
+        m.instance("function-manager", "function-manager")
+            .await
+            .is_some_and(|v| {
+                v["functions"]["filter"]["batched"].as_u64() > Some(0)
+                    && v["functions"]["sayhi"]["batched"].as_u64() > Some(0)
+            })
+    })
+    .await;
+    assert!(
+        batched.is_ok(),
+        "no batch calls: {:?}",
+        m.instance("function-manager", "function-manager").await
+    );
+}

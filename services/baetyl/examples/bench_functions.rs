@@ -2,10 +2,13 @@
 //! manager with the SQL and the Python runtimes; a broker is the hub; a client publishes QoS 1 inputs and
 //! measures, for each path, messages/s and the p50/p99 latency from publish to result.
 //!
-//!     cargo build --release -p baetyl --examples
-//!     target/release/examples/bench_functions [--messages N] [--hub mosquitto|baetyl]
+//!     cargo build --release -p baetyl --bins --examples
+//!     target/release/examples/bench_functions [--messages N] [--hub mosquitto|baetyl] [--rate R]
 //!
-//! The hub is Debian's mosquitto, or our own (`baetyl hub`) when the binary has that role.
+//! The hub is Debian's mosquitto, or our own (`baetyl hub`) when the binary has that role. Each function runs
+//! twice in the same run: as configured with v1's defaults (one call per instance, the baseline) and with
+//! `instance.concurrency` (many calls in flight per instance over its one HTTP/2 connection). Each path is
+//! measured as a burst of N messages (throughput) and paced at R messages/s (latency at a low rate).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -71,23 +74,56 @@ fn write(dir: &Path, rel: &str, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Calls in flight per instance on the fast paths.
+const CONCURRENCY: u32 = 16;
+
+/// The paths measured: (name, input topic, output topic).
+const PATHS: [(&str, &str, &str); 4] = [
+    ("sql v1", "sqlv1/in", "sqlv1/out"),
+    ("sql", "sql/in", "sql/out"),
+    ("python v1", "pyv1/in", "pyv1/out"),
+    ("python", "py/in", "py/out"),
+];
+
 fn prepare(dir: &Path, port: u16) -> anyhow::Result<()> {
+    let rule = |id: &str, topic: &str, function: &str| {
+        format!(
+            "  - clientid: {id}\n    subscribe: {{topic: {topic}/in, qos: 1}}\n    function: {{name: {function}}}\n    publish: {{topic: {topic}/out, qos: 1}}\n"
+        )
+    };
+    // Four instances each, started ahead of the run; the v1 functions with v1's one call per instance.
+    let function = |name: &str, service: &str, concurrency: u32| {
+        format!(
+            "  - name: {name}\n    service: {service}\n    instance: {{min: 4, max: 4, concurrency: {concurrency}}}\n"
+        )
+    };
     write(
         dir,
         "etc/fconf/service.yml",
         &format!(
-            "hub: {{address: \"tcp://127.0.0.1:{port}\", username: bench, password: bench-password}}\nrules:\n  - clientid: b-sql\n    subscribe: {{topic: sql/in, qos: 1}}\n    function: {{name: f-sql}}\n    publish: {{topic: sql/out, qos: 1}}\n  - clientid: b-py\n    subscribe: {{topic: py/in, qos: 1}}\n    function: {{name: f-py}}\n    publish: {{topic: py/out, qos: 1}}\nfunctions:\n  - name: f-sql\n    service: function-sql\n    instance: {{min: 1, max: 4}}\n  - name: f-py\n    service: function-python\n    instance: {{min: 1, max: 4}}\n"
+            "hub: {{address: \"tcp://127.0.0.1:{port}\", username: bench, password: bench-password}}\nrules:\n{}{}{}{}functions:\n{}{}{}{}",
+            rule("b-sqlv1", "sqlv1", "f-sqlv1"),
+            rule("b-sql", "sql", "f-sql"),
+            rule("b-pyv1", "pyv1", "f-pyv1"),
+            rule("b-py", "py", "f-py"),
+            function("f-sqlv1", "function-sql", 1),
+            function("f-sql", "function-sql", CONCURRENCY),
+            function("f-pyv1", "function-python", 1),
+            function("f-py", "function-python", CONCURRENCY),
+        ),
+    )?;
+    let sql = "select seq, sent, value * 2 as doubled where value >= 0";
+    write(
+        dir,
+        "etc/sqlconf/service.yml",
+        &format!(
+            "functions:\n  - name: f-sqlv1\n    handler: \"{sql}\"\n  - name: f-sql\n    handler: \"{sql}\"\n"
         ),
     )?;
     write(
         dir,
-        "etc/sqlconf/service.yml",
-        "functions:\n  - name: f-sql\n    handler: \"select seq, sent, value * 2 as doubled where value >= 0\"\n",
-    )?;
-    write(
-        dir,
         "etc/pyconf/service.yml",
-        "functions:\n  - name: f-py\n    handler: index.handler\n    codedir: var/db/baetyl/code\n",
+        "functions:\n  - name: f-pyv1\n    handler: index.handler\n    codedir: var/db/baetyl/code\n  - name: f-py\n    handler: index.handler\n    codedir: var/db/baetyl/code\n",
     )?;
     write(
         dir,
@@ -103,13 +139,23 @@ fn prepare(dir: &Path, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes `n` inputs on `input` and waits for all results on `output`; answers (msgs/s, p50, p99).
+/// How a path is loaded: a burst of N messages at once, or N messages paced at R per second.
+#[derive(Clone, Copy)]
+enum Load {
+    Burst(usize),
+    Paced { n: usize, rate: f64 },
+}
+
+/// Per load: (msg/s, p50, p99).
+type Figures = (f64, Duration, Duration);
+
+/// Runs each load on one path in turn (publishing on `input`, timing results on `output`).
 async fn run_path(
     port: u16,
     input: &str,
     output: &str,
-    n: usize,
-) -> anyhow::Result<(f64, Duration, Duration)> {
+    loads: &[Load],
+) -> anyhow::Result<Vec<Figures>> {
     let tag = input.replace('/', "-");
     let opts = |role: &str| {
         let mut o = options(&format!("bench-{tag}-{role}"), port);
@@ -137,15 +183,15 @@ async fn run_path(
         }
     });
     let mut publ = Client::connect(opts("pub")).await?;
-    let results = |below: u64| {
+    let results = |range: std::ops::Range<u64>| {
         lat.lock()
             .unwrap_or_else(|e| e.into_inner())
             .keys()
-            .filter(|s| **s < below)
+            .filter(|s| range.contains(s))
             .count()
     };
-    // Warm-up, repeated until a result comes back: the rules may not have subscribed yet, and the first call
-    // starts the pool. Warm-up results carry a sequence number above the measured ones.
+    // Warm-up, repeated until a result comes back: the rules may not have subscribed yet. Warm-up results
+    // carry a sequence number above the measured ones.
     let warm = u64::MAX - 1;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -160,43 +206,57 @@ async fn run_path(
         )
         .await?;
         let back = poll_async(Duration::from_millis(500), || async {
-            results(u64::MAX) > 0
+            results(warm..u64::MAX) > 0
         })
         .await;
         if back.is_ok() {
             break;
         }
     }
-    let start = Instant::now();
-    for seq in 0..n as u64 {
-        let sent = base.elapsed().as_micros() as u64;
-        publ.send(
-            input,
-            QoS::AtLeastOnce,
-            false,
-            serde_json::json!({"seq": seq, "sent": sent, "value": seq}).to_string(),
-        )
-        .await?;
+    let mut figures = Vec::new();
+    let mut first = 0u64;
+    for load in loads {
+        let (n, gap) = match *load {
+            Load::Burst(n) => (n, None),
+            Load::Paced { n, rate } => (n, Some(Duration::from_secs_f64(1.0 / rate))),
+        };
+        let range = first..first + n as u64;
+        let start = Instant::now();
+        for (i, seq) in range.clone().enumerate() {
+            if let Some(gap) = gap {
+                tokio::time::sleep_until((start + gap * i as u32).into()).await;
+            }
+            let sent = base.elapsed().as_micros() as u64;
+            publ.send(
+                input,
+                QoS::AtLeastOnce,
+                false,
+                serde_json::json!({"seq": seq, "sent": sent, "value": seq}).to_string(),
+            )
+            .await?;
+        }
+        let all = poll_async(Duration::from_secs(300), || async {
+            results(range.clone()) >= n
+        })
+        .await;
+        let elapsed = start.elapsed();
+        if all.is_err() {
+            bail!("only {} of {n} results on {output}", results(range));
+        }
+        let mut v: Vec<Duration> = lat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(s, _)| range.contains(s))
+            .map(|(_, d)| *d)
+            .collect();
+        v.sort();
+        let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+        figures.push((n as f64 / elapsed.as_secs_f64(), pct(0.50), pct(0.99)));
+        first = range.end;
     }
-    let all = poll_async(Duration::from_secs(300), || async {
-        results(n as u64) >= n
-    })
-    .await;
-    let elapsed = start.elapsed();
     collector.abort();
-    if all.is_err() {
-        bail!("only {} of {n} results on {output}", results(n as u64));
-    }
-    let mut v: Vec<Duration> = lat
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|(s, _)| **s < n as u64)
-        .map(|(_, d)| *d)
-        .collect();
-    v.sort();
-    let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
-    Ok((n as f64 / elapsed.as_secs_f64(), pct(0.50), pct(0.99)))
+    Ok(figures)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +271,13 @@ async fn main() -> anyhow::Result<()> {
     let n: usize = opt("--messages")
         .map(|s| s.parse())
         .transpose()?
-        .unwrap_or(2000);
+        .unwrap_or(10_000);
+    let rate: f64 = opt("--rate")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100.0);
+    // Three seconds' worth at the paced rate.
+    let paced = ((rate * 3.0) as usize).max(10);
     let hub = opt("--hub").unwrap_or_else(|| "mosquitto".into());
     // The `baetyl` of this build profile (built if missing or older than its sources).
     let bin = baetyl_bin();
@@ -231,20 +297,25 @@ async fn main() -> anyhow::Result<()> {
         .with_log(&log)
         .term_on_drop(Duration::from_secs(15));
     println!(
-        "function benchmark: {n} QoS 1 messages per path, hub {hub}, max 4 instances per function"
+        "function benchmark: bursts of {n} QoS 1 messages and {paced} paced at {rate}/s per path, hub {hub}, 4 instances per function; \"v1\": one call per instance (the baseline), else instance.concurrency {CONCURRENCY}"
     );
     println!(
-        "{:<8} {:>10} {:>10} {:>10}",
-        "path", "msg/s", "p50 ms", "p99 ms"
+        "{:<10} {:>10} {:>10} {:>10} {:>14} {:>14}",
+        "path", "msg/s", "p50 ms", "p99 ms", "paced p50 ms", "paced p99 ms"
     );
-    for (name, input, output) in [("sql", "sql/in", "sql/out"), ("python", "py/in", "py/out")] {
-        let (rate, p50, p99) = run_path(port, input, output, n)
+    let loads = [Load::Burst(n), Load::Paced { n: paced, rate }];
+    for (name, input, output) in PATHS {
+        let f = run_path(port, input, output, &loads)
             .await
             .with_context(|| format!("the {name} path"))?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{name:<8} {rate:>10.0} {:>10.2} {:>10.2}",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+            "{name:<10} {:>10.0} {:>10.2} {:>10.2} {:>14.2} {:>14.2}",
+            f[0].0,
+            ms(f[0].1),
+            ms(f[0].2),
+            ms(f[1].1),
+            ms(f[1].2)
         );
     }
     Ok(())

@@ -105,7 +105,7 @@ pub struct Rule {
 /// v1 had only `max` (attempts in all, default 3) and retried at once; `delay`, `factor` and `max_delay`
 /// space the attempts out (the first retry waits `delay`, each next one `factor` times longer, at most
 /// `max_delay`). Every failure is retried, as in v1: an error raised by the function, a timeout, an instance
-/// that could not start or died.
+/// that could not start or died; but not a message over `message.length.max`, refused the same way each time.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
@@ -206,14 +206,21 @@ fn default_timeout() -> HumanDuration {
 pub struct InstanceConfig {
     /// Instances kept even when idle.
     pub min: u32,
-    /// Most instances at once (= most concurrent calls). With 1, messages are handled in order.
+    /// Most instances at once. With 1 (and `concurrency` 1), messages are handled in order.
     pub max: u32,
+    /// Calls in flight on one instance at once (default 1, as in v1: one call per instance). Our runtimes
+    /// take many at once over the instance's one HTTP/2 connection; a rule then has up to `max` ×
+    /// `concurrency` messages in the function at a time.
+    pub concurrency: u32,
     /// Idle instances above `min` are stopped after this long.
     pub idletime: HumanDuration,
     /// v1's `evicttime`: how often idle instances are looked for. v1's default was 1m (an instance could
     /// stay up to `idletime` + 1m); unset here, they are looked for every second.
     pub evicttime: Option<HumanDuration>,
 }
+
+/// The most calls in flight on one instance (`instance.concurrency`).
+const MAX_CONCURRENCY: u32 = 256;
 
 /// How often idle instances are looked for when `evicttime` is not set.
 const DEFAULT_EVICT_EVERY: Duration = Duration::from_secs(1);
@@ -232,6 +239,7 @@ impl Default for InstanceConfig {
             max: 1,
             idletime: HumanDuration::from_secs(600),
             evicttime: None,
+            concurrency: 1,
         }
     }
 }
@@ -279,6 +287,12 @@ impl ConfigFile for ManagerConfig {
                 return Err(bad(format!(
                     "key `functions[{i}].instance.max`: at most 100 instances (got {}), as in v1",
                     f.instance.max
+                )));
+            }
+            if !(1..=MAX_CONCURRENCY).contains(&f.instance.concurrency) {
+                return Err(bad(format!(
+                    "key `functions[{i}].instance.concurrency`: calls in flight per instance, between 1 and {MAX_CONCURRENCY} (got {}; default 1)",
+                    f.instance.concurrency
                 )));
             }
             if f.instance
@@ -517,7 +531,7 @@ async fn report_loop(stats: BTreeMap<String, Arc<RuleStats>>, pools: BTreeMap<St
             .collect();
         let mut fns = serde_json::Map::new();
         for (k, p) in &pools {
-            fns.insert(k.clone(), p.stats().await);
+            fns.insert(k.clone(), p.stats());
         }
         json!({"rules": rules, "functions": fns})
     };
@@ -537,6 +551,11 @@ async fn run_rule(
     let mut opts = hub.mqtt_options();
     opts.set_manual_acks(true).set_inflight(100);
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    // rumqttc writes each packet by itself: with Nagle's algorithm a result or an acknowledgement written
+    // while the previous one is unacknowledged would wait for the hub's delayed ACK (up to 40 ms).
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let publisher = Arc::new(Publisher {
         client: client.clone(),
         order: Mutex::new(()),
@@ -658,17 +677,18 @@ async fn handle(
     };
     let out_qos: QoS = in_qos.min(rule.publish.qos).into();
     // The permit is held across retries: with `instance.max: 1` messages stay in order.
-    let mut result = pool.call(&permit, msg.clone()).await;
+    let mut result = pool.call(&permit, &msg).await;
     let mut attempt = 1;
     while let Err(e) = &result
         && attempt < rule.retry.max
+        && e.is_retryable()
     {
         let wait = rule.retry.delay_before(attempt);
         attempt += 1;
         stats.retried.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(rule = %rule.clientid, "function {} failed ({e}); attempt {attempt} of {} in {wait:?}", rule.function.name, rule.retry.max);
         tokio::time::sleep(wait).await;
-        result = pool.call(&permit, msg.clone()).await;
+        result = pool.call(&permit, &msg).await;
     }
     drop(permit);
     let failure = match result {

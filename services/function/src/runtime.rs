@@ -28,7 +28,9 @@ use tonic::{Request, Response, Status};
 
 use crate::error::FunctionError;
 use crate::proto::FunctionMessage;
+use crate::proto::function_batch_server::{FunctionBatch, FunctionBatchServer};
 use crate::proto::function_server::{Function, FunctionServer};
+use crate::proto::{FunctionBatchReply, FunctionBatchRequest, FunctionOutcome};
 use crate::sql::{MessageContext, SqlHandler};
 
 /// The environment variable in which the function manager hands a dynamic instance its secret.
@@ -67,6 +69,19 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     outer.update(k.map(|b| b ^ 0x5c));
     outer.update(inner.finalize());
     outer.finalize().into()
+}
+
+/// In an instance's answer to the challenge: it serves `baetyl.FunctionBatch`, taking up to this many
+/// messages in one batch.
+pub const BATCH_KEY: &str = "baetyl-batch";
+
+/// The most messages in one batch (what our runtimes advertise).
+pub const MAX_BATCH: usize = 64;
+
+/// A batch's size limit from the limit of one message: the messages a manager puts in one batch add up to
+/// at most one message's limit (see the pool), plus the framing of each.
+pub fn batch_limit(message_limit: usize) -> usize {
+    message_limit.saturating_add(MAX_BATCH * 16)
 }
 
 /// Metadata key carrying the error's type name (an exception class, `PayloadError`, ...).
@@ -304,35 +319,8 @@ impl SqlRuntime {
         Ok(SqlRuntime { functions })
     }
 
-    pub fn into_server(self) -> FunctionServer<Self> {
-        FunctionServer::new(self)
-    }
-}
-
-/// The answer to a call of a function that is not served here.
-pub(crate) fn unknown_function(name: &str) -> Status {
-    error_status(
-        tonic::Code::NotFound,
-        "UnknownFunction",
-        FunctionError::UnknownFunction(name.to_string()).to_string(),
-    )
-}
-
-pub(crate) fn error_status(code: tonic::Code, kind: &str, message: String) -> Status {
-    let mut s = Status::new(code, message);
-    if let Ok(v) = kind.parse() {
-        s.metadata_mut().insert(ERROR_TYPE_KEY, v);
-    }
-    s
-}
-
-#[tonic::async_trait]
-impl Function for SqlRuntime {
-    async fn call(
-        &self,
-        request: Request<FunctionMessage>,
-    ) -> Result<Response<FunctionMessage>, Status> {
-        let msg = request.into_inner();
+    /// One message through its function: the reply, or the error as a failed Call answers it.
+    fn run(&self, msg: FunctionMessage) -> Result<FunctionMessage, Status> {
         let handler = self
             .functions
             .get(&msg.function_name)
@@ -362,7 +350,72 @@ impl Function for SqlRuntime {
                 ));
             }
         };
-        Ok(Response::new(FunctionMessage { payload, ..msg }))
+        Ok(FunctionMessage { payload, ..msg })
+    }
+}
+
+/// The answer to a call of a function that is not served here.
+pub(crate) fn unknown_function(name: &str) -> Status {
+    error_status(
+        tonic::Code::NotFound,
+        "UnknownFunction",
+        FunctionError::UnknownFunction(name.to_string()).to_string(),
+    )
+}
+
+pub(crate) fn error_status(code: tonic::Code, kind: &str, message: String) -> Status {
+    let mut s = Status::new(code, message);
+    if let Ok(v) = kind.parse() {
+        s.metadata_mut().insert(ERROR_TYPE_KEY, v);
+    }
+    s
+}
+
+#[tonic::async_trait]
+impl Function for SqlRuntime {
+    async fn call(
+        &self,
+        request: Request<FunctionMessage>,
+    ) -> Result<Response<FunctionMessage>, Status> {
+        self.run(request.into_inner()).map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl FunctionBatch for SqlRuntime {
+    async fn call_many(
+        &self,
+        request: Request<FunctionBatchRequest>,
+    ) -> Result<Response<FunctionBatchReply>, Status> {
+        let messages = request.into_inner().messages;
+        if messages.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} messages in one batch; at most {MAX_BATCH}",
+                messages.len()
+            )));
+        }
+        let outcomes = messages.into_iter().map(|m| outcome(self.run(m))).collect();
+        Ok(Response::new(FunctionBatchReply { outcomes }))
+    }
+}
+
+/// A batch item's outcome from what a Call would have answered.
+fn outcome(result: Result<FunctionMessage, Status>) -> FunctionOutcome {
+    match result {
+        Ok(reply) => FunctionOutcome {
+            reply: Some(reply),
+            ..FunctionOutcome::default()
+        },
+        Err(status) => FunctionOutcome {
+            reply: None,
+            error_type: status
+                .metadata()
+                .get(ERROR_TYPE_KEY)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("Unknown")
+                .to_string(),
+            error: status.message().to_string(),
+        },
     }
 }
 
@@ -403,6 +456,11 @@ impl tonic::service::Interceptor for RequireSecret {
             if let Ok(v) = proof.parse() {
                 status.metadata_mut().insert(INSTANCE_PROOF_KEY, v);
             }
+            // Every runtime that checks the secret is one of ours, and serves FunctionBatch.
+            status.metadata_mut().insert(
+                BATCH_KEY,
+                tonic::metadata::MetadataValue::from(MAX_BATCH as u64),
+            );
             return Err(status);
         }
         let got = req
@@ -433,15 +491,16 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Fu
 /// Serves `svc` on `addr`, to callers that `secret` lets through, with `server`'s limits, until `shutdown`
 /// completes.
 pub async fn serve<S>(
-    svc: FunctionServer<S>,
+    runtime: S,
     addr: SocketAddr,
     server: FunctionServerConfig,
     secret: RequireSecret,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), FunctionError>
 where
-    S: Function,
+    S: Function + FunctionBatch,
 {
+    let runtime = std::sync::Arc::new(runtime);
     let listener = bind(addr).await?;
     if secret.is_required() {
         tracing::info!(%addr, "function runtime listening (callers must present the instance secret)");
@@ -451,7 +510,13 @@ where
     server
         .builder()
         .add_service(tonic::service::interceptor::InterceptedService::new(
-            server.limits(svc),
+            server.limits(FunctionServer::from_arc(runtime.clone())),
+            secret.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            FunctionBatchServer::from_arc(runtime)
+                .max_decoding_message_size(batch_limit(server.message.bytes()))
+                .max_encoding_message_size(batch_limit(server.message.bytes())),
             secret,
         ))
         .serve_with_incoming_shutdown(
@@ -529,7 +594,7 @@ pub fn run_sql_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
         .block_on(async {
             log_ignored_server_keys(&cfg.server);
             serve(
-                runtime.into_server(),
+                runtime,
                 addr,
                 cfg.server.clone(),
                 RequireSecret::from_env(),

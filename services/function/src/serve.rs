@@ -19,7 +19,9 @@ use crate::error::FunctionError;
 use crate::pool::{CallError, Pool, invoke_id};
 use crate::proto::FunctionMessage;
 use crate::proto::function_server::{Function, FunctionServer};
-use crate::runtime::{DEFAULT_SERVER_TIMEOUT, FunctionServerConfig, error_status, unknown_function};
+use crate::runtime::{
+    DEFAULT_SERVER_TIMEOUT, FunctionServerConfig, error_status, unknown_function,
+};
 
 /// Calls by function name, through the pools.
 pub struct Dispatch {
@@ -55,7 +57,7 @@ impl Function for Dispatch {
             msg.function_invoke_id = invoke_id();
         }
         let permit = pool.permit().await;
-        pool.call(&permit, msg)
+        pool.call(&permit, &msg)
             .await
             .map(Response::new)
             .map_err(|e| error_status(code_of(&e), e.kind(), e.to_string()))
@@ -138,47 +140,22 @@ async fn serve(
             .map_err(FunctionError::Serve);
     };
     tracing::info!(%addr, two_way = cfg.ca.is_some(), "serving functions by name over TLS (v1's server section)");
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(16);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    let accept = tokio::spawn(async move {
-        loop {
-            let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("function server: accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => {
-                        let _ = tx.send(Ok(TlsConn(s))).await;
-                    }
-                    Ok(Err(e)) => tracing::warn!(%peer, "function server: TLS handshake: {e}"),
-                    Err(_) => tracing::warn!(%peer, "function server: TLS handshake timed out"),
-                }
-            });
-        }
+    let incoming = baetyl_sdk::mqtt::TlsIncoming::new(listener, tls, timeout, "function server")
+        .map_err(|source| FunctionError::Bind {
+            address: addr,
+            source,
+        })?;
+    let incoming = futures_util::stream::unfold(incoming, |mut incoming| async move {
+        incoming
+            .next()
+            .await
+            .map(|(s, _)| (Ok::<_, std::io::Error>(TlsConn(s)), incoming))
     });
-    let incoming =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-    let served = router
+    router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .map_err(FunctionError::Serve);
-    accept.abort();
-    served
+        .map_err(FunctionError::Serve)
 }
-
-/// Handshakes in progress at once: a flood of idle connections cannot starve the accept loop.
-const MAX_HANDSHAKES: usize = 64;
 
 /// A TLS connection as tonic serves it (tonic is built without its own TLS).
 struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);

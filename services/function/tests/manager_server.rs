@@ -70,8 +70,14 @@ async fn the_manager_serves_functions_over_two_way_tls() {
     })
     .await
     .expect("join");
-    assert_eq!(with, "NOT_FOUND", "the call went through TLS to the dispatcher");
-    assert_eq!(without, "UNAVAILABLE", "no client certificate, no connection");
+    assert_eq!(
+        with, "NOT_FOUND",
+        "the call went through TLS to the dispatcher"
+    );
+    assert_eq!(
+        without, "UNAVAILABLE",
+        "no client certificate, no connection"
+    );
     let _ = stop_tx.send(());
     serving.await.expect("join").expect("serve");
 

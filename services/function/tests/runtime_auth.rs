@@ -64,9 +64,14 @@ async fn only_the_secret_holder_is_served(port: u16, function: &str, payload: &[
 /// The instance proves it holds SECRET; a challenge carrying the secret too still runs nothing.
 async fn proves_its_secret(port: u16, function: &str) {
     let mut c = connect(port).await;
-    prove(&mut c, SECRET.as_bytes())
+    let batch = prove(&mut c, SECRET.as_bytes())
         .await
         .expect("the proof of the right secret");
+    assert_eq!(
+        batch,
+        baetyl_function::runtime::MAX_BATCH,
+        "our runtimes say they take batches"
+    );
     let e = prove(&mut c, b"another secret")
         .await
         .expect_err("not the proof of another secret");

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use baetyl_function::proto::FunctionMessage;
+use baetyl_function::proto::function_batch_client::FunctionBatchClient;
 use baetyl_function::proto::function_client::FunctionClient;
+use baetyl_function::proto::{FunctionBatchRequest, FunctionMessage};
 use baetyl_function::runtime::{
     ERROR_TYPE_KEY, PYTHON_RUNTIME, RequireSecret, RuntimeConfig, SqlRuntime, python_config_json,
     serve,
@@ -20,6 +21,47 @@ async fn connect(port: u16) -> FunctionClient<tonic::transport::Channel> {
         || FunctionClient::connect(format!("http://127.0.0.1:{port}")),
     )
     .await
+}
+
+/// A runtime process, killed when the test ends, failed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A call with a deadline on both sides: a runtime that never answers fails the test instead of hanging it.
+async fn call_within(
+    c: &mut FunctionClient<tonic::transport::Channel>,
+    m: FunctionMessage,
+) -> Result<tonic::Response<FunctionMessage>, tonic::Status> {
+    let mut req = tonic::Request::new(m);
+    req.set_timeout(Duration::from_secs(10));
+    tokio::time::timeout(Duration::from_secs(15), c.call(req))
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer within 15 s")))
+}
+
+/// A `FunctionBatch/CallMany` of `messages` (our runtimes' batch call): each outcome as (reply payload, error
+/// type).
+async fn batch(port: u16, messages: Vec<FunctionMessage>) -> Vec<(Option<Vec<u8>>, String)> {
+    let mut c = FunctionBatchClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    let n = messages.len();
+    let out = c
+        .call_many(FunctionBatchRequest { messages })
+        .await
+        .expect("a batch call")
+        .into_inner()
+        .outcomes;
+    assert_eq!(out.len(), n, "one outcome per message");
+    out.into_iter()
+        .map(|o| (o.reply.map(|r| r.payload), o.error_type))
+        .collect()
 }
 
 fn msg(function: &str, topic: &str, payload: &[u8]) -> FunctionMessage {
@@ -48,7 +90,7 @@ async fn sql_runtime_serves_v1_calls() {
     let port = free_port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(
-        rt.into_server(),
+        rt,
         format!("127.0.0.1:{port}").parse().expect("addr"),
         cfg.server.clone(),
         RequireSecret::new(None),
@@ -98,6 +140,26 @@ async fn sql_runtime_serves_v1_calls() {
         .await
         .expect_err("unknown function");
     assert_eq!(e.code(), tonic::Code::NotFound);
+    // The same in one batch: each message's outcome, in order, an error failing only its own message.
+    let got = batch(
+        port,
+        vec![
+            msg("upper", "t", br#"{"name":"edge"}"#),
+            msg("filter", "t", b"nope"),
+            msg("ghost", "t", b"{}"),
+            msg("filter", "t/a", br#"{"id":11}"#),
+        ],
+    )
+    .await;
+    assert_eq!(
+        got,
+        [
+            (Some(br#"{"name":"EDGE"}"#.to_vec()), String::new()),
+            (None, "PayloadError".to_string()),
+            (None, "UnknownFunction".to_string()),
+            (Some(Vec::new()), String::new()),
+        ]
+    );
     let _ = stop_tx.send(());
     server.await.expect("join").expect("serve");
 
@@ -132,7 +194,7 @@ async fn python_runtime_serves_v1_calls() {
     .expect("write");
     let port = free_port();
     let cfg = serde_json::json!({"functions": [{"name": "f", "handler": "index.handler", "codedir": code}]});
-    let mut child = std::process::Command::new(&python)
+    let child = std::process::Command::new(&python)
         .arg("-c")
         .arg(PYTHON_RUNTIME)
         .args([
@@ -143,6 +205,7 @@ async fn python_runtime_serves_v1_calls() {
         ])
         .spawn()
         .expect("python runtime (scripts/setup.sh makes .venv)");
+    let _child = KillOnDrop(child);
     let mut c = connect(port).await;
     let r = c
         .call(msg("f", "a/b", br#"{"k":[1,2]}"#))
@@ -164,8 +227,23 @@ async fn python_runtime_serves_v1_calls() {
         Some("KeyError")
     );
     assert!(e.message().contains("boom"));
-    let _ = child.kill();
-    let _ = child.wait();
+    let got = batch(
+        port,
+        vec![
+            msg("f", "a", b"boom"),
+            msg("f", "a/b", br#"{"k":1}"#),
+            msg("ghost", "a", b"{}"),
+        ],
+    )
+    .await;
+    assert_eq!(got[0], (None, "KeyError".to_string()));
+    let v: serde_json::Value =
+        serde_json::from_slice(got[1].0.as_deref().expect("a reply")).expect("json");
+    assert_eq!(
+        (&v["v"], &v["event"]),
+        (&serde_json::json!(42), &serde_json::json!({"k": 1}))
+    );
+    assert_eq!(got[2], (None, "UnknownFunction".to_string()));
 }
 
 /// v1's `server` section of a runtime: `message.length.max` bounds what the runtime takes, in the SQL runtime
@@ -197,14 +275,13 @@ async fn the_server_section_limits_message_sizes() {
         let (small, big) = (small.clone(), big.clone());
         async move {
             let mut c = c;
-            let r = c
-                .call(msg(function, "t", small.as_bytes()))
+            let r = call_within(&mut c, msg(function, "t", small.as_bytes()))
                 .await
                 .expect("a small call")
                 .into_inner();
-            assert_eq!(r.payload, small.as_bytes(), "{function}");
-            let e = c
-                .call(msg(function, "t", big.as_bytes()))
+            let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).expect("JSON");
+            assert_eq!(json(&r.payload), json(small.as_bytes()), "{function}");
+            let e = call_within(&mut c, msg(function, "t", big.as_bytes()))
                 .await
                 .expect_err("over message.length.max");
             assert!(
@@ -229,8 +306,7 @@ async fn the_server_section_limits_message_sizes() {
             .expect("sql config"),
             &path,
         )
-        .expect("sql")
-        .into_server(),
+        .expect("sql"),
         format!("127.0.0.1:{sql_port}").parse().expect("addr"),
         cfg.server.clone(),
         RequireSecret::new(None),
@@ -249,17 +325,23 @@ async fn the_server_section_limits_message_sizes() {
         ..cfg.clone()
     })
     .expect("json");
-    let mut child = std::process::Command::new(python3())
+    let log_path = dir.path().join("python.log");
+    let child = std::process::Command::new(python3())
         .arg("-c")
         .arg(PYTHON_RUNTIME)
-        .args(["--listen", &format!("127.0.0.1:{py_port}"), "--config-json", &json])
-        .stderr(std::process::Stdio::piped())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{py_port}"),
+            "--config-json",
+            &json,
+        ])
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
         .spawn()
         .expect("python runtime");
+    let child = KillOnDrop(child);
     check(connect(py_port).await, "f").await;
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("wait");
-    let log = String::from_utf8_lossy(&out.stderr);
+    drop(child);
+    let log = std::fs::read_to_string(&log_path).expect("log");
     assert!(
         log.contains("ignored server.cert, server.key"),
         "the Python runtime reports the TLS keys it ignores: {log}"

@@ -16,7 +16,10 @@ Callers: started by the function manager with a per-instance secret in FUNCTION_
 serves only calls carrying it as `baetyl-instance-secret` metadata (compared in constant time) and removes it
 from the environment before user code is loaded. A call carrying `baetyl-instance-challenge` runs nothing: it is
 answered with `baetyl-instance-proof` (HMAC-SHA256 of the challenge keyed with the secret), by which the manager
-knows it reached the instance it started and not a process that bound the port first.
+knows it reached the instance it started and not a process that bound the port first. The answer also says
+`baetyl-batch`: this runtime serves baetyl.FunctionBatch/CallMany (ours, not v1's), many messages in one call,
+each with its own outcome, which the manager uses when calls wait for an instance (one gRPC round trip and one
+pass through grpcio for the lot instead of one each).
 """
 import argparse
 import hashlib
@@ -40,6 +43,10 @@ INSTANCE_SECRET_KEY = "baetyl-instance-secret"
 # (the secret itself never travels to a peer that has not proved it holds it; see runtime.rs).
 INSTANCE_CHALLENGE_KEY = "baetyl-instance-challenge"
 INSTANCE_PROOF_KEY = "baetyl-instance-proof"
+# Also in the answer to the challenge: this runtime serves baetyl.FunctionBatch/CallMany, up to MAX_BATCH
+# messages at once (see runtime.rs).
+BATCH_KEY = "baetyl-batch"
+MAX_BATCH = 64
 
 log = logging.getLogger("baetyl_runtime_python")
 
@@ -123,30 +130,46 @@ def _read_varint(buf, i):
         shift += 7
 
 
-def decode(buf):
-    msg = {"ID": 0, "QOS": 0, "Topic": "", "Payload": b"", "Timestamp": 0, "FunctionName": "", "FunctionInvokeID": ""}
-    i = 0
-    while i < len(buf):
-        key, i = _read_varint(buf, i)
+def _fields(buf):
+    """(field, wire type, value) of each field of a protobuf message; one-byte varints on a fast path."""
+    i, n = 0, len(buf)
+    while i < n:
+        key = buf[i]
+        i += 1
+        if key & 0x80:
+            key, i = _read_varint(buf, i - 1)
         field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _read_varint(buf, i)
-            if field == 10:
-                value = (value >> 1) ^ -(value & 1)
-        elif wire == 2:
-            length, i = _read_varint(buf, i)
-            value = bytes(buf[i:i + length])
-            i += length
-            if field in (3, 11, 12):
-                value = value.decode("utf-8", "replace")
+        if wire == 0 or wire == 2:
+            if i >= n:
+                raise ValueError("truncated field")
+            value = buf[i]
+            i += 1
+            if value & 0x80:
+                value, i = _read_varint(buf, i - 1)
+            if wire == 2:
+                if i + value > n:
+                    raise ValueError("truncated field")
+                value, i = buf[i:i + value], i + value
         elif wire == 1:
             value, i = buf[i:i + 8], i + 8
         elif wire == 5:
             value, i = buf[i:i + 4], i + 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
-        if field in FIELDS:
-            msg[FIELDS[field]] = value
+        yield field, wire, value
+
+
+def decode(buf):
+    msg = {"ID": 0, "QOS": 0, "Topic": "", "Payload": b"", "Timestamp": 0, "FunctionName": "", "FunctionInvokeID": ""}
+    for field, wire, value in _fields(buf):
+        name = FIELDS.get(field)
+        if name is None:
+            continue
+        if field == 10 and wire == 0:
+            value = (value >> 1) ^ -(value & 1)
+        elif field in (3, 11, 12) and wire == 2:
+            value = value.decode("utf-8", "replace")
+        msg[name] = value
     return msg
 
 
@@ -165,6 +188,30 @@ def encode(msg):
             if value:
                 data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
                 out += _varint((field << 3) | 2) + _varint(len(data)) + data
+    return bytes(out)
+
+
+def _bytes_field(field, data):
+    return _varint((field << 3) | 2) + _varint(len(data)) + data
+
+
+def decode_batch(buf):
+    """FunctionBatchRequest: the messages (field 1, repeated)."""
+    return [decode(value) for field, wire, value in _fields(buf) if field == 1 and wire == 2]
+
+
+def encode_batch(outcomes):
+    """FunctionBatchReply from (reply, error_type, error) triples: a reply, or the function's error."""
+    out = bytearray()
+    for reply, error_type, error in outcomes:
+        inner = bytearray()
+        if reply is not None:
+            inner += _bytes_field(1, encode(reply))
+        if error_type:
+            inner += _bytes_field(2, error_type.encode("utf-8"))
+        if error:
+            inner += _bytes_field(3, error.encode("utf-8"))
+        out += _bytes_field(1, bytes(inner))
     return bytes(out)
 
 
@@ -189,16 +236,24 @@ def load_functions(functions):
     return loaded
 
 
+class FunctionFailed(Exception):
+    """A call that fails: the gRPC code, the error type sent as `baetyl-error-type`, the message."""
+
+    def __init__(self, code, kind, message):
+        super().__init__(message)
+        self.code, self.kind, self.message = code, kind, message
+
+
 class Runtime:
     def __init__(self, functions):
         self.functions = functions
 
-    def call(self, request, context):
-        msg = request
+    def run(self, msg):
+        """The reply to one message, or FunctionFailed."""
         handler = self.functions.get(msg["FunctionName"])
         if handler is None:
-            context.set_trailing_metadata(((ERROR_TYPE_KEY, "UnknownFunction"),))
-            context.abort(grpc.StatusCode.NOT_FOUND, f"function `{msg['FunctionName']}` is not served by this runtime")
+            raise FunctionFailed(grpc.StatusCode.NOT_FOUND, "UnknownFunction",
+                                 f"function `{msg['FunctionName']}` is not served by this runtime")
         payload = msg["Payload"]
         try:
             event = json.loads(payload)
@@ -216,8 +271,7 @@ class Runtime:
             result = handler(event, ctx)
         except Exception as e:
             log.warning("function %s raised %s", msg["FunctionName"], type(e).__name__, exc_info=True)
-            context.set_trailing_metadata(((ERROR_TYPE_KEY, type(e).__name__),))
-            context.abort(grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}")
+            raise FunctionFailed(grpc.StatusCode.UNKNOWN, type(e).__name__, f"{type(e).__name__}: {e}")
         if result is None:
             out = b""
         elif isinstance(result, (bytes, bytearray)):
@@ -229,6 +283,25 @@ class Runtime:
         reply = dict(msg)
         reply["Payload"] = out
         return reply
+
+    def call(self, request, context):
+        try:
+            return self.run(request)
+        except FunctionFailed as f:
+            context.set_trailing_metadata(((ERROR_TYPE_KEY, f.kind),))
+            context.abort(f.code, f.message)
+
+    def call_many(self, requests, context):
+        """baetyl.FunctionBatch/CallMany (ours, not v1's): each message as Call would run it, in order."""
+        if len(requests) > MAX_BATCH:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{len(requests)} messages in one batch; at most {MAX_BATCH}")
+        outcomes = []
+        for msg in requests:
+            try:
+                outcomes.append((self.run(msg), "", ""))
+            except FunctionFailed as f:
+                outcomes.append((None, f.kind, f.message))
+        return outcomes
 
 
 class RequireSecret(grpc.ServerInterceptor):
@@ -263,7 +336,7 @@ class RequireSecret(grpc.ServerInterceptor):
     @staticmethod
     def prove(proof):
         def answer(request, context):
-            context.set_trailing_metadata(((INSTANCE_PROOF_KEY, proof),))
+            context.set_trailing_metadata(((INSTANCE_PROOF_KEY, proof), (BATCH_KEY, str(MAX_BATCH))))
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "instance proof: no function runs on a challenge")
 
         return grpc.unary_unary_rpc_method_handler(answer)
@@ -288,6 +361,11 @@ def main():
         "baetyl.Function",
         {"Call": grpc.unary_unary_rpc_method_handler(runtime.call, request_deserializer=decode, response_serializer=encode)},
     )
+    batch_handler = grpc.method_handlers_generic_handler(
+        "baetyl.FunctionBatch",
+        {"CallMany": grpc.unary_unary_rpc_method_handler(runtime.call_many, request_deserializer=decode_batch,
+                                                         response_serializer=encode_batch)},
+    )
     interceptors = (RequireSecret(secret),) if secret else ()
     if not secret:
         log.warning("no %s: any caller is served", INSTANCE_SECRET_ENV)
@@ -307,7 +385,7 @@ def main():
         ],
         maximum_concurrent_rpcs=int(srv.get("concurrent") or 0) or None,
     )
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((handler, batch_handler))
     if server.add_insecure_port(args.listen) == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
     server.start()

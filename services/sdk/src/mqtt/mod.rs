@@ -11,6 +11,7 @@
 mod address;
 mod qos;
 mod tls;
+mod tls_accept;
 
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use crate::config::HumanDuration;
 pub use address::{AddressError, DEFAULT_WS_PATH, MqttAddress, Transport};
 pub use qos::{Qos, QosError};
 pub use tls::{ClientTls, ServerTls, TlsError};
+pub use tls_accept::{MAX_HANDSHAKES, TlsIncoming};
 
 /// The keep alive a connection uses when its config does not say.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
