@@ -36,6 +36,9 @@ pub enum MasterError {
         #[source]
         source: std::io::Error,
     },
+    /// conf.yml's `server.cert`, `server.key` or `server.ca` cannot be used.
+    #[error("the API's TLS (conf.yml server.cert/key/ca): {0}")]
+    ApiTls(#[source] baetyl_sdk::mqtt::TlsError),
 
     // ---- services and instances
     #[error("service `{service}`: is not defined in the application")]
@@ -287,6 +290,7 @@ impl MasterError {
             Io { .. }
             | AlreadyRunning { .. }
             | Bind { .. }
+            | ApiTls(_)
             | UsersNeedRoot
             | ContainerdConfig(_)
             | ContainerdUnreachable { .. }

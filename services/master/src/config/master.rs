@@ -170,6 +170,33 @@ pub struct ServerConfig {
     /// Services whose token has the agent role: like the operator, they may update the application, reboot
     /// or power off the device and manage every instance (the cloud agent).
     pub agents: Vec<String>,
+    /// v1's `server.cert` and `server.key` (PEM; relative paths under the work dir): the TCP listeners
+    /// (`address` when it is TCP, and `tcp`) serve HTTPS. The unix socket stays plain HTTP: its file mode
+    /// is its access control, and the services dial it (with a TCP `address`, they get the socket
+    /// `var/run/baetyl.sock` instead, as they have no certificate).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// v1's `server.ca`: callers on the TCP listeners must present a client certificate chaining to it.
+    pub ca: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// The TLS files with relative paths under `workdir`, when `cert` and `key` are set.
+    pub fn tls(&self, workdir: &Path) -> Option<baetyl_sdk::mqtt::ServerTls> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(baetyl_sdk::mqtt::ServerTls {
+                cert: workdir.join(cert),
+                key: workdir.join(key),
+                ca: self.ca.as_ref().map(|ca| workdir.join(ca)),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether some listener is TCP (what TLS applies to).
+    pub fn has_tcp(&self) -> bool {
+        self.tcp.is_some() || matches!(self.address.0, Address::Tcp(_))
+    }
 }
 
 impl Default for ServerConfig {
@@ -180,6 +207,9 @@ impl Default for ServerConfig {
             timeout: HumanDuration::from_secs(30),
             operator_token_file: None,
             agents: Vec::new(),
+            cert: None,
+            key: None,
+            ca: None,
         }
     }
 }
@@ -323,6 +353,25 @@ impl ConfigFile for MasterConfig {
                     ),
                 ));
             }
+        }
+        let server = &self.server;
+        if server.cert.is_some() != server.key.is_some() {
+            return Err(ConfigError::invalid(
+                file,
+                "keys `server.cert` and `server.key` go together (the API's certificate and its key)",
+            ));
+        }
+        if server.ca.is_some() && server.cert.is_none() {
+            return Err(ConfigError::invalid(
+                file,
+                "key `server.ca` (callers must present a client certificate) needs `server.cert` and `server.key`",
+            ));
+        }
+        if server.cert.is_some() && !server.has_tcp() {
+            return Err(ConfigError::invalid(
+                file,
+                "key `server.cert`: TLS applies to the API's TCP listeners and there is none; set `server.address` to tcp://HOST:PORT or add `server.tcp`",
+            ));
         }
         if self.otalog.max_size.0 < 1024 {
             return Err(ConfigError::invalid(

@@ -37,7 +37,17 @@ pub struct Listeners {
     pub api: ApiListener,
     /// `server.tcp`: a second, TCP listener for tools that cannot speak unix sockets.
     pub tcp: Option<TcpListener>,
+    /// `server.cert/key/ca`: HTTPS on the TCP listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With HTTPS on a TCP `server.address`: the plain socket the services dial (they hold no certificate).
+    pub services: Option<(UnixListener, PathBuf)>,
 }
+
+/// The default socket, where services get the API when `server.address` is TCP with TLS.
+const SERVICES_SOCKET: &str = "var/run/baetyl.sock";
+
+/// The longest a TLS handshake on the API may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub enum ApiListener {
     /// A unix socket and its path (removed when the master stops).
@@ -48,7 +58,16 @@ pub enum ApiListener {
 impl Listeners {
     /// Binds what `server` asks for: the socket (relative paths under `workdir`; a stale socket file is
     /// replaced; mode 0660 so that only the owner and its group reach the API) and the optional TCP one.
+    /// With `server.cert` and `key`, the TCP listeners serve HTTPS (the files are read here: a bad one
+    /// stops the master before it runs anything).
     pub async fn bind(workdir: &Path, server: &ServerConfig) -> Result<Listeners> {
+        let tls = match server.tls(workdir) {
+            Some(t) => Some(Arc::new(
+                t.server_config(&[b"http/1.1"])
+                    .map_err(MasterError::ApiTls)?,
+            )),
+            None => None,
+        };
         let api = match server.address.under(workdir) {
             Address::Unix(path) => Self::unix(&path)?.api,
             Address::Tcp(host) => ApiListener::Tcp(bind_tcp(&host).await?),
@@ -57,7 +76,20 @@ impl Listeners {
             Some(addr) => Some(bind_tcp(&addr.to_string()).await?),
             None => None,
         };
-        Ok(Listeners { api, tcp })
+        let services = match (&api, &tls) {
+            (ApiListener::Tcp(_), Some(_)) => match Self::unix(&workdir.join(SERVICES_SOCKET))?.api
+            {
+                ApiListener::Unix(l, path) => Some((l, path)),
+                ApiListener::Tcp(_) => None,
+            },
+            _ => None,
+        };
+        Ok(Listeners {
+            api,
+            tcp,
+            tls,
+            services,
+        })
     }
 
     /// A unix socket alone at `path`.
@@ -75,11 +107,16 @@ impl Listeners {
         Ok(Listeners {
             api: ApiListener::Unix(listener, path.to_path_buf()),
             tcp: None,
+            tls: None,
+            services: None,
         })
     }
 
     /// The address services dial: the socket's path, or the TCP listener's bound address.
     pub fn address(&self) -> Result<Address> {
+        if let Some((_, path)) = &self.services {
+            return Ok(Address::Unix(path.clone()));
+        }
         Ok(match &self.api {
             ApiListener::Unix(_, path) => Address::Unix(path.clone()),
             ApiListener::Tcp(l) => Address::Tcp(local_addr(l)?),
@@ -251,14 +288,56 @@ fn serve(
     router: axum::Router,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    let mut servers = vec![match listeners.api {
-        ApiListener::Unix(l, _) => spawn_server(l, router.clone(), stop.clone()),
-        ApiListener::Tcp(l) => spawn_server(l, router.clone(), stop.clone()),
-    }];
-    if let Some(l) = listeners.tcp {
-        servers.push(spawn_server(l, router, stop));
+    let Listeners {
+        api,
+        tcp,
+        tls,
+        services,
+    } = listeners;
+    let mut servers = Vec::new();
+    let mut tcp_listeners = tcp.into_iter().collect::<Vec<_>>();
+    match api {
+        ApiListener::Unix(l, _) => servers.push(spawn_server(l, router.clone(), stop.clone())),
+        ApiListener::Tcp(l) => tcp_listeners.insert(0, l),
+    }
+    if let Some((l, _)) = services {
+        servers.push(spawn_server(l, router.clone(), stop.clone()));
+    }
+    for l in tcp_listeners {
+        let Some(tls) = &tls else {
+            servers.push(spawn_server(l, router.clone(), stop.clone()));
+            continue;
+        };
+        match baetyl_sdk::mqtt::TlsIncoming::new(l, tls.clone(), TLS_HANDSHAKE_TIMEOUT, "API") {
+            Ok(incoming) => servers.push(spawn_server(
+                HttpsListener(incoming),
+                router.clone(),
+                stop.clone(),
+            )),
+            Err(e) => tracing::error!("the API's TLS listener: {e}"),
+        }
     }
     servers
+}
+
+/// A TCP listener of the API with TLS (`server.cert/key/ca`), as axum serves it.
+struct HttpsListener(baetyl_sdk::mqtt::TlsIncoming);
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.0.next().await {
+            Some(c) => c,
+            // The accept loop ends only with the listener: no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.0.local_addr())
+    }
 }
 
 fn spawn_server<L>(

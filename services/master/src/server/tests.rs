@@ -606,3 +606,144 @@ async fn a_dynamic_start_cannot_set_loader_interpreter_or_master_variables() {
     assert!(!env.contains_key(baetyl_sdk::env::SERVICE_TOKEN));
     m.stop().await.expect("stop");
 }
+
+/// One HTTPS request to the API on `addr` (server name `localhost`), trusting `pki`'s CA and presenting
+/// `client` when given; answers (status, body), or the TLS or I/O error as text.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    pki: &baetyl_testkit::pki::Pki,
+    client: Option<&baetyl_testkit::pki::Cert>,
+    token: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = baetyl_sdk::mqtt::ClientTls {
+        ca: Some(pki.ca.clone()),
+        cert: client.map(|c| c.cert.clone()),
+        key: client.map(|c| c.key.clone()),
+        insecure_skip_verify: false,
+    }
+    .client_config()
+    .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut s = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\n{}: {}\r\n{}: {token}\r\nconnection: close\r\n\r\n",
+        baetyl_sdk::env::HEADER_USERNAME,
+        crate::api::OPERATOR,
+        baetyl_sdk::env::HEADER_PASSWORD,
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {text:?}"))?;
+    Ok((status, text))
+}
+
+/// v1's `server.ca/cert/key`: the TCP listeners serve HTTPS and want a client certificate chaining to `ca`;
+/// with a TCP `server.address`, the services get the plain socket instead.
+#[tokio::test]
+async fn the_tcp_api_serves_https_to_clients_with_a_certificate() {
+    let pki_dir = tempfile::tempdir().expect("dir");
+    let pki = baetyl_testkit::pki::Pki::new(pki_dir.path(), "api ca").expect("pki");
+    let tool = pki.client("operator-tool").expect("client cert");
+    let other = baetyl_testkit::pki::Pki::new(&pki_dir.path().join("other"), "other ca")
+        .expect("other pki")
+        .client("stranger")
+        .expect("client cert");
+    let conf = format!(
+        "server:\n  address: \"tcp://127.0.0.1:0\"\n  cert: {}\n  key: {}\n  ca: {}\n",
+        pki.server.cert.display(),
+        pki.server.key.display(),
+        pki.ca.display()
+    );
+    let fake = FakeEngine::new();
+    let m = Master::start(&conf, TWO, fake.clone(), &["a/a", "b/b"]).await;
+    let token = std::fs::read_to_string(crate::server::operator_token_path(m.dir.path()))
+        .expect("token")
+        .trim()
+        .to_string();
+
+    let (status, body) = https_get(m.tcp, "/v1/system/inspect", &pki, Some(&tool), &token)
+        .await
+        .expect("HTTPS with a client certificate");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"conf_version\":\"v7\""), "{body}");
+    let (status, _) = https_get(
+        m.tcp,
+        "/v1/system/inspect",
+        &pki,
+        Some(&tool),
+        "wrong-token-0123456789",
+    )
+    .await
+    .expect("HTTPS");
+    assert_eq!(status, 401, "TLS does not replace the credentials");
+    // No certificate, or one from another CA: the handshake fails, nothing is served.
+    assert!(
+        https_get(m.tcp, "/v1/system/inspect", &pki, None, &token)
+            .await
+            .is_err()
+    );
+    assert!(
+        https_get(m.tcp, "/v1/system/inspect", &pki, Some(&other), &token)
+            .await
+            .is_err()
+    );
+    // Plain HTTP on the TLS port gets no answer.
+    let plain =
+        baetyl_sdk::client::MasterClient::new(baetyl_sdk::client::Address::Tcp(m.tcp.to_string()))
+            .with_credentials(crate::api::OPERATOR, &token);
+    assert!(plain.inspect().await.is_err());
+    // The services dial the plain socket, which serves them.
+    let env = fake.spec_of("b", "b").expect("b").env;
+    assert_eq!(
+        env[baetyl_sdk::env::MASTER_API_ADDRESS],
+        format!("unix://{}", m.socket.display())
+    );
+    assert_eq!(
+        call(&m.service("b"), "GET", "/v1/system/inspect", "")
+            .await
+            .0,
+        200
+    );
+    m.stop().await.expect("run ends cleanly");
+}
+
+#[test]
+fn tls_keys_are_checked_at_load() {
+    use baetyl_sdk::config::ConfigFile;
+    let parse = |text: &str| {
+        crate::config::MasterConfig::parse(text, std::path::Path::new("conf.yml"))
+            .map_err(|e| e.to_string())
+    };
+    for (text, want) in [
+        (
+            "server: {address: 'tcp://127.0.0.1:1', cert: c.pem}\n",
+            "`server.cert` and `server.key` go together",
+        ),
+        (
+            "server: {address: 'tcp://127.0.0.1:1', ca: ca.pem}\n",
+            "`server.ca`",
+        ),
+        ("server: {cert: c.pem, key: k.pem}\n", "there is none"),
+    ] {
+        let e = parse(text).expect_err(text);
+        assert!(e.contains(want), "{text}: {e}");
+    }
+    parse("server: {tcp: '127.0.0.1:1', cert: c.pem, key: k.pem, ca: ca.pem}\n").expect("valid");
+}
