@@ -1,141 +1,29 @@
-//! End-to-end tests of `baetyl master` in containerd mode (`mode: containerd`): a real master process, a real
-//! containerd 1.6 with runc (the test kit's: temporary root, state and socket; needs root), and an OCI image
-//! layout written by the test: `box:latest`, the host's `sh` and a few tools with the libraries `ldd` names.
+//! End-to-end tests of `baetyl master` in containerd mode (`mode: containerd`) that only containers have: a
+//! real master process, a real containerd 1.6 with runc (the test kit's: temporary root, state and socket;
+//! needs root), and the OCI layout of the engine fixture (`tests/engines.rs`): `box:latest`, the host's `sh`
+//! and a few tools with the libraries `ldd` names. What both engines do is tested on both in `tests/master.rs`.
 //! What is checked: services run as containers (inspect names them, their output lands in the instance log),
 //! the v1 environment and the API socket reach them, a dataset refuses writes with EROFS, a service sees
 //! neither the host's files nor other processes and runs as its own user; over its memory limit a service is
 //! OOM-killed and restarted while the others keep running; stop is SIGTERM then SIGKILL after the grace and
-//! leaves no container; after `kill -9` of the master the next master removes what the first left.
+//! leaves no container (what a master killed with -9 left: `tests/master.rs`).
 //!
 //! The tests skip (saying why) when not root or when containerd, runc or ctr are missing.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use baetyl_e2e::engines::Engine;
 use baetyl_e2e::*;
-use baetyl_image::oci::layer::LayerBuilder;
-use baetyl_image::oci::layout::{ImageDef, LayoutWriter};
-use baetyl_testkit::containerd::Containerd;
 use baetyl_testkit::eventually;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// The tools the test image carries (each with what `ldd` says it needs).
-const TOOLS: &[&str] = &[
-    "sh", "sleep", "env", "grep", "sort", "cat", "ls", "id", "tail", "echo",
-];
-
-fn which(tool: &str) -> PathBuf {
-    ["/bin", "/usr/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{tool} not found in /bin or /usr/bin"))
-}
-
-/// The libraries (and loader) `ldd` names for `bin`, as absolute paths.
-fn libraries(bin: &Path) -> Vec<String> {
-    let out = Command::new("ldd").arg(bin).output().expect("ldd");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = match l.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| path.to_string())
-        })
-        .collect()
-}
-
-/// Writes the `box:latest` layout into `dir`.
-fn box_layout(dir: &Path) {
-    let mut b = LayerBuilder::new();
-    for d in ["bin", "dev", "proc", "sys", "run", "etc", "conf", "out"] {
-        b.dir(d, 0o755).expect("dir");
-    }
-    b.dir("tmp", 0o1777).expect("dir");
-    let mut libs = std::collections::BTreeSet::new();
-    for t in TOOLS {
-        let bin = which(t);
-        b.file(&format!("bin/{t}"), 0o755, &bin).expect("tool");
-        libs.extend(libraries(&bin));
-    }
-    for l in libs {
-        b.file(l.trim_start_matches('/'), 0o755, Path::new(&l))
-            .expect("library");
-    }
-    let layer = b.finish(1_700_000_000).expect("layer");
-    let config = serde_json::from_value(serde_json::json!({
-        "Env": ["PATH=/bin"],
-        "Entrypoint": ["/bin/sh"],
-        "WorkingDir": "/"
-    }))
-    .expect("image config");
-    let mut w = LayoutWriter::create(dir).expect("layout");
-    w.add(ImageDef {
-        name: "box:latest".into(),
-        debarch: "amd64",
-        layers: vec![&layer],
-        config,
-        created: "2023-11-14T22:13:20Z".into(),
-    })
-    .expect("add");
-    w.finish().expect("finish");
-}
-
-/// A work dir whose master runs in containerd mode against `ctd`, with the `box` layout and per-service users;
-/// its containers' cgroups go under a parent of the test's own ([`CgroupParent`]).
-fn containerd_work(ctd: &Containerd, cgroups: &CgroupParent) -> Work {
-    let w = Work::new();
-    box_layout(&w.path().join("lib/baetyl/oci"));
-    w.write(
-        "etc/baetyl/conf.yml",
-        &format!(
-            "mode: containerd\ngrace: 2s\nlogger: {{level: debug}}\nusers: {{mode: \"on\"}}\ncontainerd:\n  socket: {}\n  images: [lib/baetyl/oci]\n  cgroup_parent: {}\n",
-            ctd.socket().display(),
-            cgroups.0
-        ),
-    );
-    w
-}
-
-/// The parent cgroup of a test's containers, removed (when empty) at the end.
-struct CgroupParent(String);
-
-impl CgroupParent {
-    fn new() -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        CgroupParent(format!("/baetyl-e2e-{}-{n}", std::process::id()))
-    }
-}
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        let rel = self.0.trim_start_matches('/');
-        let unified = Path::new("/sys/fs/cgroup").join(rel);
-        let _ = std::fs::remove_dir(unified);
-        for e in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::fs::remove_dir(e.path().join(rel));
-        }
-    }
-}
-
-fn skip() -> bool {
-    match Containerd::unavailable() {
-        Some(why) => {
-            eprintln!("skipped: {why}");
-            true
-        }
-        None => false,
-    }
+/// A containerd-mode work dir (the fixture of `tests/engines.rs`) with per-service users.
+fn containerd_work() -> Option<Work> {
+    let w = Work::with_engine(Engine::Containerd)?;
+    w.conf("logger: {level: debug}\nusers: {mode: \"on\"}\n");
+    Some(w)
 }
 
 fn read(w: &Work, rel: &str) -> String {
@@ -182,12 +70,9 @@ volumes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_run_as_isolated_containers() {
-    if skip() {
+    let Some(w) = containerd_work() else {
         return;
-    }
-    let cgroups = CgroupParent::new();
-    let ctd = Containerd::start().expect("containerd");
-    let w = containerd_work(&ctd, &cgroups);
+    };
     w.write("var/db/baetyl/conf/c", "dataset content");
     w.app(&APP.replace("HOSTDIR", &w.path().display().to_string()));
     let mut m = w.start_master();
@@ -273,51 +158,11 @@ async fn services_run_as_isolated_containers() {
         "{}",
         m.log_text()
     );
+    let ctd = w.containerd().expect("containerd");
     let containers = ctd.ctr_ok(&["containers", "ls", "-q"]).expect("ctr");
     assert!(containers.trim().is_empty(), "left: {containers}");
     let tasks = ctd.ctr_ok(&["tasks", "ls", "-q"]).expect("ctr");
     assert!(tasks.trim().is_empty(), "left: {tasks}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_next_master_removes_what_a_killed_one_left() {
-    if skip() {
-        return;
-    }
-    let cgroups = CgroupParent::new();
-    let ctd = Containerd::start().expect("containerd");
-    let w = containerd_work(&ctd, &cgroups);
-    w.app("services:\n  a: {image: box, entrypoint: [/bin/sh, -c, 'while :; do sleep 1; done'], replica: 2}\n  b: {image: box, entrypoint: [/bin/sh, -c, 'while :; do sleep 1; done']}\n");
-    let mut first = w.start_master();
-    let mut old = Vec::new();
-    for (s, i) in [("a", "a"), ("a", "a.i1"), ("b", "b")] {
-        let v = first
-            .wait_instance(s, i, "running", LONG, |v| v["status"] == "running")
-            .await;
-        old.push(v["container"]["pid"].as_u64().expect("pid") as u32);
-    }
-    first.kill9();
-    for p in &old {
-        assert!(alive(*p), "containers outlive a master killed with -9");
-    }
-    let second = w.start_master();
-    assert!(
-        second.log_text().contains("left by a previous master"),
-        "{}",
-        second.log_text()
-    );
-    for p in &old {
-        assert!(!alive(*p), "leftover {p} still runs");
-    }
-    for (s, i) in [("a", "a"), ("a", "a.i1"), ("b", "b")] {
-        second
-            .wait_instance(s, i, "running", LONG, |v| v["status"] == "running")
-            .await;
-    }
-    let containers = ctd.ctr_ok(&["containers", "ls", "-q"]).expect("ctr");
-    let mut ids: Vec<&str> = containers.lines().collect();
-    ids.sort();
-    assert_eq!(ids, ["a.a", "a.a.i1", "b.b"], "one container per instance");
 }
 
 #[test]
@@ -348,4 +193,139 @@ async fn container_pid(m: &Master, svc: &str) -> Option<u32> {
     m.instance(svc, svc).await?["container"]["pid"]
         .as_u64()
         .map(|p| p as u32)
+}
+
+/// The first pid of a `containerd started pid=N (start #start)` line of init's log.
+fn containerd_pid(log: &str, start: u32) -> Option<u32> {
+    let tail = format!(" (start #{start})");
+    log.lines().find_map(|l| {
+        let rest = l.split("containerd started pid=").nth(1)?;
+        let (pid, after) = rest.split_once(' ')?;
+        after
+            .starts_with(tail.trim_start())
+            .then(|| pid.parse().ok())
+            .flatten()
+    })
+}
+
+/// `baetyl init` (dry run: its mounts only logged, its processes real) with a master in containerd mode starts
+/// containerd itself before the master (config written, socket waited for); containerd killed with -9 is
+/// restarted, the container it ran lives on in its shim, and the master, which reconnects, still supervises
+/// it (killed, it is restarted through the new containerd); init's reboot stops the master, which stops the
+/// containers, and then containerd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_starts_containerd_and_restarts_it_when_it_dies() {
+    if engines::containerd_skip().is_some() {
+        return;
+    }
+    let w = Work::new();
+    let cgroups = engines::CgroupParent::new();
+    engines::box_layout(&w.path().join("lib/baetyl/oci"), &[]);
+    let sock = w.path().join("ctd/containerd.sock");
+    w.write(
+        "etc/baetyl/conf.yml",
+        &format!(
+            "mode: containerd\ngrace: 2s\nlogger: {{level: debug}}\ncontainerd:\n  socket: {}\n  namespace: baetyl-init-{}\n  images: [lib/baetyl/oci]\n  cgroup_parent: {}\n",
+            sock.display(),
+            std::process::id(),
+            cgroups.0
+        ),
+    );
+    w.app("services:\n  keeper:\n    image: box\n    entrypoint: [/bin/sh, -c, 'while :; do sleep 1; done']\n    restart: {policy: always, backoff: {min: 200ms, max: 1s}}\n");
+    let init_yml = w.write(
+        "init.yml",
+        &format!(
+            "data: null\nhostname: null\nmaster:\n  command: [{:?}, master, -w, {:?}]\n  grace: 20s\n  restart_min: 200ms\n  restart_max: 1s\nshutdown:\n  grace: 5s\n",
+            baetyl_bin().display().to_string(),
+            w.path().display().to_string()
+        ),
+    );
+    let cmdline = w.write("cmdline", "quiet\n");
+    let log = w.path().join("init.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut cmd = Command::new(baetyl_bin());
+    cmd.args(["init", "--dry", "-c"])
+        .arg(&init_yml)
+        .arg("--cmdline")
+        .arg(&cmdline)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out);
+    let process = baetyl_testkit::process::Process::spawn(&mut cmd, "baetyl init")
+        .expect("spawn init")
+        .with_log(&log)
+        .term_on_drop(Duration::from_secs(40));
+    // The init process in the master's place: its log holds init's and the master's lines.
+    let mut init = Master {
+        process,
+        workdir: w.path().to_path_buf(),
+        log,
+    };
+    let ready = eventually(LONG, "init's master to get ready", || {
+        let text = init.log_text();
+        text.contains("master ready").then_some(text)
+    });
+    // containerd first, its socket answering, then the master.
+    let answers = ready.find("containerd answers on").expect("answers");
+    assert!(
+        answers < ready.find("master started pid=").expect("master started"),
+        "{ready}"
+    );
+    assert!(
+        std::fs::read_to_string(w.path().join("ctd/baetyl-containerd.toml"))
+            .expect("config")
+            .contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\""),
+    );
+    let first = containerd_pid(&ready, 1).expect("containerd's pid");
+    let v = init
+        .wait_instance("keeper", "keeper", "running", LONG, |v| {
+            v["status"] == "running"
+        })
+        .await;
+    let container = v["container"]["pid"].as_u64().expect("task pid") as u32;
+
+    // containerd dies: init starts another; the container lives on in its shim, the master keeps it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 containerd");
+    let second = eventually(LONG, "init to restart containerd", || {
+        containerd_pid(&init.log_text(), 2)
+    });
+    assert_ne!(first, second);
+    assert!(
+        init.log_text()
+            .contains(&format!("containerd pid={first} exited"))
+    );
+    assert!(alive(container), "the container outlives containerd");
+    let v = init.instance("keeper", "keeper").await.expect("keeper");
+    assert_eq!(
+        (v["status"].as_str(), v["restarts"].as_u64()),
+        (Some("running"), Some(0)),
+        "{v}"
+    );
+    // The master reaches the new containerd: the container's end is seen and it is restarted through it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(container as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the container");
+    let v = init
+        .wait_instance(
+            "keeper",
+            "keeper",
+            "a restart through the new containerd",
+            LONG,
+            |v| v["restarts"] == 1 && v["status"] == "running",
+        )
+        .await;
+    let again = v["container"]["pid"].as_u64().expect("task pid") as u32;
+    assert!(alive(again) && again != container);
+
+    // Reboot (dry: init exits 3): the master stops the container, then containerd goes with the rest.
+    let status = init.process.terminate(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(3), "{}", init.log_text());
+    assert!(!alive(again), "the container was stopped");
+    assert!(!alive(second), "containerd was stopped");
 }

@@ -17,6 +17,8 @@ use baetyl_testkit::wait::{poll, poll_async};
 use baetyl_testkit::{eventually, test_dir};
 use serde_json::Value;
 
+pub mod engines;
+
 pub use baetyl_testkit::baetyl_bin;
 pub use baetyl_testkit::process::alive;
 
@@ -24,27 +26,57 @@ pub use baetyl_testkit::process::alive;
 const MASTER_START: Duration = Duration::from_secs(30);
 const MASTER_STOP: Duration = Duration::from_secs(30);
 
-/// A test service: records each start (instance name and pid) in `<work>/starts`, its environment in
-/// `env` in its own work dir, then exits with $EXIT_CODE or runs a child until stopped.
-pub const SVC_SCRIPT: &str = r#"#!/bin/sh
-echo "$BAETYL_SERVICE_INSTANCE_NAME $$" >> "$TEST_ROOT/starts"
-env | grep '^BAETYL_' | sort > env
+/// The start of both test scripts: in containerd mode (`BAETYL_SERVICE_MODE`) the test's work dir is at
+/// `/test-root` and the script works in its instance dir there, as in native mode; `me PID` says which process
+/// PID is, wherever it runs (`pid:[NS] PID START`, see [`engines::PidRef`]).
+macro_rules! script_prelude {
+    () => {
+        r#"#!/bin/sh
+if [ "$BAETYL_SERVICE_MODE" = containerd ]; then
+  TEST_ROOT=/test-root
+  d="$TEST_ROOT/var/run/baetyl/services/$BAETYL_SERVICE_NAME/$BAETYL_SERVICE_INSTANCE_NAME"
+  mkdir -p "$d" && cd "$d" || exit 99
+fi
+NS=$(readlink /proc/self/ns/pid)
+me() { echo "$NS $1 $(cut -d' ' -f22 /proc/$1/stat)"; }
+echo "$BAETYL_SERVICE_INSTANCE_NAME $(me $$)" >> "$TEST_ROOT/starts"
+"#
+    };
+}
+
+/// A test service: records each start (instance name and pid) in `<work>/starts`, its environment in `env`
+/// and its descriptor limits in `nofile` in its own work dir, then exits with $EXIT_CODE or runs a child until
+/// stopped (SIGTERM ends it: a container's first process ignores signals it has no handler for).
+pub const SVC_SCRIPT: &str = concat!(
+    script_prelude!(),
+    r#"env | grep '^BAETYL_' | sort > env
+echo "$(ulimit -Sn) $(ulimit -Hn)" > nofile
 if [ -n "$EXIT_CODE" ]; then exit "$EXIT_CODE"; fi
+trap 'exit 0' TERM
 sleep 1000 &
-echo "$!" > child.pid
+me $! > child.pid
 wait
-"#;
+"#
+);
 
 /// A service that leaves processes which ignore SIGTERM and one that leaves the process group.
-pub const STUBBORN_SCRIPT: &str = r#"#!/bin/sh
-echo "$BAETYL_SERVICE_INSTANCE_NAME $$" >> "$TEST_ROOT/starts"
-sh -c 'trap "" TERM; echo $$ > ignorer.pid; while :; do sleep 1; done' &
-setsid sh -c 'echo $$ > escaper.pid; exec sleep 1000' &
+pub const STUBBORN_SCRIPT: &str = concat!(
+    script_prelude!(),
+    r#"sh -c 'trap "" TERM; echo "$(readlink /proc/self/ns/pid) $$ $(cut -d" " -f22 /proc/$$/stat)" > ignorer.pid; while :; do sleep 1; done' &
+setsid sh -c 'echo "$(readlink /proc/self/ns/pid) $$ $(cut -d" " -f22 /proc/$$/stat)" > escaper.pid; exec sleep 1000' &
 trap '' TERM
 while :; do sleep 1; done
-"#;
+"#
+);
+
+/// The base of conf.yml of a test work dir (beside the engine's lines).
+const BASE_CONF: &str = "grace: 2s\nupdate: {health: 1500ms}\n";
 
 pub struct Work {
+    pub engine: engines::Engine,
+    /// Dropped before the work dir (the master, dropped before the work dir by the test, stopped its
+    /// containers).
+    containerd: Option<engines::ContainerdSide>,
     pub dir: tempfile::TempDir,
 }
 
@@ -55,17 +87,55 @@ impl Default for Work {
 }
 
 impl Work {
+    /// A native work dir.
     pub fn new() -> Self {
+        Self::with_engine(engines::Engine::Native).expect("the native engine runs anywhere")
+    }
+
+    /// A work dir whose master runs `engine`: the test services `svc` and `stubborn` as packages (native) or
+    /// as images of an OCI layout in `lib/baetyl/oci` with a containerd of the work dir's own (containerd).
+    /// None (after saying why, loudly) when containerd cannot run here ([`engines::containerd_skip`]).
+    pub fn with_engine(engine: engines::Engine) -> Option<Self> {
+        let containerd = match engine {
+            engines::Engine::Native => None,
+            engines::Engine::Containerd => {
+                if engines::containerd_skip().is_some() {
+                    return None;
+                }
+                Some(engines::ContainerdSide::start())
+            }
+        };
         let w = Work {
+            engine,
+            containerd,
             dir: test_dir("baetyl-test-"),
         };
         w.package("svc", SVC_SCRIPT);
         w.package("stubborn", STUBBORN_SCRIPT);
-        w.write(
+        if w.containerd.is_some() {
+            engines::box_layout(
+                &w.path().join("lib/baetyl/oci"),
+                &[("svc", SVC_SCRIPT), ("stubborn", STUBBORN_SCRIPT)],
+            );
+        }
+        w.conf("logger: {level: debug}\n");
+        Some(w)
+    }
+
+    /// The work dir's containerd (containerd mode).
+    pub fn containerd(&self) -> Option<&baetyl_testkit::containerd::Containerd> {
+        self.containerd.as_ref().map(|c| &c.containerd)
+    }
+
+    /// Writes conf.yml: the engine's lines, `grace: 2s`, `update: {health: 1500ms}`, then `extra`.
+    pub fn conf(&self, extra: &str) {
+        self.write(
             "etc/baetyl/conf.yml",
-            "grace: 2s\nupdate: {health: 1500ms}\nlogger: {level: debug}\n",
+            &format!(
+                "{}{BASE_CONF}{extra}",
+                engines::engine_conf(self.containerd.as_ref())
+            ),
         );
-        w
     }
 
     pub fn path(&self) -> &Path {
@@ -89,7 +159,49 @@ impl Work {
     }
 
     pub fn app(&self, text: &str) {
-        self.write("var/db/baetyl/application.yml", text);
+        self.app_file("var/db/baetyl/application.yml", text);
+    }
+
+    /// Writes an application file at `rel`; in containerd mode every service whose image is one of the test
+    /// scripts ([`engines::SCRIPT_IMAGES`]) also mounts the work dir at `/test-root` (text that is not an
+    /// application is written as it is).
+    pub fn app_file(&self, rel: &str, text: &str) -> PathBuf {
+        if self.engine == engines::Engine::Native {
+            return self.write(rel, text);
+        }
+        let Ok(mut app) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+            return self.write(rel, text);
+        };
+        let mount = serde_yaml_ng::Value::from(format!("./:{}", engines::TEST_ROOT_IN_CONTAINER));
+        let mut changed = false;
+        if let Some(services) = app
+            .get_mut("services")
+            .and_then(serde_yaml_ng::Value::as_mapping_mut)
+        {
+            for (_, svc) in services.iter_mut() {
+                let Some(svc) = svc.as_mapping_mut() else {
+                    continue;
+                };
+                let script = svc
+                    .get("image")
+                    .and_then(serde_yaml_ng::Value::as_str)
+                    .is_some_and(|i| engines::SCRIPT_IMAGES.contains(&i));
+                if !script {
+                    continue;
+                }
+                let volumes = svc
+                    .entry("volumes".into())
+                    .or_insert_with(|| serde_yaml_ng::Value::Sequence(Vec::new()));
+                if let Some(seq) = volumes.as_sequence_mut() {
+                    seq.push(mount.clone());
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return self.write(rel, text);
+        }
+        self.write(rel, &serde_yaml_ng::to_string(&app).expect("yaml"))
     }
 
     pub fn instance_dir(&self, svc: &str, inst: &str) -> PathBuf {
@@ -100,15 +212,38 @@ impl Work {
     }
 
     /// Lines of the `starts` file: (instance, pid).
-    pub fn starts(&self) -> Vec<(String, u32)> {
+    pub fn starts(&self) -> Vec<(String, engines::PidRef)> {
         std::fs::read_to_string(self.path().join("starts"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
                 let (n, p) = l.split_once(' ')?;
-                Some((n.to_string(), p.parse().ok()?))
+                Some((n.to_string(), engines::PidRef::parse(p)?))
             })
             .collect()
+    }
+
+    /// What the processes of the instance whose main process is host pid `pid` are: its process group
+    /// (native) or its PID namespace (containerd; read while `pid` lives).
+    pub fn group_of(&self, pid: u32) -> engines::Group {
+        match self.engine {
+            engines::Engine::Native => engines::Group::Pgid(pid),
+            engines::Engine::Containerd => engines::Group::PidNs(
+                engines::PidRef::of_host(pid).unwrap_or_else(|| panic!("pid {pid} is not running")),
+            ),
+        }
+    }
+
+    /// The master API address a service was given (`BAETYL_MASTER_API_ADDRESS`), as the host reaches it: in
+    /// containerd mode the socket is bound at `/run/baetyl/baetyl.sock` inside the container.
+    pub fn api_address_on_host(&self, given: &str) -> Address {
+        match self.engine {
+            engines::Engine::Native => Address::parse(given).expect("address"),
+            engines::Engine::Containerd => {
+                assert_eq!(given, "unix:///run/baetyl/baetyl.sock");
+                Address::Unix(self.path().join("var/run/baetyl.sock"))
+            }
+        }
     }
 
     pub fn env_of(&self, svc: &str, inst: &str) -> std::collections::BTreeMap<String, String> {
@@ -221,10 +356,20 @@ impl Master {
             .cloned()
     }
 
+    /// The host pid of an instance's main process (native) or its container's first process (containerd).
     pub async fn pid_of(&self, svc: &str, inst: &str) -> Option<u32> {
-        self.instance(svc, inst).await?["process"]["pid"]
-            .as_u64()
-            .map(|p| p as u32)
+        main_pid(&self.instance(svc, inst).await?)
+    }
+
+    /// The host pid ([`Master::pid_of`]) of an instance once it runs (a container may still be starting when
+    /// the master says it is ready).
+    pub async fn running_pid(&self, svc: &str, inst: &str) -> u32 {
+        let v = self
+            .wait_instance(svc, inst, "running", MASTER_START, |v| {
+                v["status"] == "running"
+            })
+            .await;
+        main_pid(&v).unwrap_or_else(|| panic!("{svc}/{inst} runs without a pid: {v}"))
     }
 
     /// Polls inspect until the instance satisfies `f`; panics with its last state and the master's log.
@@ -264,6 +409,14 @@ impl Master {
     }
 }
 
+/// The host pid of an instance's inspect entry: its process (native) or its container's first process.
+fn main_pid(v: &Value) -> Option<u32> {
+    ["process", "container"]
+        .iter()
+        .find_map(|k| v[*k]["pid"].as_u64())
+        .map(|p| p as u32)
+}
+
 /// Live processes whose process group is `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -288,6 +441,11 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 
 pub fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A pid a test script recorded (`pid:[NS] PID`, see [`engines::PidRef`]).
+pub fn read_pidref(path: &Path) -> Option<engines::PidRef> {
+    engines::PidRef::parse(&std::fs::read_to_string(path).ok()?)
 }
 
 /// The hub config of the function tests (`etc/hubconf/service.yml`): a TCP listener on `port`, the `tester`

@@ -303,6 +303,7 @@ fn runc(bundle: &Path, inst: &InstanceSpec, argv: &[&str]) -> std::process::Outp
             api_socket: None,
             cgroups_path: format!("/{id}"),
             rootfs: "rootfs".into(),
+            nofile: (1024, 4096),
         },
     )
     .expect("spec");

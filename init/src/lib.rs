@@ -7,7 +7,8 @@
 //! read-only root partition instead of the re-root, then the other mounts), set the hostname, bring up loopback and a
 //! static IPv4 interface, mount the data partition found by GPT name or ext4 label (growing partition and filesystem to
 //! the end of a larger medium), then the datasets (read-only) and volumes (read-write) of the config. Then start
-//! `baetyl master`, restart it with backoff when it exits, and reap every orphan ([`master::Master::supervise`]). On
+//! containerd when the master's conf.yml selects the containerd engine ([`containerd`]: waited for, restarted
+//! with backoff), then `baetyl master`, restart it with backoff when it exits, and reap every orphan ([`master::Master::supervise`]). On
 //! SIGTERM/SIGINT (reboot) or SIGPWR/SIGUSR2 (power off) it shuts down in order ([`boot::Init::shutdown`]): master
 //! first (SIGTERM, grace, SIGKILL), then every other process, sync, unmount in reverse order, reboot(2).
 //!
@@ -23,6 +24,7 @@
 
 pub mod boot;
 pub mod config;
+pub mod containerd;
 pub mod error;
 pub mod fsck;
 pub mod gpt;
@@ -179,6 +181,7 @@ fn run_with<S: System>(
     signals: &mut SignalWatch,
 ) -> PowerAction {
     let mut master = Master::new(&cfg);
+    let master_cfg = cfg.master.clone();
     let nofile = cfg.master.nofile;
     let mut init = Init::new(sys, cfg, mode);
     init.boot();
@@ -202,8 +205,16 @@ fn run_with<S: System>(
     if mode.may_kmsg {
         reopen_console_if_closed();
     }
+    // Once the root and data partitions are there: containerd before a master in containerd mode.
+    let mut containerd = containerd::Containerd::for_master(&master_cfg);
+    if let Some(c) = containerd.as_mut() {
+        c.start(std::time::Instant::now());
+        c.wait_ready(containerd::READY_TIMEOUT);
+    }
     info!("boot done; supervising");
-    let action = master.supervise(signals);
+    let action = master.supervise_with(signals, &mut |now| {
+        containerd.as_mut().and_then(|c| c.tick(now))
+    });
     init.shutdown(action, signals, &mut master);
     action
 }

@@ -67,6 +67,16 @@ impl Master {
 
     /// Supervises the master and reaps orphans until a shutdown signal arrives.
     pub fn supervise(&mut self, signals: &mut SignalWatch) -> PowerAction {
+        self.supervise_with(signals, &mut |_| None)
+    }
+
+    /// [`Master::supervise`], calling `tick` after each wake-up (after reaping) for another supervised process
+    /// (containerd); `tick` answers how soon it wants to be called again.
+    pub fn supervise_with(
+        &mut self,
+        signals: &mut SignalWatch,
+        tick: &mut dyn FnMut(Instant) -> Option<Duration>,
+    ) -> PowerAction {
         loop {
             if let Some((sig, action)) = signals.take_shutdown() {
                 info!("{sig} received: {action} requested");
@@ -82,7 +92,12 @@ impl Master {
                 }
             }
             self.start_if_due(now);
-            signals.wait(self.time_until_restart(Instant::now()));
+            let other = tick(Instant::now());
+            let wait = match (self.time_until_restart(Instant::now()), other) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            signals.wait(wait);
         }
     }
 

@@ -51,3 +51,52 @@ pub fn nr_open() -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// The (soft, hard) descriptor limit an instance of `spec` gets, on either engine: its `ulimits.nofile`, or
+/// [`default_service_nofile`] of the master's hard limit.
+pub fn service_nofile(spec: &crate::config::ServiceSpec) -> (u64, u64) {
+    match spec.ulimits.nofile {
+        Some(l) => (l.soft, l.hard),
+        None => {
+            let master_hard = nofile().map(|(_, h)| h).unwrap_or(1024);
+            default_service_nofile(master_hard)
+        }
+    }
+}
+
+/// Refuses a `ulimits.nofile` the system cannot give: above the kernel's maximum, or, when `master_sets_it`
+/// (native: the master's child inherits and lowers its own limit), above the master's own hard limit when the
+/// master cannot raise it (not root). containerd's runtime sets the limit as root, so there only the kernel's
+/// maximum applies.
+pub fn check_service_nofile(
+    service: &str,
+    spec: &crate::config::ServiceSpec,
+    master_sets_it: bool,
+) -> crate::error::Result<()> {
+    use crate::error::MasterError;
+    let Some(asked) = spec.ulimits.nofile else {
+        return Ok(());
+    };
+    let too_high = |limit: u64, what: &str| MasterError::UlimitTooHigh {
+        service: service.to_string(),
+        hard: asked.hard,
+        limit,
+        what: what.to_string(),
+    };
+    if let Some(max) = nr_open()
+        && asked.hard > max
+    {
+        return Err(too_high(max, "the kernel's maximum (/proc/sys/fs/nr_open)"));
+    }
+    if !master_sets_it {
+        return Ok(());
+    }
+    let (_, master_hard) = nofile().map_err(|e| MasterError::io("getrlimit", e))?;
+    if !nix::unistd::geteuid().is_root() && asked.hard > master_hard {
+        return Err(too_high(
+            master_hard,
+            "the master's own hard limit (only a master running as root can raise it)",
+        ));
+    }
+    Ok(())
+}

@@ -16,6 +16,8 @@ const READY: Duration = Duration::from_secs(60);
 
 pub struct Containerd {
     dir: tempfile::TempDir,
+    /// The namespace `ctr` works in (default `baetyl`).
+    namespace: String,
     _process: Process,
 }
 
@@ -71,6 +73,7 @@ impl Containerd {
         .term_on_drop(Duration::from_secs(10));
         let c = Containerd {
             dir,
+            namespace: "baetyl".into(),
             _process: process,
         };
         if poll(READY, || {
@@ -95,12 +98,23 @@ impl Containerd {
         self.dir.path()
     }
 
-    /// Runs `ctr` against this containerd (namespace `baetyl`).
+    /// `ctr` works in namespace `ns` from now on. runc keeps its state in `/run/containerd/runc/<namespace>`
+    /// whatever containerd's state dir, so tests that run containers in parallel need namespaces of their own.
+    pub fn with_namespace(mut self, ns: &str) -> Self {
+        self.namespace = ns.to_string();
+        self
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Runs `ctr` against this containerd (in its namespace, `baetyl` unless set).
     pub fn ctr(&self, args: &[&str]) -> Result<Output> {
         Command::new("ctr")
             .arg("--address")
             .arg(self.socket())
-            .args(["--namespace", "baetyl"])
+            .args(["--namespace", &self.namespace])
             .args(args)
             .stdin(Stdio::null())
             .output()

@@ -270,44 +270,6 @@ impl NativeEngine {
         Ok(())
     }
 
-    /// The descriptor limit (soft, hard) an instance of `spec` gets.
-    fn nofile_of(&self, spec: &ServiceSpec) -> (u64, u64) {
-        match spec.ulimits.nofile {
-            Some(l) => (l.soft, l.hard),
-            None => {
-                let master_hard = limits::nofile().map(|(_, h)| h).unwrap_or(1024);
-                limits::default_service_nofile(master_hard)
-            }
-        }
-    }
-
-    /// Refuses a `ulimits.nofile` the system cannot give: above the kernel's maximum, or above the master's
-    /// own hard limit when the master cannot raise it (not root).
-    fn check_ulimits(&self, service: &str, spec: &ServiceSpec) -> Result<()> {
-        let Some(asked) = spec.ulimits.nofile else {
-            return Ok(());
-        };
-        let too_high = |limit: u64, what: &str| MasterError::UlimitTooHigh {
-            service: service.to_string(),
-            hard: asked.hard,
-            limit,
-            what: what.to_string(),
-        };
-        if let Some(max) = limits::nr_open()
-            && asked.hard > max
-        {
-            return Err(too_high(max, "the kernel's maximum (/proc/sys/fs/nr_open)"));
-        }
-        let (_, master_hard) = limits::nofile().map_err(|e| MasterError::io("getrlimit", e))?;
-        if !nix::unistd::geteuid().is_root() && asked.hard > master_hard {
-            return Err(too_high(
-                master_hard,
-                "the master's own hard limit (only a master running as root can raise it)",
-            ));
-        }
-        Ok(())
-    }
-
     fn make_cgroup(&self, spec: &InstanceSpec) -> Option<Cgroup> {
         let root = self.cgroups.as_ref()?;
         let res = &spec.spec.resources;
@@ -351,7 +313,7 @@ impl Engine for NativeEngine {
     }
 
     async fn prepare(&self, service: &str, spec: &ServiceSpec) -> Result<()> {
-        self.check_ulimits(service, spec)?;
+        limits::check_service_nofile(service, spec, true)?;
         self.resolve(service, &spec.image).map(|_| ())
     }
 
@@ -407,7 +369,7 @@ impl Engine for NativeEngine {
         };
         let setup = ChildSetup {
             cgroup_procs: procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
-            nofile: self.nofile_of(&spec.spec),
+            nofile: limits::service_nofile(&spec.spec),
             credentials: spec.user.clone(),
         };
         // SAFETY: `procs` stays open until spawn has returned.

@@ -544,6 +544,7 @@ impl Engine for ContainerdEngine {
     }
 
     async fn prepare(&self, service: &str, spec: &ServiceSpec) -> Result<()> {
+        crate::limits::check_service_nofile(service, spec, false)?;
         self.image(service, &spec.image).map(|_| ())
     }
 
@@ -564,6 +565,7 @@ impl Engine for ContainerdEngine {
                 api_socket: self.api_socket.as_deref(),
                 cgroups_path: cgroup_path.clone(),
                 rootfs: "rootfs".into(),
+                nofile: crate::limits::service_nofile(&spec.spec),
             },
         )?;
         let runtime_spec =

@@ -12,7 +12,7 @@ use std::path::Path;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
     LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use crate::engine::InstanceSpec;
@@ -60,6 +60,9 @@ pub struct SpecParams<'a> {
     pub cgroups_path: String,
     /// The root filesystem, relative to the bundle (containerd: `rootfs`).
     pub rootfs: String,
+    /// The descriptor limit (soft, hard): `ulimits.nofile` or the native engine's default
+    /// ([`crate::limits::service_nofile`]), so a service gets the same on both engines.
+    pub nofile: (u64, u64),
 }
 
 /// The process's command line (see the module's doc).
@@ -171,6 +174,14 @@ pub fn runtime_spec(inst: &InstanceSpec, p: &SpecParams<'_>) -> Result<Spec, Spe
         .env(env)
         .cwd(p.image.working_dir.clone().unwrap_or_else(|| "/".into()))
         .user(user)
+        .rlimits(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .soft(p.nofile.0)
+                .hard(p.nofile.1)
+                .build()
+                .map_err(|e| build(e.to_string()))?,
+        ])
         .capabilities(capabilities)
         .no_new_privileges(true)
         .build()
@@ -338,6 +349,7 @@ mod tests {
                 api_socket: Some(Path::new("/w/var/run/baetyl.sock")),
                 cgroups_path: "/baetyl/svc.svc".into(),
                 rootfs: "rootfs".into(),
+                nofile: (1000, 2000),
             },
         )
         .unwrap()
@@ -362,6 +374,12 @@ mod tests {
         );
         assert_eq!((p.user().uid(), p.user().gid()), (1001, 1001));
         assert_eq!(p.no_new_privileges(), Some(true));
+        let rl = p.rlimits().as_ref().unwrap();
+        assert_eq!(rl.len(), 1);
+        assert_eq!(
+            (rl[0].typ(), rl[0].soft(), rl[0].hard()),
+            (PosixRlimitType::RlimitNofile, 1000, 2000)
+        );
         let caps = p.capabilities().as_ref().unwrap();
         assert_eq!(caps.effective().as_ref().unwrap().len(), 1);
         assert!(caps.ambient().as_ref().unwrap().is_empty());
@@ -437,6 +455,7 @@ mod tests {
             api_socket: None,
             cgroups_path: String::new(),
             rootfs: "rootfs".into(),
+            nofile: (1024, 1024),
         };
         let err = runtime_spec(&instance("image: x"), &params).unwrap_err();
         assert!(err.to_string().contains("no command"), "{err}");
