@@ -301,7 +301,7 @@ pub struct RuntimeArgs {
     pub log_format: Option<LogFormat>,
 }
 
-fn listen_address(args: &RuntimeArgs) -> Result<SocketAddr, FunctionError> {
+pub(crate) fn listen_address(args: &RuntimeArgs) -> Result<SocketAddr, FunctionError> {
     let address = args
         .listen
         .clone()
@@ -335,21 +335,7 @@ pub const PYTHON_RUNTIME: &str = include_str!("../runtimes/python/runtime.py");
 pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
     use std::os::unix::process::CommandExt;
     let mut cfg = RuntimeConfig::load(&args.config)?;
-    for f in &cfg.functions {
-        if f.handler
-            .split_once('.')
-            .is_none_or(|(m, func)| m.is_empty() || func.is_empty())
-        {
-            return Err(ConfigError::invalid(
-                &args.config,
-                format!(
-                    "function `{}`: handler `{}` must be MODULE.FUNCTION (e.g. index.handler)",
-                    f.name, f.handler
-                ),
-            )
-            .into());
-        }
-    }
+    check_handlers(&cfg, &args.config)?;
     let addr = listen_address(&args)?;
     let python = std::env::var("BAETYL_PYTHON").unwrap_or_else(|_| "python3".to_string());
     cfg.logger.format = args.log_format.unwrap_or(cfg.logger.format);
@@ -366,6 +352,26 @@ pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
         python,
         source: err,
     })
+}
+
+/// The handlers of a Python or Node.js runtime: each `MODULE.FUNCTION` (the last dot splits them).
+pub(crate) fn check_handlers(cfg: &RuntimeConfig, path: &Path) -> Result<(), FunctionError> {
+    for f in &cfg.functions {
+        if f.handler
+            .rsplit_once('.')
+            .is_none_or(|(m, func)| m.is_empty() || func.is_empty())
+        {
+            return Err(ConfigError::invalid(
+                path,
+                format!(
+                    "function `{}`: handler `{}` must be MODULE.FUNCTION (e.g. index.handler)",
+                    f.name, f.handler
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
