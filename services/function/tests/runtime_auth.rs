@@ -90,16 +90,22 @@ fn sql_runtime(dir: &std::path::Path, port: u16, secret: Option<&str>) -> Proces
         "functions: [{name: f, handler: \"select *\"}]\n",
     )
     .expect("write");
+    start_runtime("runtime-sql", dir, port, secret)
+}
+
+/// `baetyl ROLE -c DIR/service.yml` on `port` with `secret` in its environment (None: no secret).
+fn start_runtime(role: &str, dir: &std::path::Path, port: u16, secret: Option<&str>) -> Process {
     let mut cmd = Command::new(baetyl_bin());
-    cmd.args(["runtime-sql", "-c"])
+    cmd.args([role, "-c"])
         .arg(dir.join("service.yml"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env(NODE_MODULES_ENV, node_modules())
         .env_remove(INSTANCE_SECRET_ENV)
         .stdin(Stdio::null());
     if let Some(s) = secret {
         cmd.env(INSTANCE_SECRET_ENV, s);
     }
-    Process::spawn(&mut cmd, "runtime-sql")
+    Process::spawn(&mut cmd, role)
         .expect("spawn")
         .term_on_drop(Duration::from_secs(5))
 }
@@ -182,19 +188,7 @@ fn node_runtime(dir: &std::path::Path, port: u16, secret: Option<&str>) -> Proce
         ),
     )
     .expect("write");
-    let mut cmd = Command::new(baetyl_bin());
-    cmd.args(["runtime-node", "-c"])
-        .arg(dir.join("service.yml"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env(NODE_MODULES_ENV, node_modules())
-        .env_remove(INSTANCE_SECRET_ENV)
-        .stdin(Stdio::null());
-    if let Some(s) = secret {
-        cmd.env(INSTANCE_SECRET_ENV, s);
-    }
-    Process::spawn(&mut cmd, "runtime-node")
-        .expect("spawn")
-        .term_on_drop(Duration::from_secs(5))
+    start_runtime("runtime-node", dir, port, secret)
 }
 
 #[tokio::test]

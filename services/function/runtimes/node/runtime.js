@@ -261,8 +261,13 @@ function status(grpc, code, type, details) {
     return { code, details, metadata };
 }
 
-function callHandler(grpc, functions, serialize, limit) {
-    return (call, callback) => {
+function callHandler(grpc, functions, serialize, limit, calls) {
+    return (call, answer) => {
+        calls.started();
+        const callback = (...a) => {
+            answer(...a);
+            calls.finished();
+        };
         const req = call.request;
         const fn = functions.get(req.FunctionName);
         if (fn === undefined) {
@@ -401,7 +406,19 @@ function main() {
         log.warn('no %s: any caller is served', INSTANCE_SECRET_ENV);
     }
     const server = new grpc.Server(options);
-    server.addService(service, { Call: callHandler(grpc, functions, serialize, settings.length) });
+    // Calls in flight, so that a stop waits for them only (not for the manager's idle connection).
+    let inflight = 0;
+    let idle = () => {};
+    const calls = {
+        started: () => { inflight += 1; },
+        finished: () => {
+            inflight -= 1;
+            if (inflight === 0) {
+                idle();
+            }
+        },
+    };
+    server.addService(service, { Call: callHandler(grpc, functions, serialize, settings.length, calls) });
     server.bindAsync(args.listen, grpc.ServerCredentials.createInsecure(), (err) => {
         if (err) {
             fail(`cannot listen on ${args.listen}: ${err.message}`);
@@ -415,17 +432,22 @@ function main() {
             return;
         }
         stopping = true;
-        log.info('%s: stopping; calls in flight get %ss', signal, settings.grace);
-        const force = setTimeout(() => {
+        log.info('%s: stopping; %d call(s) in flight get %ss', signal, inflight, settings.grace);
+        const done = (how) => {
             server.forceShutdown();
-            log.info('stopped (calls still running were cut off)');
+            log.info('stopped%s', how);
             process.exit(0);
-        }, settings.grace * 1000);
-        server.tryShutdown(() => {
+        };
+        // No new calls from here on; the ones in flight finish, or are cut off after the grace.
+        server.tryShutdown(() => {});
+        const force = setTimeout(() => done(` (${inflight} call(s) cut off)`), settings.grace * 1000);
+        idle = () => {
             clearTimeout(force);
-            log.info('stopped');
-            process.exit(0);
-        });
+            done('');
+        };
+        if (inflight === 0) {
+            idle();
+        }
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
