@@ -28,4 +28,5 @@ Watch the results from another terminal:
 Ctrl-C stops everything.
 MSG
 export BAETYL_PYTHON="$PWD/.venv/bin/python3"
+export BAETYL_NODE_MODULES="$PWD/services/function/runtimes/node/node_modules"
 exec "$bin" master -w "$work"

@@ -3,6 +3,9 @@
 # package is missing, pip only when the project's virtualenv lacks a module. Run by scripts/run.sh and
 # scripts/test.sh.
 #   protobuf-compiler   protoc, for the Function gRPC protocol (tonic-prost-build)
+#   nodejs, npm         the Node.js function runtime (`baetyl runtime-node`): its gRPC modules from npm, pinned
+#                       by services/function/runtimes/node/package-lock.json, go into that directory's
+#                       node_modules/ (npm only when no npm is there: NodeSource's nodejs ships its own)
 #   python3, python3-venv  the Python function runtime (grpcio from PyPI goes into .venv/) and the hub's
 #                       paho-mqtt tests (paho-mqtt from PyPI, pinned, into .venv/ too)
 #   e2fsprogs, fdisk    init tests: a real ext4 label and GPT growth checked with sfdisk
@@ -32,7 +35,7 @@ need_debs=(python3 python3-venv util-linux procps e2fsprogs fdisk protobuf-compi
     postgresql chromium chromium-driver
     genimage squashfs-tools mtools dosfstools kmod binutils ovmf qemu-efi-aarch64
     rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-    binutils-aarch64-linux-gnu containerd runc make gcc xz-utils)
+    binutils-aarch64-linux-gnu containerd runc make gcc xz-utils nodejs)
 backports_debs=(qemu-system-x86 qemu-system-arm qemu-user-static)
 
 SUDO=""
@@ -56,6 +59,7 @@ missing=()
 for p in "${need_debs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 missing_bp=()
 for p in "${backports_debs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing_bp+=("$p")
@@ -85,4 +89,14 @@ if ! .venv/bin/python3 -c 'import grpc, paho.mqtt' >/dev/null 2>&1; then
     echo "setup: creating .venv with grpcio and paho-mqtt" >&2
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check 'grpcio>=1.60' 'paho-mqtt==2.1.0'
+fi
+
+# The Node.js runtime's modules (@grpc/grpc-js, @grpc/proto-loader, protobufjs), exactly as the lock file pins
+# them (`npm ci` checks every package's integrity hash; no install scripts run). Reinstalled when the lock
+# file changes; `baetyl runtime-node` finds them through BAETYL_NODE_MODULES.
+node_dir=services/function/runtimes/node
+if ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.baetyl-installed-lock"; then
+    echo "setup: installing the Node.js runtime's modules into $node_dir/node_modules (npm ci)" >&2
+    (cd "$node_dir" && npm ci --ignore-scripts --omit=dev --no-audit --no-fund --loglevel=error)
+    cp "$node_dir/package-lock.json" "$node_dir/node_modules/.baetyl-installed-lock"
 fi

@@ -1,6 +1,6 @@
-//! End-to-end tests of functions through the native master: our hub, the function manager, the SQL runtime
-//! and the Python runtime all run as services of one application; rumqttc clients publish inputs and collect
-//! results.
+//! End-to-end tests of functions through the native master: our hub, the function manager, the SQL runtime,
+//! the Python runtime and the Node.js runtime all run as services of one application; rumqttc clients publish
+//! inputs and collect results.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use baetyl_e2e::*;
 use baetyl_testkit::mqtt::{Client, MessageExt, options};
 use baetyl_testkit::net::{localhost, wait_accepting_async};
-use baetyl_testkit::{eventually_async, free_port, python3};
+use baetyl_testkit::{eventually_async, free_port, node_modules, python3};
 use rumqttc::{Publish, QoS};
 use serde_json::{Value, json};
 
@@ -94,6 +94,27 @@ def handler(event, context):
     }
 "#;
 
+/// v1's Node handler shape (`handler(event, context, callback)`, v1.0.2's `function-sayjs-code/index.js`), with
+/// an error, a filter and a line on standard output.
+const NODE_HANDLER: &str = r#"
+exports.handler = (event, context, callback) => {
+    if (Buffer.isBuffer(event)) {
+        event = { bytes: event.toString() };
+    } else if (event.err !== undefined) {
+        return callback(new TypeError(event.err));
+    } else if (event.drop) {
+        return callback(null, null);
+    }
+    console.log('sayjs called on %s', context.messageTopic);
+    event.messageQOS = context.messageQOS;
+    event.messageTopic = context.messageTopic;
+    event.functionName = context.functionName;
+    event.invokeid = context.invokeid;
+    event.Say = 'Hello Baetyl';
+    callback(null, event);
+};
+"#;
+
 fn setup(w: &Work, port: u16) {
     w.write(
         "etc/fconf/service.yml",
@@ -109,6 +130,10 @@ rules:
     subscribe: {{topic: py/in, qos: 1}}
     function: {{name: sayhi}}
     publish: {{topic: py/out, qos: 1}}
+  - clientid: rule-node
+    subscribe: {{topic: node/in, qos: 1}}
+    function: {{name: sayjs}}
+    publish: {{topic: node/out, qos: 1}}
 functions:
   - name: filter
     service: function-sql
@@ -117,6 +142,9 @@ functions:
     service: function-python
     instance: {{min: 0, max: 2, idletime: 2s}}
     timeout: 3s
+  - name: sayjs
+    service: function-node
+    instance: {{min: 0, max: 1}}
 "#
         ),
     );
@@ -134,6 +162,12 @@ functions:
         "code/vendor/fancylib/__init__.py",
         "def greet(name):\n    return 'hello ' + name\n",
     );
+    // v1.0.2's example Node function config (function-sayjs-conf), with its code in its own volume.
+    w.write(
+        "etc/nodeconf/service.yml",
+        "functions:\n  - name: sayjs\n    handler: index.handler\n    codedir: var/db/baetyl/code\n",
+    );
+    w.write("jscode/index.js", NODE_HANDLER);
     w.app(
         r#"
 services:
@@ -155,6 +189,11 @@ services:
     replica: 0
     volumes: ["./etc/pyconf:/etc/baetyl", "./code:/var/db/baetyl/code"]
     restart: {policy: "no"}
+  function-node:
+    image: hub.baidubce.com/baetyl/baetyl-function-node85:latest
+    replica: 0
+    volumes: ["./etc/nodeconf:/etc/baetyl", "./jscode:/var/db/baetyl/code"]
+    restart: {policy: "no"}
 "#,
     );
 }
@@ -166,8 +205,9 @@ async fn wait_rules_subscribed(m: &Master) {
         m.instance("function-manager", "function-manager")
             .await
             .is_some_and(|v| {
-                v["rules"]["rule-sql"]["subscribed"] == true
-                    && v["rules"]["rule-py"]["subscribed"] == true
+                ["rule-sql", "rule-py", "rule-node"]
+                    .iter()
+                    .all(|r| v["rules"][r]["subscribed"] == true)
             })
     })
     .await;
@@ -179,13 +219,19 @@ async fn wait_rules_subscribed(m: &Master) {
 }
 
 /// Writes the application (hub, manager, runtimes) on a free port, starts the master (its environment names
-/// the Python runtime's interpreter, with grpcio), and waits until the hub listens and the manager's rules are
+/// the Python runtime's interpreter, with grpcio, and the Node.js runtime's modules), and waits until the hub listens and the manager's rules are
 /// subscribed; answers the master and the hub's port.
 async fn start_functions(w: &Work) -> (Master, u16) {
     let port = free_port();
     setup(w, port);
     let python = python3();
-    let m = Master::start(w.path(), &[("BAETYL_PYTHON", &python.to_string_lossy())]);
+    let m = Master::start(
+        w.path(),
+        &[
+            ("BAETYL_PYTHON", &python.to_string_lossy()),
+            ("BAETYL_NODE_MODULES", &node_modules().to_string_lossy()),
+        ],
+    );
     wait_accepting_async(localhost(port), LONG).await;
     wait_rules_subscribed(&m).await;
     (m, port)
@@ -550,4 +596,64 @@ async fn calls_in_flight_per_instance_go_in_batches_each_with_its_own_answer() {
         "no batch calls: {:?}",
         m.instance("function-manager", "function-manager").await
     );
+}
+
+/// v1's Node.js function through the hub and the manager: `baetyl-function-node85` (here with a registry
+/// prefix and tag, as v1's application.yml wrote it) runs `baetyl runtime-node` in native mode; results, raw
+/// bytes, a filter and an error answer as v1 published them; the function's output lands in its instance log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_functions_answer_as_v1s() {
+    let w = Work::new();
+    let (m, port) = start_functions(&w).await;
+    let mut peer = tester(port, "tester-node", &["node/out"]).await;
+    input(&mut peer, "node/in", json!({"name": "edge"}).to_string()).await;
+    let v = json_of(&next_on(&mut peer, "node/out").await);
+    assert_eq!(v["Say"], "Hello Baetyl", "{v}");
+    assert_eq!(
+        (
+            &v["name"],
+            &v["messageTopic"],
+            &v["messageQOS"],
+            &v["functionName"]
+        ),
+        (
+            &json!("edge"),
+            &json!("node/in"),
+            &json!(1),
+            &json!("sayjs")
+        ),
+        "{v}"
+    );
+    assert!(v["invokeid"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    input(&mut peer, "node/in", json!({"drop": true}).to_string()).await;
+    input(&mut peer, "node/in", b"\x01raw".to_vec()).await;
+    // The dropped input published nothing: the next answer is the raw input's.
+    let v = json_of(&next_on(&mut peer, "node/out").await);
+    assert_eq!(v["bytes"], "\u{1}raw", "{v}");
+    input(
+        &mut peer,
+        "node/in",
+        json!({"err": "asked to fail"}).to_string(),
+    )
+    .await;
+    let e = json_of(&next_on(&mut peer, "node/out").await);
+    assert_eq!(
+        (&e["errorType"], &e["errorMessage"]),
+        (&json!("TypeError"), &json!("TypeError: asked to fail")),
+        "{e}"
+    );
+    assert_eq!(
+        e["functionMessage"]["Payload"],
+        r#"{"err":"asked to fail"}"#
+    );
+    // One instance served every call (an error keeps it), and what the function printed is in its log.
+    let instances = dynamic_instances(&m, "function-node").await;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let log = std::fs::read_to_string(
+        w.path()
+            .join("var/log/baetyl/services/function-node/sayjs-1.log"),
+    )
+    .unwrap_or_default();
+    assert!(log.contains("sayjs called on node/in"), "{log}");
+    assert!(log.contains("serving sayjs on 127.0.0.1:"), "{log}");
 }

@@ -8,7 +8,7 @@
 //!
 //! What the test changes in the copied work dir, and why: the MQTT ports (1883, 8883) become free ports, since
 //! other tests share this machine; the hub's test certificates come from the test kit's PKI; the function code
-//! (`index.py`, v1's example code) is written by the test with v1's handler semantics.
+//! (`index.py` and `index.js`, v1's example code) is written by the test with v1's handler semantics.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,9 @@ use baetyl_testkit::mqtt::{Client, MessageExt, options};
 use baetyl_testkit::net::{localhost, wait_accepting_async};
 use baetyl_testkit::pki::Pki;
 use baetyl_testkit::process::Process;
-use baetyl_testkit::{baetyl_bin, eventually, free_port, python3, test_dir, workspace_dir};
+use baetyl_testkit::{
+    baetyl_bin, eventually, free_port, node_modules, python3, test_dir, workspace_dir,
+};
 use rumqttc::QoS;
 use serde_json::{Value, json};
 
@@ -34,6 +36,22 @@ def handler(event, context):
             res[k] = context[k]
     res["Say"] = "Hello Baetyl"
     return res
+"#;
+
+/// v1's example Node function, with the semantics of v1's `function-sayjs-code/index.js`.
+const SAYJS: &str = r#"
+exports.handler = (event, context, callback) => {
+    if (Buffer.isBuffer(event)) {
+        event = { bytes: event.toString() };
+    } else if (event.err !== undefined) {
+        return callback(new TypeError(event.err));
+    }
+    for (const k of ['messageQOS', 'messageTopic', 'messageTimestamp', 'functionName', 'invokeid']) {
+        if (context[k] !== undefined) event[k] = context[k];
+    }
+    event.Say = 'Hello Baetyl';
+    callback(null, event);
+};
 "#;
 
 fn fixture(mode: &str) -> PathBuf {
@@ -107,6 +125,7 @@ async fn v1_native_example_runs_and_messages_go_through_the_function_rules() {
     write(w, &format!("{certs}/server.pem"), &pki.server.cert_pem);
     write(w, &format!("{certs}/server.key"), &pki.server.key_pem);
     write(w, "var/db/baetyl/function-sayhi-code/index.py", SAYHI);
+    write(w, "var/db/baetyl/function-sayjs-code/index.js", SAYJS);
 
     // v1's `check -w DIR` (what v1's master ran on a new binary before a master update).
     check_workdir(w);
@@ -120,6 +139,7 @@ async fn v1_native_example_runs_and_messages_go_through_the_function_rules() {
     cmd.args(["start", "-w"])
         .arg(w)
         .env("BAETYL_PYTHON", python3())
+        .env("BAETYL_NODE_MODULES", node_modules())
         .stdout(file.try_clone().expect("dup"))
         .stderr(file)
         .stdin(Stdio::null());
@@ -145,7 +165,7 @@ async fn v1_native_example_runs_and_messages_go_through_the_function_rules() {
     wait_accepting_async(localhost(mqtt), LONG).await;
 
     // v1's README: publish to `t` as user test; the hub routes it to `t/topic`, the function rules call the
-    // Python functions and publish their results on `t/py3hi` and `t/py2hi`.
+    // Python and Node functions and publish their results on `t/py3hi`, `t/py2hi` and `t/node8hi`.
     let mut o = options("v1-tester", mqtt);
     o.set_credentials("test", "hahaha");
     let mut c = Client::connect(o).await.expect("connect to the v1 hub");
@@ -153,13 +173,14 @@ async fn v1_native_example_runs_and_messages_go_through_the_function_rules() {
         ("t/topic", QoS::AtLeastOnce),
         ("t/py3hi", QoS::AtLeastOnce),
         ("t/py2hi", QoS::AtLeastOnce),
+        ("t/node8hi", QoS::AtLeastOnce),
     ])
     .await
     .expect("subscribe");
     let mut seen: std::collections::BTreeMap<String, Value> = Default::default();
     let deadline = tokio::time::Instant::now() + LONG * 2;
     let mut n = 0;
-    while seen.len() < 3 && tokio::time::Instant::now() < deadline {
+    while seen.len() < 4 && tokio::time::Instant::now() < deadline {
         // Republish until every rule has answered: the manager subscribes its rules after the hub is up.
         n += 1;
         c.publish(
@@ -179,7 +200,7 @@ async fn v1_native_example_runs_and_messages_go_through_the_function_rules() {
     let fm_log = w.join("var/db/baetyl/function-manager-log/service.log");
     assert_eq!(
         seen.keys().map(String::as_str).collect::<Vec<_>>(),
-        vec!["t/py2hi", "t/py3hi", "t/topic"],
+        vec!["t/node8hi", "t/py2hi", "t/py3hi", "t/topic"],
         "not every path answered; got {seen:?}\nmaster log:\n{}\nfunction manager log:\n{}",
         log_text(),
         std::fs::read_to_string(&fm_log).unwrap_or_default()
@@ -189,6 +210,12 @@ async fn v1_native_example_runs_and_messages_go_through_the_function_rules() {
     assert_eq!(py3["messageTopic"], "t", "{py3}");
     assert_eq!(py3["functionName"], "python3-sayhi", "{py3}");
     assert_eq!(seen["t/py2hi"]["functionName"], "python2-sayhi");
+    let node = &seen["t/node8hi"];
+    assert_eq!(
+        (&node["Say"], &node["functionName"], &node["messageTopic"]),
+        (&json!("Hello Baetyl"), &json!("node8-sayhi"), &json!("t")),
+        "{node}"
+    );
     assert_eq!(seen["t/topic"]["id"], 1);
 
     // v1's timer: its Go template payload (every 10s, on `t`, which the hub routes to `t/topic`).

@@ -42,6 +42,9 @@ enum Command {
     RuntimeSql(baetyl_function::runtime::RuntimeArgs),
     /// Serve Python functions over gRPC (a function runtime; needs Python 3 with grpcio, see BAETYL_PYTHON).
     RuntimePython(baetyl_function::runtime::RuntimeArgs),
+    /// Serve Node.js functions over gRPC (v1's Node runtime; needs Node.js 18+ and its modules, see
+    /// BAETYL_NODE and BAETYL_NODE_MODULES).
+    RuntimeNode(baetyl_function::runtime::RuntimeArgs),
     /// Run the bridge between the hub and remote brokers (store-and-forward while a remote is down).
     Remote(baetyl_remote::RemoteArgs),
     /// Publish a templated message to the hub on an interval.
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
         Command::RuntimePython(args) => {
             baetyl_function::runtime::run_python_cli(args).map_err(Into::into)
         }
+        Command::RuntimeNode(args) => baetyl_function::node::run_node_cli(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -226,6 +230,13 @@ fn checkers() -> Vec<(&'static str, &'static [&'static str], Checker)> {
             baetyl_cloud::CloudConfig::load(p)?;
             Ok("cloud config".into())
         }),
+        ("runtime-node", &[], |p| {
+            let c = baetyl_function::node::load_config(p)?;
+            Ok(format!(
+                "Node.js runtime config with {} function(s)",
+                c.functions.len()
+            ))
+        }),
         ("runtime-python", &[], |p| {
             let c = baetyl_function::runtime::RuntimeConfig::load(p)?;
             Ok(format!(
@@ -274,6 +285,12 @@ fn roles() -> Vec<baetyl_master::engine::native::Role> {
         "baetyl-function-python27",
         "baetyl-function-python36",
     ];
+    // The Node.js runtime: v1.0.2's example names `baetyl-function-node8`, its docs `-node85`.
+    let node = [
+        "baetyl-function-node",
+        "baetyl-function-node8",
+        "baetyl-function-node85",
+    ];
     baetyl_image::oci::IMAGES
         .iter()
         .map(|img| (img.name.to_string(), img.role.to_string()))
@@ -281,6 +298,10 @@ fn roles() -> Vec<baetyl_master::engine::native::Role> {
             v1_python
                 .iter()
                 .map(|n| (n.to_string(), "runtime-python".to_string())),
+        )
+        .chain(
+            node.iter()
+                .map(|n| (n.to_string(), "runtime-node".to_string())),
         )
         // The device agent: no OCI image of its own yet (image/ lists the others).
         .chain([("baetyl-agent".to_string(), "agent".to_string())])

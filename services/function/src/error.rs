@@ -68,6 +68,19 @@ pub enum FunctionError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot run the Node.js runtime with `{node}`: {source} (set BAETYL_NODE to Node.js 18 or later)"
+    )]
+    Node {
+        node: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// None of the places searched holds the Node.js runtime's modules.
+    #[error(
+        "the Node.js runtime's modules (@grpc/grpc-js, @grpc/proto-loader, protobufjs) are not in {searched}: run scripts/setup.sh (it installs them into services/function/runtimes/node/node_modules) and set BAETYL_NODE_MODULES to that directory, or install them beside the binary in <prefix>/lib/baetyl/node_modules"
+    )]
+    NodeModules { searched: String },
 }
 
 /// Why a SQL handler cannot evaluate.

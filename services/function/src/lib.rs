@@ -8,9 +8,11 @@
 //! - [`serve`]: the manager's own Function server (v1's `server:`): calls by function name into the pools.
 //! - [`runtime`]: a gRPC server serving a set of functions; the SQL runtime (`baetyl runtime-sql`) and the
 //!   launcher of the Python runtime (`baetyl runtime-python`, code in `runtimes/python/`).
+//! - [`node`]: the launcher of the Node.js runtime (`baetyl runtime-node`, code in `runtimes/node/`).
 pub mod answer;
 pub mod error;
 pub mod manager;
+pub mod node;
 pub mod pool;
 pub mod proto;
 pub mod runtime;

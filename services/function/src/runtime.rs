@@ -573,7 +573,10 @@ pub struct RuntimeArgs {
 }
 
 /// `--listen`, else the instance address the manager set, else v1's `server.address` in the config.
-fn listen_address(args: &RuntimeArgs, cfg: &RuntimeConfig) -> Result<SocketAddr, FunctionError> {
+pub(crate) fn listen_address(
+    args: &RuntimeArgs,
+    cfg: &RuntimeConfig,
+) -> Result<SocketAddr, FunctionError> {
     let address = args
         .listen
         .clone()
@@ -613,21 +616,7 @@ pub const PYTHON_RUNTIME: &str = include_str!("../runtimes/python/runtime.py");
 pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
     use std::os::unix::process::CommandExt;
     let mut cfg = RuntimeConfig::load(&args.config)?;
-    for f in &cfg.functions {
-        if f.handler
-            .split_once('.')
-            .is_none_or(|(m, func)| m.is_empty() || func.is_empty())
-        {
-            return Err(ConfigError::invalid(
-                &args.config,
-                format!(
-                    "function `{}`: handler `{}` must be MODULE.FUNCTION (e.g. index.handler)",
-                    f.name, f.handler
-                ),
-            )
-            .into());
-        }
-    }
+    check_handlers(&cfg, &args.config)?;
     let addr = listen_address(&args, &cfg)?;
     let python = std::env::var("BAETYL_PYTHON").unwrap_or_else(|_| "python3".to_string());
     cfg.logger.format = args.log_format.unwrap_or(cfg.logger.format);
@@ -646,7 +635,7 @@ pub fn run_python_cli(args: RuntimeArgs) -> Result<(), FunctionError> {
     })
 }
 
-/// The config as the Python program reads it: `server` resolved to numbers (bytes, seconds, counts), and the
+/// The config as the Python and Node.js programs read it: `server` resolved to numbers (bytes, seconds, counts), and the
 /// keys it ignores listed in `server.ignored`, which it logs with its own logger at start.
 pub fn python_config_json(cfg: &RuntimeConfig) -> Result<String, FunctionError> {
     let mut json = serde_json::to_value(cfg).map_err(FunctionError::ConfigJson)?;
@@ -660,6 +649,26 @@ pub fn python_config_json(cfg: &RuntimeConfig) -> Result<String, FunctionError> 
         "ignored_reason": RUNTIME_TLS_IGNORED,
     });
     serde_json::to_string(&json).map_err(FunctionError::ConfigJson)
+}
+
+/// The handlers of a Python or Node.js runtime: each `MODULE.FUNCTION` (the last dot splits them).
+pub(crate) fn check_handlers(cfg: &RuntimeConfig, path: &Path) -> Result<(), FunctionError> {
+    for f in &cfg.functions {
+        if f.handler
+            .rsplit_once('.')
+            .is_none_or(|(m, func)| m.is_empty() || func.is_empty())
+        {
+            return Err(ConfigError::invalid(
+                path,
+                format!(
+                    "function `{}`: handler `{}` must be MODULE.FUNCTION (e.g. index.handler)",
+                    f.name, f.handler
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,17 +2,19 @@
 //! `FUNCTION_INSTANCE_SECRET`, the SQL runtime (`baetyl runtime-sql`) and the Python runtime refuse a call that
 //! does not carry it as `baetyl-instance-secret` metadata (Unauthenticated) and serve one that does. The other
 //! way round, each proves it holds the secret when the manager challenges it (`pool::prove`), runs nothing on a
-//! challenge, and one started with another secret or none (an impostor on the port) fails the challenge.
+//! challenge, and one started with another secret or none (an impostor on the port) fails the challenge. The
+//! Node.js runtime (`baetyl runtime-node`) is held to the same.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use baetyl_function::node::NODE_MODULES_ENV;
 use baetyl_function::pool::prove;
 use baetyl_function::proto::FunctionMessage;
 use baetyl_function::proto::function_client::FunctionClient;
 use baetyl_function::runtime::{INSTANCE_SECRET_ENV, INSTANCE_SECRET_KEY, PYTHON_RUNTIME};
 use baetyl_testkit::process::Process;
-use baetyl_testkit::{baetyl_bin, eventually_async, free_port, python3};
+use baetyl_testkit::{baetyl_bin, eventually_async, free_port, node_modules, python3};
 use tonic::transport::Channel;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -93,16 +95,22 @@ fn sql_runtime(dir: &std::path::Path, port: u16, secret: Option<&str>) -> Proces
         "functions: [{name: f, handler: \"select *\"}]\n",
     )
     .expect("write");
+    start_runtime("runtime-sql", dir, port, secret)
+}
+
+/// `baetyl ROLE -c DIR/service.yml` on `port` with `secret` in its environment (None: no secret).
+fn start_runtime(role: &str, dir: &std::path::Path, port: u16, secret: Option<&str>) -> Process {
     let mut cmd = Command::new(baetyl_bin());
-    cmd.args(["runtime-sql", "-c"])
+    cmd.args([role, "-c"])
         .arg(dir.join("service.yml"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env(NODE_MODULES_ENV, node_modules())
         .env_remove(INSTANCE_SECRET_ENV)
         .stdin(Stdio::null());
     if let Some(s) = secret {
         cmd.env(INSTANCE_SECRET_ENV, s);
     }
-    Process::spawn(&mut cmd, "runtime-sql")
+    Process::spawn(&mut cmd, role)
         .expect("spawn")
         .term_on_drop(Duration::from_secs(5))
 }
@@ -168,4 +176,61 @@ async fn the_python_runtime_requires_its_instance_secret() {
         .expect("served")
         .into_inner();
     assert_eq!(r.payload, br#"{"secret_visible": false}"#);
+}
+
+/// `baetyl runtime-node` serving `f` (which says whether user code sees the secret) on `port`.
+fn node_runtime(dir: &std::path::Path, port: u16, secret: Option<&str>) -> Process {
+    std::fs::write(
+        dir.join("index.js"),
+        "exports.handler = () => ({secret_visible: 'FUNCTION_INSTANCE_SECRET' in process.env});\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("service.yml"),
+        format!(
+            "functions: [{{name: f, handler: index.handler, codedir: {}}}]\n",
+            dir.display()
+        ),
+    )
+    .expect("write");
+    start_runtime("runtime-node", dir, port, secret)
+}
+
+#[tokio::test]
+async fn the_node_runtime_requires_its_instance_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let _rt = node_runtime(dir.path(), port, Some(SECRET));
+    only_the_secret_holder_is_served(port, "f", b"{}").await;
+    proves_its_secret(port, "f").await;
+    // User code does not see the secret.
+    let mut c = connect(port).await;
+    let r = c
+        .call(call("f", b"{}", Some(SECRET)))
+        .await
+        .expect("served")
+        .into_inner();
+    assert_eq!(r.payload, br#"{"secret_visible":false}"#);
+}
+
+/// A Node.js runtime started with another secret or none fails the challenge; and a second runtime cannot
+/// take a share of a port that one already serves (no SO_REUSEPORT): it fails to start instead.
+#[tokio::test]
+async fn a_node_impostor_fails_the_challenge_and_ports_are_not_shared() {
+    let dir = tempfile::tempdir().expect("dir");
+    for secret in [Some("another-secret"), None] {
+        let port = free_port();
+        let _impostor = node_runtime(dir.path(), port, secret);
+        let mut c = connect(port).await;
+        let e = prove(&mut c, SECRET.as_bytes())
+            .await
+            .expect_err("an impostor cannot prove the secret");
+        assert!(e.contains("baetyl-instance-proof"), "{secret:?}: {e}");
+    }
+    let port = free_port();
+    let _first = node_runtime(dir.path(), port, Some(SECRET));
+    connect(port).await;
+    let mut second = node_runtime(dir.path(), port, Some(SECRET));
+    let status = second.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "a second runtime on the port must fail");
 }

@@ -26,5 +26,5 @@ pub mod process;
 pub mod wait;
 
 pub use net::{free_listener, free_port};
-pub use paths::{baetyl_bin, python3, test_dir, workspace_dir};
+pub use paths::{baetyl_bin, node_modules, python3, test_dir, workspace_dir};
 pub use wait::{eventually, eventually_async};

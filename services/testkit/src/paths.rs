@@ -36,6 +36,12 @@ pub fn python3() -> PathBuf {
     }
 }
 
+/// The Node.js function runtime's modules (`node_modules` with @grpc/grpc-js, installed by `scripts/setup.sh`
+/// with `npm ci`), as `BAETYL_NODE_MODULES` names them to `baetyl runtime-node`.
+pub fn node_modules() -> PathBuf {
+    workspace_dir().join("services/function/runtimes/node/node_modules")
+}
+
 /// The `baetyl` binary for tests and benchmarks outside its package (`CARGO_BIN_EXE_baetyl` exists only inside
 /// it): `$BAETYL_BIN` if set, else `baetyl` in the target directory of the running executable (same profile).
 /// When it is missing or older than the sources it is built from, it is built once per process with
