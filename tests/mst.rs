@@ -60,6 +60,14 @@ async fn update(m: &Master, body: serde_json::Value) -> (u16, String) {
     (status, String::from_utf8_lossy(&text).into_owned())
 }
 
+/// Asks for the master update `body` (accepted: 200) and answers its steps once it ended.
+async fn update_steps(w: &Work, m: &Master, body: serde_json::Value) -> Vec<String> {
+    let trace = body["trace"].as_str().expect("trace").to_string();
+    let (status, text) = update(m, body).await;
+    assert_eq!(status, 200, "{text}");
+    wait_steps(w, m, &trace)
+}
+
 fn ota(w: &Work) -> PathBuf {
     w.path().join("var/db/baetyl/ota.log")
 }
@@ -124,14 +132,12 @@ async fn a_new_master_is_tried_installed_and_confirmed() {
     let mut new = std::fs::read(baetyl_bin()).expect("read the binary");
     new.extend_from_slice(MARKER);
     let path = candidate(&w, "baetyl", &new);
-    let (status, text) = update(
+    let steps = update_steps(
+        &w,
         &m,
         serde_json::json!({"type": "MST", "path": path, "trace": "mst-ok"}),
     )
     .await;
-    assert_eq!(status, 200, "{text}");
-
-    let steps = wait_steps(&w, &m, "mst-ok");
     assert_eq!(
         steps,
         ["RECEIVED", "UPDATING", "RESTARTING", "UPDATED", "RESTARTED"],
@@ -169,13 +175,12 @@ async fn a_binary_that_fails_its_check_changes_nothing() {
     let before = running_pid(&m).await;
     let script = "#!/bin/sh\necho 'config invalid: unknown mode' >&2\nexit 1\n";
     let path = candidate(&w, "broken", script.as_bytes());
-    let (status, text) = update(
+    let steps = update_steps(
+        &w,
         &m,
         serde_json::json!({"type": "MST", "path": path, "trace": "mst-check"}),
     )
     .await;
-    assert_eq!(status, 200, "{text}");
-    let steps = wait_steps(&w, &m, "mst-check");
     assert_eq!(
         steps,
         ["RECEIVED", "UPDATING", "FAILURE"],
@@ -228,13 +233,12 @@ async fn a_master_that_exits_at_start_is_rolled_back() {
     let script = "#!/bin/sh\nif [ \"$1\" = check ]; then echo 'OK!'; exit 0; fi\necho 'new master: cannot start' >&2\nexit 3\n";
     let path = candidate(&w, "crashes", script.as_bytes());
     // v1 agents older than 0.1.4 name the binary `file`.
-    let (status, text) = update(
+    let steps = update_steps(
+        &w,
         &m,
         serde_json::json!({"type": "MST", "file": path, "trace": "mst-crash"}),
     )
     .await;
-    assert_eq!(status, 200, "{text}");
-    let steps = wait_steps(&w, &m, "mst-crash");
     assert_eq!(
         steps,
         [

@@ -705,26 +705,18 @@ pub async fn switch(
         Trial::Failed(why) => ota.failed(&why, "the previous master runs again"),
         Trial::Interrupted(why) => {
             let error = ota.failed(&why, "the previous master runs at the next start");
-            let _ = std::fs::remove_file(&p.new);
-            write_state(
-                &p.state,
-                &State::Failed {
-                    trace: sw.trace,
-                    error,
-                },
-            )?;
-            return Ok(());
+            // The process ends as asked; the next start shows the failure.
+            return discard(&p, sw.trace, error);
         }
     };
-    let _ = std::fs::remove_file(&p.new);
-    write_state(
-        &p.state,
-        &State::Failed {
-            trace: sw.trace,
-            error,
-        },
-    )?;
+    discard(&p, sw.trace, error)?;
     Err(exec_master(&p.bin))
+}
+
+/// Removes the new binary and records the failed update for the next master's inspect.
+fn discard(p: &Paths, trace: String, error: String) -> Result<()> {
+    let _ = std::fs::remove_file(&p.new);
+    write_state(&p.state, &State::Failed { trace, error })
 }
 
 enum Trial {
