@@ -215,7 +215,7 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
         req.path = std::mem::take(&mut req.file);
     }
     if req.path.is_empty() && master {
-        return Err(MasterError::MissingUpdatePath);
+        return Err(MasterError::MissingMasterPath);
     }
     if req.path.is_empty() {
         // v1: an update without a path reloads application.yml as it is now on disk (edited in place), with

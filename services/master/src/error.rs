@@ -210,6 +210,10 @@ pub enum MasterError {
     MasterUpdateElsewhere { exe: PathBuf, expected: PathBuf },
     #[error("the new master {binary} failed its check (`check -w <work dir> -c <conf>`): {reason}")]
     MasterCheck { binary: PathBuf, reason: String },
+    #[error(
+        "a master update needs `path` (or v1's `file`): the new baetyl binary, a file under the work dir"
+    )]
+    MissingMasterPath,
     #[error("update type `{kind}` is unknown; use APP or MST")]
     UnknownUpdateType { kind: String },
     #[error(
@@ -330,6 +334,7 @@ impl MasterError {
             | MasterUpdateOsImage { .. }
             | MasterUpdateElsewhere { .. }
             | MasterCheck { .. }
+            | MissingMasterPath
             | UnknownUpdateType { .. }
             | UpdateSourceOutside { .. }
             | UpdateSourceSymlink { .. }
