@@ -286,16 +286,21 @@ pub struct Master {
 impl Master {
     /// Starts a master on `workdir` with extra environment `env` and waits until it logs that it is ready.
     pub fn start(workdir: &Path, env: &[(&str, &str)]) -> Master {
+        let mut cmd = Command::new(baetyl_bin());
+        cmd.args(["master", "-w"]).arg(workdir);
+        Master::spawn(cmd, workdir, env)
+    }
+
+    /// Starts `cmd`, a master's command line on `workdir` (e.g. v1's `<workdir>/bin/baetyl start`), as
+    /// [`Master::start`] does.
+    pub fn spawn(mut cmd: Command, workdir: &Path, env: &[(&str, &str)]) -> Master {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let log = workdir.join(format!(
             "master-{}.log",
             STARTED.fetch_add(1, Ordering::SeqCst)
         ));
         let out = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(baetyl_bin());
-        cmd.args(["master", "-w"])
-            .arg(workdir)
-            .env("TEST_ROOT", workdir)
+        cmd.env("TEST_ROOT", workdir)
             .envs(env.iter().copied())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)

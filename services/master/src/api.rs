@@ -36,6 +36,7 @@ pub struct BuildInfo {
 pub struct ApiState {
     pub sup: Arc<Supervisor>,
     pub updater: Arc<Updater>,
+    pub mst: Arc<crate::mst::Mst>,
     pub build: BuildInfo,
     pub operator: (String, String),
     pub sampler: HostSampler,
@@ -201,17 +202,20 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
         body,
         r#"update body is not {"type":"APP","path":"...","trace":"..."}"#,
     )?;
-    match req.kind.to_ascii_uppercase().as_str() {
-        "APP" | "" => {}
-        "MST" => return Err(MasterError::MasterUpdateUnsupported),
+    let master = match req.kind.to_ascii_uppercase().as_str() {
+        "APP" | "" => false,
+        "MST" => true,
         other => {
             return Err(MasterError::UnknownUpdateType {
                 kind: other.to_string(),
             });
         }
-    }
+    };
     if req.path.is_empty() {
         req.path = std::mem::take(&mut req.file);
+    }
+    if req.path.is_empty() && master {
+        return Err(MasterError::MissingMasterPath);
     }
     if req.path.is_empty() {
         // v1: an update without a path reloads application.yml as it is now on disk (edited in place), with
@@ -221,6 +225,9 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
             crate::ota::APP_FILE
         );
         req.path = crate::ota::APP_FILE.to_string();
+    }
+    if master {
+        return st.mst.submit(&req.path, &req.trace);
     }
     st.updater.submit(&req.path, &req.trace)
 }

@@ -201,13 +201,23 @@ pub enum MasterError {
     )]
     UpdateInProgress,
     #[error(
-        "type MST (replace the master binary) is not supported by this master: install the new baetyl binary and restart the master (on the OS image, through an image update)"
+        "type MST cannot replace the master {exe}: it is part of the OS image ({why}); update the OS instead: {{\"type\":\"OS\",\"path\":\"<bundle>\"}}"
     )]
-    MasterUpdateUnsupported,
-    #[error("update type `{kind}` is unknown; use APP")]
+    MasterUpdateOsImage { exe: PathBuf, why: &'static str },
+    #[error(
+        "type MST replaces {expected}, but this master runs from {exe}: start the master from {expected} (Baetyl v1's layout: `<work dir>/bin/baetyl start`) to update it through the API"
+    )]
+    MasterUpdateElsewhere { exe: PathBuf, expected: PathBuf },
+    #[error("the new master {binary} failed its check (`check -w <work dir> -c <conf>`): {reason}")]
+    MasterCheck { binary: PathBuf, reason: String },
+    #[error(
+        "a master update needs `path` (or v1's `file`): the new baetyl binary, a file under the work dir"
+    )]
+    MissingMasterPath,
+    #[error("update type `{kind}` is unknown; use APP or MST")]
     UnknownUpdateType { kind: String },
     #[error(
-        "update path `{path}`: the new application must be a file under the work dir {workdir} (a relative path without `..`, or an absolute one inside it)"
+        "update path `{path}`: the update source must be a file under the work dir {workdir} (a relative path without `..`, or an absolute one inside it)"
     )]
     UpdateSourceOutside { path: String, workdir: PathBuf },
     #[error("update source {path}: is a symbolic link; give the path of the file itself")]
@@ -215,11 +225,12 @@ pub enum MasterError {
     #[error("update source {path}: is a {kind}, not a regular file")]
     UpdateSourceNotRegular { path: PathBuf, kind: &'static str },
     #[error(
-        "update source {path}: {size} bytes is more than update.max_size ({max}) allows; raise it in conf.yml if the application really is that large"
+        "update source {path}: {size} bytes is more than {key} ({max}) allows; raise it in conf.yml if the file really is that large"
     )]
     UpdateSourceTooLarge {
         path: PathBuf,
         size: u64,
+        key: &'static str,
         max: String,
     },
     #[error("update source {path}: {source}")]
@@ -320,7 +331,10 @@ impl MasterError {
             | Spawn { .. }
             | Unhealthy { .. }
             | InvalidBody { .. }
-            | MasterUpdateUnsupported
+            | MasterUpdateOsImage { .. }
+            | MasterUpdateElsewhere { .. }
+            | MasterCheck { .. }
+            | MissingMasterPath
             | UnknownUpdateType { .. }
             | UpdateSourceOutside { .. }
             | UpdateSourceSymlink { .. }

@@ -8,7 +8,7 @@
 //! Layout: [`access`] (who may do what through the API; what a dynamic start may set), [`server`] (`run`, the listeners, start-up and orderly stop), [`config`] (conf.yml,
 //! application.yml, volumes, the dependency graph), [`engine`] (the `Engine` trait; the native engine:
 //! processes, cgroups, logs, leftovers; the fake one), [`supervisor`] (instances, dynamic instances, inspect
-//! data), [`limits`] (descriptor limits of the master and of services), [`restart`] (the restart decision: policy, backoff, `retry.max`), [`ota`] (application updates
+//! data), [`limits`] (descriptor limits of the master and of services), [`mst`] (master updates: the new binary on trial, then installed, or rolled back), [`restart`] (the restart decision: policy, backoff, `retry.max`), [`ota`] (application updates
 //! and rollback), [`safe_mode`] (no application when init could not use the data partition), [`api`] (the HTTP routes), [`error`] (every failure and its HTTP status), [`users`] (per-service users), [`stats`] (host
 //! and process figures), [`cli`] (`baetyl master` and `baetyl inspect`), [`default_app`] (the embedded
 //! example application).
@@ -20,6 +20,7 @@ pub mod default_app;
 pub mod engine;
 pub mod error;
 pub mod limits;
+pub mod mst;
 pub mod ota;
 pub mod restart;
 pub mod safe_mode;

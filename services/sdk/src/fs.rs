@@ -15,12 +15,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Replaces `path` with `data`, atomically and durably; the file gets exactly `mode` (e.g. `0o600`).
 /// On error the target is untouched and no temporary file is left behind.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_with(path, mode, |file| file.write_all(data))
+}
+
+/// [`write_atomic`] for content that `fill` writes into the new file (a large one streamed from a reader):
+/// an error from `fill` leaves the target untouched and no temporary file behind.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = parent_of(path);
     let (tmp, mut file) = create_temp(path, mode)?;
     let written = (|| {
         // The mode given at creation is masked by the umask; set it exactly.
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.write_all(data)?;
+        fill(&mut file)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();

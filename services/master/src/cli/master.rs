@@ -64,16 +64,23 @@ pub fn run_master(args: MasterArgs, build: BuildInfo, roles: Vec<Role>) -> anyho
         Ok((soft, _)) => tracing::info!("descriptor limit: {soft}"),
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
     }
+    crate::mst::set_config_file(&cfg_path);
     service.block_on(async {
-        let _lock = lock_workdir(&workdir)?;
+        let lock = lock_workdir(&workdir)?;
+        crate::mst::at_start(&workdir, &cfg)?;
         let engine = engine(&workdir, &cfg, roles).await?;
         let listeners = Listeners::bind(&workdir, &cfg.server).await?;
         let setup = Setup {
-            workdir,
-            config: cfg,
+            workdir: workdir.clone(),
+            config: cfg.clone(),
             build,
         };
-        crate::run(setup, engine, listeners, shutdown_signal()).await?;
+        let switch = crate::server::run_until(setup, engine, listeners, shutdown_signal()).await?;
+        // The trial master takes the work dir's lock.
+        drop(lock);
+        if let Some(sw) = switch {
+            crate::mst::switch(sw, &workdir, &cfg, shutdown_signal()).await?;
+        }
         Ok(())
     })
 }

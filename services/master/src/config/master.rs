@@ -243,6 +243,8 @@ pub struct UpdateConfig {
     pub health: HumanDuration,
     /// The largest application file an update may name.
     pub max_size: ByteSize,
+    /// Master updates (type MST): the new `baetyl` binary.
+    pub master: MasterUpdateConfig,
 }
 
 impl Default for UpdateConfig {
@@ -250,6 +252,30 @@ impl Default for UpdateConfig {
         UpdateConfig {
             health: HumanDuration::from_secs(5),
             max_size: ByteSize(1 << 20),
+            master: MasterUpdateConfig::default(),
+        }
+    }
+}
+
+/// `update.master`: how a new master binary is accepted.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterUpdateConfig {
+    /// The largest binary an update may name.
+    pub max_size: ByteSize,
+    /// How long the new binary's `check -w <work dir> -c <conf>` may take.
+    pub check_timeout: HumanDuration,
+    /// How long the new master, on trial, has to serve its API and run again every service that ran before;
+    /// it must then keep them running for `update.health`.
+    pub deadline: HumanDuration,
+}
+
+impl Default for MasterUpdateConfig {
+    fn default() -> Self {
+        MasterUpdateConfig {
+            max_size: ByteSize(256 << 20),
+            check_timeout: HumanDuration::from_secs(30),
+            deadline: HumanDuration::from_secs(120),
         }
     }
 }

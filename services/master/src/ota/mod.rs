@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
 
-use crate::config::{AppDiff, Application, diff};
+use crate::config::{AppDiff, Application, OtaLogConfig, diff};
 use crate::engine::logfile::RotatingLog;
 use crate::error::{MasterError, Result};
 use crate::supervisor::{Status, Supervisor, now_rfc3339};
@@ -90,41 +90,45 @@ impl Updater {
     }
 
     fn log(&self, trace: &str, step: &str, message: &str, error: Option<&str>) {
-        let mut line = json!({"time": now_rfc3339(), "trace": trace, "type": "APP", "step": step, "message": message});
-        if let (Some(e), Some(obj)) = (error, line.as_object_mut()) {
-            obj.insert("error".into(), e.into());
-        }
-        tracing::info!(trace, step, "update: {message}");
-        let mut log = lock(&self.log);
-        let write = |log: &mut Option<RotatingLog>| -> std::io::Result<()> {
-            if log.is_none() {
-                let cfg = &self.sup.config().otalog;
-                *log = Some(RotatingLog::open(
-                    &self.ota_log,
-                    cfg.max_size.0,
-                    cfg.backups,
-                )?);
-            }
-            let log = log
-                .as_mut()
-                .ok_or_else(|| std::io::Error::other("no log"))?;
-            log.write_all(format!("{line}\n").as_bytes())?;
-            log.sync()
+        self.log_as("APP", trace, step, message, error);
+    }
+
+    /// Writes one step of an update of type `kind` (APP, MST) to the OTA log.
+    pub(crate) fn log_as(
+        &self,
+        kind: &str,
+        trace: &str,
+        step: &str,
+        message: &str,
+        error: Option<&str>,
+    ) {
+        let step = Step {
+            kind,
+            trace,
+            step,
+            message,
+            error,
         };
-        if let Err(e) = write(&mut log) {
-            tracing::warn!(file = %self.ota_log.display(), "cannot write the OTA log: {e}");
-        }
+        step.append(
+            &mut lock(&self.log),
+            &self.ota_log,
+            &self.sup.config().otalog,
+        );
+    }
+
+    /// Holds off every other update (of any type) while the guard lives; Err while one runs.
+    pub(crate) fn try_busy(&self) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+        self.busy
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| MasterError::UpdateInProgress)
     }
 
     /// Accepts an update and runs it in the background. Refused (Err) while another update runs, and when
     /// its source is not a file the master may read ([`source::read_source`]): then the OTA log says
     /// RECEIVED, FAILURE.
     pub fn submit(self: &Arc<Self>, path: &str, trace: &str) -> Result<()> {
-        let guard = self
-            .busy
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| MasterError::UpdateInProgress)?;
+        let guard = self.try_busy()?;
         let trace = if trace.is_empty() {
             crate::supervisor::new_token()[..8].to_string()
         } else {
@@ -349,6 +353,41 @@ impl Updater {
             {
                 tracing::error!(service = %name, "rollback could not restart the previous version: {e}");
             }
+        }
+    }
+}
+
+/// One line of the OTA log: a step of the update `trace` of type `kind`, with v1's field names.
+pub(crate) struct Step<'a> {
+    pub kind: &'a str,
+    pub trace: &'a str,
+    pub step: &'a str,
+    pub message: &'a str,
+    pub error: Option<&'a str>,
+}
+
+impl Step<'_> {
+    /// Appends the line to the OTA log at `path` (opened into `log` at the first line) and syncs it. A log
+    /// that cannot be written is reported in the master's log; the update goes on.
+    pub fn append(&self, log: &mut Option<RotatingLog>, path: &Path, cfg: &OtaLogConfig) {
+        let (trace, step, message) = (self.trace, self.step, self.message);
+        let mut line = json!({"time": now_rfc3339(), "trace": trace, "type": self.kind, "step": step, "message": message});
+        if let (Some(e), Some(obj)) = (self.error, line.as_object_mut()) {
+            obj.insert("error".into(), e.into());
+        }
+        tracing::info!(trace, step, kind = self.kind, "update: {message}");
+        let mut write = || -> std::io::Result<()> {
+            if log.is_none() {
+                *log = Some(RotatingLog::open(path, cfg.max_size.0, cfg.backups)?);
+            }
+            let log = log
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("no log"))?;
+            log.write_all(format!("{line}\n").as_bytes())?;
+            log.sync()
+        };
+        if let Err(e) = write() {
+            tracing::warn!(file = %path.display(), "cannot write the OTA log: {e}");
         }
     }
 }

@@ -25,6 +25,55 @@ use crate::error::{MasterError, Result};
 
 /// Reads the update source `path` (relative to `workdir`, or absolute inside it): its path and its bytes.
 pub fn read_source(workdir: &Path, path: &str, max: ByteSize) -> Result<(PathBuf, Vec<u8>)> {
+    let limit = Limit {
+        key: "update.max_size",
+        max,
+    };
+    let source = open_source(workdir, path, limit, Some("application.yml"))?;
+    let mut bytes = Vec::with_capacity(source.len as usize);
+    let path = source.path.clone();
+    source.read_to(&mut bytes)?;
+    Ok((path, bytes))
+}
+
+/// The size an update source may have, and the conf.yml key that sets it (named in the error).
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub key: &'static str,
+    pub max: ByteSize,
+}
+
+/// An update source, opened and checked: read it once, through [`Source::read_to`].
+#[derive(Debug)]
+pub struct Source {
+    /// Where it is (for messages).
+    pub path: PathBuf,
+    /// Its size when it was opened.
+    pub len: u64,
+    file: std::fs::File,
+    limit: Limit,
+}
+
+impl Source {
+    /// Copies the file into `out`, stopping with an error at the limit, whatever the file claims.
+    pub fn read_to(self, out: &mut impl std::io::Write) -> Result<u64> {
+        let copied = std::io::copy(&mut self.file.take(self.limit.max.0 + 1), out)
+            .map_err(|e| source_error(&self.path, e))?;
+        if copied > self.limit.max.0 {
+            return Err(too_large(&self.path, copied, self.limit));
+        }
+        Ok(copied)
+    }
+}
+
+/// Opens the update source `path` (relative to `workdir`, or absolute inside it) with every check of this
+/// module; a directory stands for its `dir_file` when one is given.
+pub fn open_source(
+    workdir: &Path,
+    path: &str,
+    limit: Limit,
+    dir_file: Option<&str>,
+) -> Result<Source> {
     let outside = || MasterError::UpdateSourceOutside {
         path: path.to_string(),
         workdir: workdir.to_path_buf(),
@@ -37,8 +86,8 @@ pub fn read_source(workdir: &Path, path: &str, max: ByteSize) -> Result<(PathBuf
     if !full.starts_with(workdir) {
         return Err(outside());
     }
-    let file = match std::fs::symlink_metadata(&full) {
-        Ok(md) if md.is_dir() => full.join("application.yml"),
+    let file = match (std::fs::symlink_metadata(&full), dir_file) {
+        (Ok(md), Some(name)) if md.is_dir() => full.join(name),
         _ => full,
     };
     let parent = file.parent().ok_or_else(outside)?;
@@ -60,7 +109,7 @@ pub fn read_source(workdir: &Path, path: &str, max: ByteSize) -> Result<(PathBuf
     }
     let at = dir_path.join(name);
     let looked = std::fs::symlink_metadata(&at).map_err(|e| source_error(&file, e))?;
-    check_kind(&file, &looked, max)?;
+    check_kind(&file, &looked, limit)?;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
@@ -70,28 +119,26 @@ pub fn read_source(workdir: &Path, path: &str, max: ByteSize) -> Result<(PathBuf
             _ => source_error(&file, e),
         })?;
     let opened = f.metadata().map_err(|e| source_error(&file, e))?;
-    check_kind(&file, &opened, max)?;
+    check_kind(&file, &opened, limit)?;
     if (opened.dev(), opened.ino()) != (looked.dev(), looked.ino()) {
         return Err(source_error(
             &file,
             std::io::Error::other("the file was replaced while it was opened; retry the update"),
         ));
     }
-    let mut bytes = Vec::with_capacity(opened.len() as usize);
-    f.take(max.0 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| source_error(&file, e))?;
-    if bytes.len() as u64 > max.0 {
-        return Err(too_large(&file, bytes.len() as u64, max));
-    }
-    Ok((file, bytes))
+    Ok(Source {
+        path: file,
+        len: opened.len(),
+        file: f,
+        limit,
+    })
 }
 
-fn check_kind(file: &Path, md: &std::fs::Metadata, max: ByteSize) -> Result<()> {
+fn check_kind(file: &Path, md: &std::fs::Metadata, limit: Limit) -> Result<()> {
     let t = md.file_type();
     let kind = if t.is_file() {
-        return if md.len() > max.0 {
-            Err(too_large(file, md.len(), max))
+        return if md.len() > limit.max.0 {
+            Err(too_large(file, md.len(), limit))
         } else {
             Ok(())
         };
@@ -125,11 +172,12 @@ fn source_error(path: &Path, source: std::io::Error) -> MasterError {
     }
 }
 
-fn too_large(file: &Path, size: u64, max: ByteSize) -> MasterError {
+fn too_large(file: &Path, size: u64, limit: Limit) -> MasterError {
     MasterError::UpdateSourceTooLarge {
         path: file.to_path_buf(),
         size,
-        max: max.to_string(),
+        key: limit.key,
+        max: limit.max.to_string(),
     }
 }
 

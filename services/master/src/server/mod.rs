@@ -18,6 +18,7 @@ use crate::api::{self, ApiState, BuildInfo, OPERATOR};
 use crate::config::{Application, MasterConfig, ServerConfig};
 use crate::engine::Engine;
 use crate::error::{MasterError, Result};
+use crate::mst::{Mst, Switch};
 use crate::ota::{Updater, app_file, old_copy};
 use crate::stats::HostSampler;
 use crate::supervisor::{HostFacts, Supervisor, new_token};
@@ -155,6 +156,19 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    run_until(setup, engine, listeners, shutdown)
+        .await
+        .map(|_| ())
+}
+
+/// [`run`], which also stops (the same way) when a master update asks to hand over to the new master: then
+/// it answers that update, for [`crate::mst::switch`].
+pub async fn run_until(
+    setup: Setup,
+    engine: Arc<dyn Engine>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Option<Switch>> {
     let Setup {
         workdir,
         config: cfg,
@@ -197,11 +211,13 @@ pub async fn run(
         workdir.join(&cfg.otalog.path),
     ));
 
+    let mst = Mst::new(sup.clone(), updater.clone());
     let token_path = operator_token_path(&workdir);
     let operator = operator_token(&workdir, &cfg, &token_path)?;
     let state = Arc::new(ApiState {
         sup: sup.clone(),
         updater: updater.clone(),
+        mst: mst.clone(),
         build,
         operator: (OPERATOR.to_string(), operator),
         sampler: HostSampler::default(),
@@ -223,6 +239,7 @@ pub async fn run(
     };
     updater.set_running_text(text);
     sup.run_app(app.clone()).await;
+    mst.confirm_after_start();
     tracing::info!(
         services = app.services.len(),
         app_version = %app.app_version,
@@ -230,7 +247,13 @@ pub async fn run(
         workdir.display()
     );
 
-    shutdown.await;
+    let switch = tokio::select! {
+        () = shutdown => None,
+        sw = mst.requested() => Some(sw),
+    };
+    if switch.is_some() {
+        tracing::warn!("stopping for a master update: the new master runs on trial next");
+    }
     updater.shutdown().await;
     tracing::info!("stopping services");
     sup.stop_all().await;
@@ -243,7 +266,7 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&token_path);
     tracing::info!("master stopped");
-    Ok(())
+    Ok(switch)
 }
 
 /// The operator token: the configured one (`server.operator_token_file`) or a new random one, written to
