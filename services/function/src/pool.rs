@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
@@ -199,6 +199,9 @@ pub struct Pool {
     state: std::sync::Mutex<State>,
     /// Messages answered through batch calls (`FunctionBatch`).
     batched: Arc<AtomicU64>,
+    /// Signalled when an instance is added, freed or removed, or a slot is given back: a call that found
+    /// every slot taken by instances still starting waits for this instead of failing.
+    changed: Notify,
 }
 
 /// A channel over one TCP connection to `address`: if it breaks, the channel fails instead of reconnecting to
@@ -458,6 +461,7 @@ impl Pool {
             permits: Arc::new(Semaphore::new(calls)),
             state: std::sync::Mutex::new(State::default()),
             batched: Arc::new(AtomicU64::new(0)),
+            changed: Notify::new(),
         }
     }
 
@@ -488,25 +492,43 @@ impl Pool {
         }
     }
 
-    /// The least busy instance with room for one more call, else a fresh one (the permit guarantees room
-    /// somewhere, or a free slot).
+    /// The least busy instance with room for one more call, else a fresh one. The permit guarantees room
+    /// somewhere or a free slot, but with `concurrency` above one every slot may hold an instance that is
+    /// still starting (not yet counted): then the call waits for one to come up or free a place, up to the
+    /// call's timeout, instead of failing.
     async fn lease(&self) -> Result<Lease, StartError> {
-        {
-            let mut st = self.state();
-            let room = self.conf.instance.concurrency.max(1);
-            if let Some(i) = st
-                .instances
-                .iter_mut()
-                .filter(|i| i.in_flight < room)
-                .min_by_key(|i| i.in_flight)
+        let deadline = tokio::time::Instant::now() + self.conf.timeout.get();
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             {
-                return Ok(i.lease());
+                let mut st = self.state();
+                let room = self.conf.instance.concurrency.max(1);
+                if let Some(i) = st
+                    .instances
+                    .iter_mut()
+                    .filter(|i| i.in_flight < room)
+                    .min_by_key(|i| i.in_flight)
+                {
+                    return Ok(i.lease());
+                }
+            }
+            match self.start().await {
+                Ok(mut inst) => {
+                    let lease = inst.lease();
+                    self.state().instances.push(inst);
+                    self.changed.notify_waiters();
+                    return Ok(lease);
+                }
+                Err(StartError::NoSlot(max)) => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return Err(StartError::NoSlot(max));
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
-        let mut inst = self.start().await?;
-        let lease = inst.lease();
-        self.state().instances.push(inst);
-        Ok(lease)
     }
 
     /// One call, made while holding a [`Pool::permit`] (which a rule keeps across its retries).
@@ -616,6 +638,7 @@ impl Pool {
             i.in_flight = i.in_flight.saturating_sub(1);
             i.last_used = Instant::now();
         }
+        self.changed.notify_waiters();
     }
 
     /// Stops instance `id` and frees its slot, once: the other calls that were on it find it gone.
@@ -638,9 +661,12 @@ impl Pool {
         {
             tracing::warn!(instance = %inst.name, "cannot stop: {e}");
         }
-        let mut st = self.state();
-        st.slots.remove(&inst.slot);
-        st.stopped += 1;
+        {
+            let mut st = self.state();
+            st.slots.remove(&inst.slot);
+            st.stopped += 1;
+        }
+        self.changed.notify_waiters();
     }
 
     async fn start(&self) -> Result<Instance, StartError> {
@@ -660,6 +686,7 @@ impl Pool {
             }
             Err(e) => {
                 self.state().slots.remove(&slot);
+                self.changed.notify_waiters();
                 Err(e)
             }
         }
