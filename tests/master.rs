@@ -392,12 +392,18 @@ async fn dynamic_instances_start_stop_and_get_no_token(w: Work) {
     );
     assert_eq!(env["BAETYL_SERVICE_INSTANCE_ADDRESS"], "127.0.0.1:50999");
     assert_eq!(env["BAETYL_SERVICE_INSTANCE_NAME"], "runtime-1");
-    // Starting it twice is refused with a reason.
-    let err = c
-        .start_instance("runtime", "runtime-1", &Default::default())
+    // Starting it again restarts it (v1's behaviour): a new process, the same name.
+    c.start_instance("runtime", "runtime-1", &Default::default())
         .await
-        .expect_err("second start");
-    assert!(err.to_string().contains("already running"), "{err}");
+        .expect("a second start restarts it");
+    let kind = w.engine.kind();
+    let v = m
+        .wait_instance("runtime", "runtime-1", "restarted", LONG, |v| {
+            v["status"] == "running" && v[kind]["pid"].as_u64().is_some_and(|p| p as u32 != pid)
+        })
+        .await;
+    assert!(!alive(pid), "the first process is gone after the restart");
+    let pid = v[kind]["pid"].as_u64().expect("pid") as u32;
     // An unknown service is a 400 that names it.
     let err = c
         .start_instance("ghost", "g1", &Default::default())

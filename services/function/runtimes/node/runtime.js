@@ -40,6 +40,8 @@ const INSTANCE_PROOF_KEY = 'baetyl-instance-proof';
 const MESSAGE_TOO_LARGE = 'MessageTooLarge';
 const DEFAULT_MESSAGE_LENGTH = 4 * 1024 * 1024;
 const DEFAULT_GRACE_SECONDS = 2;
+// After the last call in flight has answered at a stop: time for the answer to leave before the process exits.
+const FLUSH_MILLISECONDS = 200;
 
 // ---------------------------------------------------------------- logging, as baetyl_sdk::logging writes it
 
@@ -438,12 +440,18 @@ function main() {
             log.info('stopped%s', how);
             process.exit(0);
         };
-        // No new calls from here on; the ones in flight finish, or are cut off after the grace.
-        server.tryShutdown(() => {});
+        // No new calls from here on; the ones in flight finish, or are cut off after the grace. The server
+        // is done when every connection has closed; a caller that keeps an idle connection open (the function
+        // manager does) would hold that up to the grace, so once the last call has answered the runtime exits
+        // after a short flush delay: exiting in the answer's own tick cut it off on the wire.
         const force = setTimeout(() => done(` (${inflight} call(s) cut off)`), settings.grace * 1000);
-        idle = () => {
+        server.tryShutdown(() => {
             clearTimeout(force);
             done('');
+        });
+        idle = () => {
+            clearTimeout(force);
+            setTimeout(() => done(''), FLUSH_MILLISECONDS);
         };
         if (inflight === 0) {
             idle();
