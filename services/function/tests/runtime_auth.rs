@@ -122,20 +122,29 @@ async fn the_sql_runtime_requires_its_instance_secret() {
     proves_its_secret(port, "f", baetyl_function::runtime::MAX_BATCH).await;
 }
 
-/// What binds an instance's port first (here a runtime started with another secret, or with none, which serves
-/// any caller) cannot answer the manager's challenge: the manager sends it neither the secret nor an input.
-#[tokio::test]
-async fn an_impostor_on_the_port_fails_the_challenge() {
-    let dir = tempfile::tempdir().expect("dir");
+/// A runtime started by `start` with another secret, or with none (it then serves any caller), cannot prove
+/// SECRET.
+async fn impostors_fail_the_challenge(
+    dir: &std::path::Path,
+    start: impl Fn(&std::path::Path, u16, Option<&str>) -> Process,
+) {
     for secret in [Some("another-secret"), None] {
         let port = free_port();
-        let _impostor = sql_runtime(dir.path(), port, secret);
+        let _impostor = start(dir, port, secret);
         let mut c = connect(port).await;
         let e = prove(&mut c, SECRET.as_bytes())
             .await
             .expect_err("an impostor cannot prove the secret");
         assert!(e.contains("baetyl-instance-proof"), "{secret:?}: {e}");
     }
+}
+
+/// What binds an instance's port first (here a runtime started with another secret, or with none, which serves
+/// any caller) cannot answer the manager's challenge: the manager sends it neither the secret nor an input.
+#[tokio::test]
+async fn an_impostor_on_the_port_fails_the_challenge() {
+    let dir = tempfile::tempdir().expect("dir");
+    impostors_fail_the_challenge(dir.path(), sql_runtime).await;
 }
 
 #[tokio::test]
@@ -216,15 +225,7 @@ async fn the_node_runtime_requires_its_instance_secret() {
 #[tokio::test]
 async fn a_node_impostor_fails_the_challenge_and_ports_are_not_shared() {
     let dir = tempfile::tempdir().expect("dir");
-    for secret in [Some("another-secret"), None] {
-        let port = free_port();
-        let _impostor = node_runtime(dir.path(), port, secret);
-        let mut c = connect(port).await;
-        let e = prove(&mut c, SECRET.as_bytes())
-            .await
-            .expect_err("an impostor cannot prove the secret");
-        assert!(e.contains("baetyl-instance-proof"), "{secret:?}: {e}");
-    }
+    impostors_fail_the_challenge(dir.path(), node_runtime).await;
     let port = free_port();
     let _first = node_runtime(dir.path(), port, Some(SECRET));
     connect(port).await;
