@@ -71,6 +71,9 @@ fn lifecycle(root: &std::path::Path, db: Option<&str>) {
         "the agent is carried into the application:\n{staged}"
     );
     assert!(!staged.contains("${secret"), "placeholders are filled");
+    if nix::unistd::geteuid().is_root() {
+        secrets_are_closed(&device, agent_pid);
+    }
     let pids = |d: &Device| {
         (
             d.pid("hub"),
@@ -306,6 +309,61 @@ fn lifecycle(root: &std::path::Path, db: Option<&str>) {
     }
     device.stop();
     cloud.stop();
+}
+
+/// With per-service users (the tests run as root): the agent runs under a user of its own, and what holds
+/// the device's secrets is readable by its service (and the agent, which wrote it) alone.
+fn secrets_are_closed(device: &Device, agent_pid: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).expect("status");
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse::<u32>().ok())
+        .expect("the agent's uid");
+    assert_ne!(uid, 0, "the agent does not run as root");
+    let md = |rel: &str| {
+        std::fs::metadata(device.dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    for f in [
+        "var/db/baetyl/application.yml",
+        "var/db/baetyl/ota.log",
+        "var/log/baetyl/services/hub/hub.log",
+    ] {
+        let m = md(f);
+        assert_eq!(
+            (m.mode() & 0o777, m.gid()),
+            (0o640, uid),
+            "{f}: the agent's group reads it"
+        );
+    }
+    let deploy = device.dir.join("var/db/baetyl/deploy");
+    let staged = std::fs::read_dir(&deploy)
+        .expect("deploy")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with('r'))
+        .expect("a staged application");
+    let m = std::fs::metadata(staged.path().join("application.yml")).expect("staged");
+    assert_eq!((m.uid(), m.mode() & 0o777), (uid, 0o600));
+    let hub_conf = std::fs::read_dir(deploy.join("volumes"))
+        .expect("volumes")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("hub-conf-"))
+        .expect("the hub's staged config")
+        .path();
+    let hub_uid = std::fs::metadata(device.dir.join("var/run/baetyl/services/hub/hub"))
+        .expect("hub dir")
+        .uid();
+    for p in [hub_conf.clone(), hub_conf.join("service.yml")] {
+        let m = std::fs::metadata(&p).expect("hub conf");
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o007),
+            (uid, hub_uid, 0),
+            "{}: the hub's group reads it, others nothing",
+            p.display()
+        );
+    }
 }
 
 /// Reboot and power off from `baetyl ctl` on a device whose master runs under `baetyl init` (as on the image):

@@ -332,6 +332,7 @@ fn instance(name: &str, spec: serde_json::Value, mounts: Vec<ResolvedMount>) -> 
             uid: 4321,
             gid: 4321,
             groups: vec![],
+            log_gid: 4321,
         }),
     }
 }
@@ -384,12 +385,14 @@ fn container_spec_isolates_under_runc() {
             target: "etc/baetyl".into(),
             read_only: true,
             shared: false,
+            nested: Vec::new(),
         },
         ResolvedMount {
             host: vol.path().to_path_buf(),
             target: "/var/db".into(),
             read_only: false,
             shared: false,
+            nested: Vec::new(),
         },
     ];
     let inst = instance(

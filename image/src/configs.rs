@@ -36,7 +36,6 @@ pub fn master_config(dev_api: Option<&str>, with_token: bool) -> String {
             s += "  operator_token_file: /etc/baetyl/operator.token\n";
         }
     }
-    s += "users: {root: [agent]}   # the cloud agent stages deployments in the master's work dir\n";
     s
 }
 
@@ -56,7 +55,10 @@ mod tests {
         assert!(!master_config(None, false).contains("tcp"));
         assert!(master_config(None, false).contains("address: unix:///run/baetyl/baetyl.sock"));
         assert!(master_config(None, false).contains("  agents: [agent]"));
-        assert!(master_config(None, false).contains("users: {root: [agent]}"));
+        assert!(
+            !master_config(None, false).contains("root"),
+            "no service runs as root, the agent neither"
+        );
         let dev = master_config(Some("0.0.0.0:9990"), true);
         assert!(dev.contains("tcp: \"0.0.0.0:9990\""));
         assert!(dev.contains("operator_token_file: /etc/baetyl/operator.token"));

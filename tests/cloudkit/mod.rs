@@ -194,10 +194,14 @@ impl Device {
         };
         d.write(
             "etc/baetyl/conf.yml",
-            // The agent service has the agent role on the master's API. Per-service users stay off (under
-            // init they would be on): the agent stages volumes in var/db/baetyl/deploy, which is not yet a
-            // volume of its own (TODO: give the agent that volume, then drop this).
-            "grace: 2s\nupdate: {health: 1500ms}\nserver: {agents: [agent]}\nusers: {mode: 'off'}\n",
+            // The agent service has the agent role on the master's API. Per-service users are on as on a
+            // device (under init, `auto` turns them on) where the tests run as root: every service, the
+            // agent too, runs under a user of its own.
+            if nix::unistd::geteuid().is_root() {
+                "grace: 2s\nupdate: {health: 1500ms}\nserver: {agents: [agent]}\nusers: {mode: 'on'}\n"
+            } else {
+                "grace: 2s\nupdate: {health: 1500ms}\nserver: {agents: [agent]}\n"
+            },
         );
         d.write("var/db/baetyl/application.yml", BOOTSTRAP_APP);
         let conf = "var/db/baetyl/agent/conf";

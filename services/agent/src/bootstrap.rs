@@ -83,20 +83,21 @@ impl FleetFile {
     }
 }
 
-/// The application of a device that has only its agent. The agent runs as root (the image's conf.yml lists it
-/// in `users.root` and gives it the agent role): it stages deployments under the master's work dir and reads
-/// the running application, which no per-service user may.
+/// The application of a device that has only its agent. The agent runs under a user of its own (the image's
+/// conf.yml gives it the agent role, nothing more): its state, and its staging area `deploy` where it puts
+/// the application files and volumes it receives, are its own volumes; the master lets its group read the
+/// running application, the OTA log and the instance logs.
 pub const BOOTSTRAP_APP: &str = "# A cloud-managed device before its first deployment: the agent alone. Its services arrive from the cloud.
 version: v1
 app_version: bootstrap
 services:
   agent:
     image: baetyl-agent
-    user: root
-    volumes: [agent-conf:/etc/baetyl, agent-state:/var/lib/baetyl-agent]
+    volumes: [agent-conf:/etc/baetyl, agent-state:/var/lib/baetyl-agent, agent-deploy:/var/db/baetyl/deploy]
 volumes:
   agent-conf: {path: var/db/baetyl/agent/conf, read_only: true}
   agent-state: {path: var/db/baetyl/agent/state}
+  agent-deploy: {path: var/db/baetyl/deploy}
 ";
 
 /// The bootstrap application's path in a work dir.

@@ -533,6 +533,10 @@ impl Deployer {
             .map_err(|e| AgentError::Stage(format!("application.yml: {e}")))?;
         let deploy = self.workdir.join(DEPLOY_DIR);
         let volumes_dir = deploy.join("volumes");
+        // Services pass through to the volumes staged for them; nobody else lists or reads what is here.
+        for d in [&deploy, &volumes_dir] {
+            dir_with_mode(d, 0o711)?;
+        }
         std::fs::create_dir_all(&volumes_dir).map_err(|e| AgentError::io(&volumes_dir, e))?;
         for (vol, files) in &manifest.volumes {
             let mut rendered = Vec::new();
@@ -581,10 +585,11 @@ impl Deployer {
         let rel = format!("{DEPLOY_DIR}/r{}/application.yml", desired.revision);
         let path = self.workdir.join(&rel);
         if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| AgentError::io(d, e))?;
+            dir_with_mode(d, 0o700)?;
         }
         let text = serde_yaml_ng::to_string(&app).map_err(|e| AgentError::Stage(e.to_string()))?;
-        files::replace(&path, text.as_bytes(), 0o644).map_err(|e| AgentError::io(&path, e))?;
+        // Every service's environment with its secrets: for the master (root) alone.
+        files::replace(&path, text.as_bytes(), 0o600).map_err(|e| AgentError::io(&path, e))?;
         Ok(rel)
     }
 
@@ -780,21 +785,33 @@ fn ensure_mapping<'a>(app: &'a mut Yaml, key: &str) -> Result<&'a mut serde_yaml
         .ok_or_else(|| AgentError::Stage(format!("`{key}` in application.yml is not a mapping")))
 }
 
-/// Writes a volume into a temporary directory beside `dir`, then renames it into place.
-fn write_volume(parent: &Path, dir: &Path, files: &[(&str, u32, Vec<u8>)]) -> Result<()> {
+/// Makes `dir` (and its parents) and gives it `mode`.
+fn dir_with_mode(dir: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| AgentError::io(dir, e))
+}
+
+/// Writes a volume into a temporary directory beside `dir`, then renames it into place. Its files hold the
+/// device's secrets: nothing is readable by others (files keep the manifest's owner and group bits, dirs are
+/// 0750); the master gives the volume to the service that mounts it (its group, or its user) at its start.
+fn write_volume(parent: &Path, dir: &Path, files: &[(&str, u32, Vec<u8>)]) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     let tmp = parent.join(format!(".staging-{}", crypto::random_token(6)));
     let io = |p: &Path, e| AgentError::io(p, e);
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     let result = (|| {
+        dir_with_mode(&tmp, 0o750)?;
         for (rel, mode, bytes) in files {
             let p = tmp.join(rel);
             if let Some(d) = p.parent() {
-                std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o750)
+                    .create(d)
+                    .map_err(|e| io(d, e))?;
             }
-            std::fs::write(&p, bytes).map_err(|e| io(&p, e))?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
-                .map_err(|e| io(&p, e))?;
+            files::replace(&p, bytes, mode & 0o770).map_err(|e| io(&p, e))?;
         }
         std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))
     })();

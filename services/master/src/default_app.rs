@@ -40,7 +40,7 @@ pub fn install(workdir: &Path, app_file: &Path) -> Result<()> {
     if let Some(dir) = app_file.parent() {
         std::fs::create_dir_all(dir).map_err(|e| MasterError::io(dir, e))?;
     }
-    baetyl_sdk::fs::write_atomic(app_file, APPLICATION.as_bytes(), 0o644)
+    crate::ota::write_app_file(app_file, APPLICATION.as_bytes(), None)
         .map_err(|e| MasterError::io(app_file, e))?;
     for (rel, content) in FILES {
         let path = workdir.join(rel);

@@ -128,6 +128,15 @@ pub enum MasterError {
         host: PathBuf,
     },
     #[error(
+        "service `{service}`: volume {host} is read-write and overlaps {other_host}, which `{other}` mounts read-write; with per-service users files have one writer: mount one of them read-only, or move one out of the other"
+    )]
+    NestedWritable {
+        service: String,
+        host: PathBuf,
+        other: String,
+        other_host: PathBuf,
+    },
+    #[error(
         "conf.yml `users.mode: on` needs the master to run as root (it gives each service a user of its own); run it as root or set `users.mode: off`"
     )]
     UsersNeedRoot,
@@ -328,6 +337,7 @@ impl MasterError {
             | RootNotAllowed { .. }
             | NoFreeId { .. }
             | SharedWritable { .. }
+            | NestedWritable { .. }
             | Spawn { .. }
             | Unhealthy { .. }
             | InvalidBody { .. }

@@ -170,7 +170,7 @@ impl<'a> OtaLog<'a> {
             error,
         };
         let path = self.workdir.join(&self.cfg.otalog.path);
-        line.append(&mut self.log, &path, &self.cfg.otalog);
+        line.append(&mut self.log, &path, &self.cfg.otalog, None);
     }
 
     /// ROLLINGBACK (why), ROLLEDBACK, FAILURE: the steps of an update that did not make it.

@@ -85,6 +85,9 @@ pub fn open_workdir_for_services(workdir: &Path) -> Result<()> {
 pub struct Users {
     on: bool,
     cfg: UsersConfig,
+    /// The services with the agent role (conf.yml `server.agents`): the first one's group may read what the
+    /// master keeps for agents.
+    agents: Vec<String>,
     file: PathBuf,
     allocated: Mutex<BTreeMap<String, u32>>,
 }
@@ -93,7 +96,7 @@ impl Users {
     /// The users of a master in `workdir`; `on` as [`enabled`] decided. Allocations made earlier are read
     /// from the work dir (an unreadable file is reported and allocation starts over, skipping nothing that
     /// exists on disk: ids of files already owned stay as they are).
-    pub fn new(workdir: &Path, cfg: &UsersConfig, on: bool) -> Users {
+    pub fn new(workdir: &Path, cfg: &UsersConfig, agents: &[String], on: bool) -> Users {
         let file = users_file(workdir);
         let allocated = match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -105,6 +108,7 @@ impl Users {
         Users {
             on,
             cfg: cfg.clone(),
+            agents: agents.to_vec(),
             file,
             allocated: Mutex::new(allocated),
         }
@@ -117,6 +121,30 @@ impl Users {
     /// The group of the API socket (every service's supplementary group).
     pub fn api_gid(&self) -> u32 {
         self.cfg.ids.first
+    }
+
+    /// The group that may read what the master writes for the cloud agent and no service may: the running
+    /// application (application.yml and its `.old`: every service's environment, secrets included), the OTA
+    /// log and the instance logs. It is the group of the first service conf.yml `server.agents` names, so
+    /// the agent can run under a user of its own. None when users are off (everything runs as the master's
+    /// user) or no agent is named: those files are then the master's alone.
+    pub fn agent_gid(&self) -> Option<u32> {
+        if !self.on {
+            return None;
+        }
+        let agent = self.agents.first()?;
+        match self.cfg.services.get(agent) {
+            Some(fixed) => Some(fixed.gid),
+            None => self
+                .allocate(agent)
+                .inspect_err(|e| tracing::warn!("no group for the agent's files: {e}"))
+                .ok(),
+        }
+    }
+
+    /// Whether `service` has the agent role.
+    pub fn is_agent(&self, service: &str) -> bool {
+        self.agents.iter().any(|a| a == service)
     }
 
     /// What the policy says about `service`: refused when its application asks for root and conf.yml does
@@ -150,6 +178,7 @@ impl Users {
             uid,
             gid,
             groups: vec![self.api_gid()],
+            log_gid: self.agent_gid().unwrap_or(gid),
         }))
     }
 
@@ -246,6 +275,24 @@ mod tests {
         assert_eq!(r.fake.spec_of("b", "b").map(|s| s.service), None);
         let e = r.sup.error();
         assert!(e.contains("`b`") && e.contains("users.ids"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writable_volume_inside_another_services_is_refused_unless_an_agents() {
+        let app = "services:\n  outer: {image: svc, volumes: ['all:/all']}\n  inner: {image: svc, volumes: ['part:/p']}\nvolumes:\n  all: {path: var/db/all}\n  part: {path: var/db/all/part}\n";
+        let r = Rig::new("users: {mode: on}\n");
+        r.run(app).await;
+        let e = r.sup.error();
+        assert!(e.contains("overlaps") && e.contains("one writer"), "{e}");
+        // The agent's staging area holds the volumes it staged: it is trusted with them.
+        let r = Rig::new("users: {mode: on}\nserver: {agents: [outer]}\n");
+        r.run(app).await;
+        assert!(
+            r.fake.spec_of("inner", "inner").is_some(),
+            "{}",
+            r.sup.error()
+        );
+        assert!(r.fake.spec_of("outer", "outer").is_some());
     }
 
     #[tokio::test(start_paused = true)]

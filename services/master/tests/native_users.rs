@@ -61,13 +61,33 @@ async fn probe(conf: &str) -> Option<Probe> {
             socket.display()
         ),
     );
+    let probe_file = workdir.join("var/run/baetyl/services/p/p/probe");
+    let sock = socket.clone();
+    let (text, socket) = with_master(&workdir, conf, move || {
+        let text = wait_text(&probe_file);
+        (text, owner(&sock))
+    })
+    .await;
+    Some(Probe {
+        lines: text.lines().map(str::to_string).collect(),
+        work: w,
+        socket,
+    })
+}
+
+/// Runs a master on `workdir` with `conf` while `during` runs (in a blocking thread); answers what it did.
+async fn with_master<T: Send + 'static>(
+    workdir: &Path,
+    conf: &str,
+    during: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let config = MasterConfig::parse(conf, Path::new("conf.yml")).expect("conf");
-    let engine = NativeEngine::new(&workdir, &config, Vec::new()).expect("engine");
-    let listeners = Listeners::bind(&workdir, &config.server)
+    let engine = NativeEngine::new(workdir, &config, Vec::new()).expect("engine");
+    let listeners = Listeners::bind(workdir, &config.server)
         .await
         .expect("bind");
     let setup = Setup {
-        workdir: workdir.clone(),
+        workdir: workdir.to_path_buf(),
         config,
         build: BuildInfo {
             version: "test",
@@ -84,20 +104,12 @@ async fn probe(conf: &str) -> Option<Probe> {
             let _ = stopped.await;
         },
     ));
-    let text = tokio::task::spawn_blocking({
-        let path = workdir.join("var/run/baetyl/services/p/p/probe");
-        move || wait_text(&path)
-    })
-    .await
-    .expect("probe");
-    let socket = owner(&socket);
+    let out = tokio::task::spawn_blocking(during)
+        .await
+        .expect("while the master runs");
     let _ = stop.send(());
     master.await.expect("run").expect("master");
-    Some(Probe {
-        lines: text.lines().map(str::to_string).collect(),
-        work: w,
-        socket,
-    })
+    out
 }
 
 fn owner(p: &Path) -> (u32, u32, u32) {
@@ -162,4 +174,115 @@ async fn with_users_off_services_run_as_the_master() {
     );
     assert!(!p.work.path("var/db/baetyl/users.json").exists());
     assert_eq!(p.socket, (0, 0, 0o660));
+}
+
+/// Tries to read each file of `$READ` (after `$GO` exists, when set) and says so, one line each.
+const READER: &str = r#"#!/bin/sh
+if [ -n "$GO" ]; then while [ ! -e "$GO" ]; do sleep 0.1; done; fi
+for f in $READ; do
+  if cat "$f" >/dev/null 2>&1; then echo "readable $f"; else echo "denied $f"; fi
+done > probe.tmp
+mv probe.tmp probe
+exec sleep 1000
+"#;
+
+/// Secrets as the cloud agent renders them: in application.yml (a service's environment) and in config
+/// volumes it stages in its own area (`deploy`, the agent's read-write volume, with the services' volumes
+/// nested in it), written the way the agent and a service with umask 022 write files (0644). With users on,
+/// service `b` reads none of `a`'s, `a` reads its own, and the agent reads the application and the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_reads_its_own_secrets_and_no_other_services() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: this test needs root (it gives services users of their own)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let w = Work::new();
+    w.write("lib/baetyl/packages/reader/package.yml", "entry: run.sh\n");
+    let script = w.write("lib/baetyl/packages/reader/run.sh", READER);
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let conf = w.write(
+        "var/db/baetyl/deploy/volumes/a-conf-1/service.yml",
+        "password: a-conf-secret\n",
+    );
+    let key = w.write("var/db/baetyl/volumes/a-data/key", "a-data-secret\n");
+    for f in [&conf, &key] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let workdir = w.dir.path().canonicalize().expect("canonical");
+    let wd = workdir.display();
+    let app = "var/db/baetyl/application.yml";
+    let (conf, key) = (conf.display(), key.display());
+    let a_log = format!("{wd}/var/log/baetyl/services/a/a.log");
+    let go = format!("{wd}/go");
+    w.write(
+        app,
+        &format!(
+            "services:
+  a:
+    image: reader
+    environment: {{A_SECRET: a-env-secret, GO: {go}, READ: '{wd}/{app} {conf} {key}'}}
+    volumes: ['a-conf:/etc/baetyl:ro', 'a-data:/data']
+  b:
+    image: reader
+    environment: {{GO: {go}, READ: '{wd}/{app} {conf} {key} {a_log}'}}
+  agent:
+    image: reader
+    depends_on: [a, b]
+    environment: {{READ: '{wd}/{app} {a_log} {conf}'}}
+    volumes: ['deploy:/deploy']
+volumes:
+  deploy: {{path: var/db/baetyl/deploy}}
+  a-conf: {{path: var/db/baetyl/deploy/volumes/a-conf-1}}
+  a-data: {{}}
+"
+        ),
+    );
+    let probes = with_master(
+        &workdir,
+        "users: {mode: on}\nserver: {agents: [agent]}\n",
+        {
+            let workdir = workdir.clone();
+            move || {
+                let probe =
+                    |s: &str| workdir.join(format!("var/run/baetyl/services/{s}/{s}/probe"));
+                // Everyone started (the agent last, after its volume was given to it): then a and b look.
+                let agent = wait_text(&probe("agent"));
+                std::fs::write(workdir.join("go"), "").expect("go");
+                (wait_text(&probe("a")), wait_text(&probe("b")), agent)
+            }
+        },
+    )
+    .await;
+    let (a, b, agent) = probes;
+    let lines = |t: &str| t.lines().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        lines(&a),
+        [
+            format!("denied {wd}/{app}"),
+            format!("readable {conf}"),
+            format!("readable {key}"),
+        ],
+        "a reads its config and data, not the whole application"
+    );
+    assert_eq!(
+        lines(&b),
+        [
+            format!("denied {wd}/{app}"),
+            format!("denied {conf}"),
+            format!("denied {key}"),
+            format!("denied {a_log}"),
+        ],
+        "b reads nothing of a's"
+    );
+    assert_eq!(
+        lines(&agent),
+        [
+            format!("readable {wd}/{app}"),
+            format!("readable {a_log}"),
+            format!("denied {conf}"),
+        ],
+        "the agent reads the application and the logs it reports, not a's config"
+    );
+    assert_eq!(owner(&workdir.join(app)).2, 0o640);
 }

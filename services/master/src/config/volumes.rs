@@ -147,13 +147,28 @@ impl Application {
         host: &Path,
         workdir: &Path,
     ) -> Vec<(String, bool)> {
+        self.others_overlapping(service, host, workdir)
+            .into_iter()
+            .filter(|(_, h, _)| h == host)
+            .map(|(name, _, ro)| (name, ro))
+            .collect()
+    }
+
+    /// The other services' mounts whose host directory is `host`, lies inside it or contains it: (service,
+    /// its host directory, read-only). Two of them that are writable share files whatever their paths.
+    pub fn others_overlapping(
+        &self,
+        service: &str,
+        host: &Path,
+        workdir: &Path,
+    ) -> Vec<(String, PathBuf, bool)> {
         self.services
             .iter()
             .filter(|(name, _)| name.as_str() != service)
             .flat_map(|(name, spec)| {
                 spec.volumes.iter().filter_map(move |m| {
                     let (h, ro) = self.host_of(m, workdir);
-                    (h == host).then(|| (name.clone(), ro))
+                    (h.starts_with(host) || host.starts_with(&h)).then(|| (name.clone(), h, ro))
                 })
             })
             .collect()
@@ -185,11 +200,20 @@ impl Application {
                     });
                 }
                 let shared = !self.others_mounting(service, &host, workdir).is_empty();
+                let mut nested: Vec<PathBuf> = self
+                    .others_overlapping(service, &host, workdir)
+                    .into_iter()
+                    .map(|(_, h, _)| h)
+                    .filter(|h| h != &host && h.starts_with(&host))
+                    .collect();
+                nested.sort();
+                nested.dedup();
                 Ok(ResolvedMount {
                     host,
                     target: m.target.clone(),
                     read_only,
                     shared,
+                    nested,
                 })
             })
             .collect()
@@ -246,5 +270,31 @@ mod tests {
             .map(|(h, t, r)| (PathBuf::from(h), *t, *r))
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn volumes_inside_another_services_volume_are_nested_in_it() {
+        let a = app(
+            "services:\n  agent:\n    image: x\n    volumes: [\"deploy:/d\"]\n  hub:\n    image: x\n    volumes: [\"conf:/c:ro\", \"deploy:/all:ro\"]\nvolumes:\n  deploy: {path: var/db/deploy}\n  conf: {path: var/db/deploy/volumes/conf-1}\n",
+        )
+        .unwrap();
+        let w = Path::new("/w");
+        let agent = a.resolve_mounts("agent", w, &[]).expect("inside");
+        assert_eq!(
+            agent[0].nested,
+            [PathBuf::from("/w/var/db/deploy/volumes/conf-1")]
+        );
+        assert!(agent[0].shared, "the hub mounts it too");
+        let hub = a.resolve_mounts("hub", w, &[]).expect("inside");
+        assert!(
+            hub[0].nested.is_empty(),
+            "its own volumes are not nested in it"
+        );
+        let over: Vec<String> = a
+            .others_overlapping("hub", Path::new("/w/var/db/deploy/volumes/conf-1"), w)
+            .into_iter()
+            .map(|(s, h, ro)| format!("{s} {} {ro}", h.display()))
+            .collect();
+        assert_eq!(over, ["agent /w/var/db/deploy false"]);
     }
 }

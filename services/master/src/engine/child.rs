@@ -11,6 +11,9 @@ pub struct Credentials {
     pub gid: u32,
     /// Supplementary groups (the API socket's group).
     pub groups: Vec<u32>,
+    /// The group of its log files: the cloud agent's (it reports logs to the cloud) when the agent runs
+    /// under a user of its own, else `gid`.
+    pub log_gid: u32,
 }
 
 /// The setup of one child.

@@ -37,7 +37,8 @@ impl RotatingLog {
     }
 
     /// The log of an instance: `var/log/baetyl/services/<service>/<instance>.log` in the work dir, owned by
-    /// the instance's user, rotated as conf.yml `instance_log` says.
+    /// the instance's user and readable by the agent's group (its own without an agent), rotated as conf.yml
+    /// `instance_log` says.
     pub fn of_instance(
         workdir: &Path,
         spec: &InstanceSpec,
@@ -49,14 +50,15 @@ impl RotatingLog {
         let path = dir.join(format!("{}.log", spec.instance));
         let log = RotatingLog::open(&path, cfg.max_size.0, cfg.backups)
             .and_then(|log| match &spec.user {
-                Some(u) => log.owned_by(u.uid, u.gid),
+                Some(u) => log.owned_by(u.uid, u.log_gid),
                 None => Ok(log),
             })
             .map_err(|e| MasterError::io(&path, e))?;
         Ok(Arc::new(Mutex::new(log)))
     }
 
-    /// Gives the log's files to `uid:gid` (the service whose output it is), now and after each rotation.
+    /// Gives the log's files to `uid:gid` (mode 0640: the service whose output it is, the group that may
+    /// read it), now and after each rotation.
     pub fn owned_by(mut self, uid: u32, gid: u32) -> std::io::Result<Self> {
         self.owner = Some((uid, gid));
         self.chown()?;
@@ -64,8 +66,12 @@ impl RotatingLog {
     }
 
     fn chown(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::fchown(&self.file, Some(uid), Some(gid))?;
+            // A file from before (another mode, another reader) gets this one's.
+            self.file
+                .set_permissions(std::fs::Permissions::from_mode(0o640))?;
         }
         Ok(())
     }

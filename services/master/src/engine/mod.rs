@@ -42,6 +42,9 @@ pub struct ResolvedMount {
     pub read_only: bool,
     /// Other services of the application mount the same directory.
     pub shared: bool,
+    /// Other services' volumes inside this one (the agent's staging area holds the volumes it staged for
+    /// the application): ownership and modes given to this service stop there.
+    pub nested: Vec<PathBuf>,
 }
 
 /// How an instance ended.

@@ -230,7 +230,7 @@ impl NativeEngine {
     /// services mount it too); a read-only one readable by the service's group alone, or by all when
     /// shared. A dataset on a read-only file system is left as it is (the image made it readable).
     fn let_use(&self, spec: &InstanceSpec, m: &ResolvedMount, host: &Path, user: &Credentials) {
-        if let Err(e) = owner::let_use(host, m.read_only, m.shared, user.uid, user.gid) {
+        if let Err(e) = owner::let_use(host, m, user.uid, user.gid) {
             self.warn_once(format!("own:{}", host.display()), || {
                 format!(
                     "service `{}`: cannot give volume {} to its user {}:{} ({e}); it may not be able to use it",
@@ -331,7 +331,7 @@ impl Engine for NativeEngine {
             &inside_workdir,
         )?;
         if let Some(user) = &spec.user {
-            owner::give_tree(&dir, user.uid, user.gid)
+            owner::give_tree(&dir, &[], user.uid, user.gid)
                 .map_err(|e| MasterError::io(&dir, std::io::Error::from(e)))?;
         }
         self.link_volumes(&spec, &dir)?;

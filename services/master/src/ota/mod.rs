@@ -7,7 +7,6 @@
 //! and the previous application runs again exactly as it was. Services whose config and volumes did not
 //! change are never touched. One update at a time: a second one is refused while the first runs.
 
-use baetyl_sdk::fs::write_atomic;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,8 +21,57 @@ use crate::supervisor::{Status, Supervisor, now_rfc3339};
 
 pub mod source;
 
-/// The mode of application.yml and its `.old` copy.
-const APP_MODE: u32 = 0o644;
+/// The mode of application.yml and its `.old` copy (every service's environment, secrets included): the
+/// master's alone, or readable by the agent's group ([`crate::users::Users::agent_gid`]).
+const APP_MODE: u32 = 0o600;
+const APP_MODE_AGENT: u32 = 0o640;
+
+/// Writes an application file (application.yml, its `.old`) atomically, readable by the master and by
+/// the agent's group `group` alone.
+pub fn write_app_file(path: &Path, text: &[u8], group: Option<u32>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mode = if group.is_some() {
+        APP_MODE_AGENT
+    } else {
+        APP_MODE
+    };
+    baetyl_sdk::fs::write_atomic_with(path, mode, |f| {
+        if let Some(gid) = group {
+            std::os::unix::fs::fchown(&*f, None, Some(gid))?;
+        }
+        f.write_all(text)
+    })
+}
+
+/// Gives application.yml and its `.old` (when they exist) the owner and mode [`write_app_file`] gives
+/// them: files from before (an image's bootstrap application, an older master's 0644) are closed at start.
+pub fn protect_app_files(app_file: &Path, group: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = if group.is_some() {
+        APP_MODE_AGENT
+    } else {
+        APP_MODE
+    };
+    for path in [app_file.to_path_buf(), old_copy(app_file)] {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if !file.metadata()?.is_file() {
+            continue;
+        }
+        if let Some(gid) = group {
+            std::os::unix::fs::fchown(&file, None, Some(gid))?;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
 
 pub struct Updater {
     sup: Arc<Supervisor>,
@@ -113,6 +161,7 @@ impl Updater {
             &mut lock(&self.log),
             &self.ota_log,
             &self.sup.config().otalog,
+            self.sup.users().agent_gid(),
         );
     }
 
@@ -274,11 +323,12 @@ impl Updater {
     fn install(&self, new_text: &[u8], old_text: Option<&[u8]>) -> Result<()> {
         let dir = self.app_file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| MasterError::io(dir, e))?;
+        let group = self.sup.users().agent_gid();
         if let Some(old_text) = old_text {
             let old = old_copy(&self.app_file);
-            write_atomic(&old, old_text, APP_MODE).map_err(|e| MasterError::io(&old, e))?;
+            write_app_file(&old, old_text, group).map_err(|e| MasterError::io(&old, e))?;
         }
-        write_atomic(&self.app_file, new_text, APP_MODE)
+        write_app_file(&self.app_file, new_text, group)
             .map_err(|e| MasterError::io(&self.app_file, e))
     }
 
@@ -287,7 +337,7 @@ impl Updater {
     fn restore(&self, old_text: Option<&[u8]>) -> Result<()> {
         let file = &self.app_file;
         match old_text {
-            Some(text) => write_atomic(file, text, APP_MODE),
+            Some(text) => write_app_file(file, text, self.sup.users().agent_gid()),
             None => std::fs::remove_file(file).or_else(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Ok(()),
                 _ => Err(e),
@@ -369,7 +419,14 @@ pub(crate) struct Step<'a> {
 impl Step<'_> {
     /// Appends the line to the OTA log at `path` (opened into `log` at the first line) and syncs it. A log
     /// that cannot be written is reported in the master's log; the update goes on.
-    pub fn append(&self, log: &mut Option<RotatingLog>, path: &Path, cfg: &OtaLogConfig) {
+    /// Appends the step to the OTA log at `path` (0640; with `group`, the agent's, that group reads it).
+    pub fn append(
+        &self,
+        log: &mut Option<RotatingLog>,
+        path: &Path,
+        cfg: &OtaLogConfig,
+        group: Option<u32>,
+    ) {
         let (trace, step, message) = (self.trace, self.step, self.message);
         let mut line = json!({"time": now_rfc3339(), "trace": trace, "type": self.kind, "step": step, "message": message});
         if let (Some(e), Some(obj)) = (self.error, line.as_object_mut()) {
@@ -378,7 +435,11 @@ impl Step<'_> {
         tracing::info!(trace, step, kind = self.kind, "update: {message}");
         let mut write = || -> std::io::Result<()> {
             if log.is_none() {
-                *log = Some(RotatingLog::open(path, cfg.max_size.0, cfg.backups)?);
+                let opened = RotatingLog::open(path, cfg.max_size.0, cfg.backups)?;
+                *log = Some(match group {
+                    Some(gid) => opened.owned_by(nix::unistd::geteuid().as_raw(), gid)?,
+                    None => opened,
+                });
             }
             let log = log
                 .as_mut()

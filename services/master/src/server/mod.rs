@@ -397,6 +397,9 @@ fn load_application(workdir: &Path, sup: &Supervisor) -> (Application, Option<Ve
             Err(e) => tracing::error!("cannot install the built-in example application: {e}"),
         }
     }
+    if let Err(e) = crate::ota::protect_app_files(&file, sup.users().agent_gid()) {
+        tracing::warn!(file = %file.display(), "cannot close the application files to services: {e}");
+    }
     let why = match read_application(&file) {
         Ok((app, text)) => return (app, Some(text)),
         Err(why) => why,

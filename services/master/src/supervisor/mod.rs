@@ -113,7 +113,7 @@ impl Supervisor {
         host: HostFacts,
     ) -> Self {
         let on = crate::users::enabled_here(config.users.mode);
-        let users = Users::new(&workdir, &config.users, on);
+        let users = Users::new(&workdir, &config.users, &config.server.agents, on);
         Supervisor {
             users,
             workdir,
@@ -464,6 +464,32 @@ impl Supervisor {
                         service: service.to_string(),
                         other,
                         host: m.host.clone(),
+                    });
+                }
+            }
+            // A writable volume inside another service's writable volume: the outer one's owner can
+            // rewrite or replace the inner one's files. Allowed only when the outer one is an agent's
+            // (the staging area where the cloud agent puts the application's volumes: the agent is
+            // trusted with every service's files, it deploys them).
+            for m in mounts.iter().filter(|m| !m.read_only) {
+                let clash = app
+                    .others_overlapping(service, &m.host, &self.workdir)
+                    .into_iter()
+                    .filter(|(_, h, ro)| !ro && h != &m.host)
+                    .find(|(other, h, _)| {
+                        let outer = if m.host.starts_with(h) {
+                            other
+                        } else {
+                            service
+                        };
+                        !self.users.is_agent(outer)
+                    });
+                if let Some((other, other_host, _)) = clash {
+                    return Err(MasterError::NestedWritable {
+                        service: service.to_string(),
+                        host: m.host.clone(),
+                        other,
+                        other_host,
                     });
                 }
             }

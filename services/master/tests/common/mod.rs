@@ -93,6 +93,7 @@ impl Work {
                     target: target.to_string(),
                     read_only: false,
                     shared: false,
+                    nested: Vec::new(),
                 })
                 .collect(),
             user: None,

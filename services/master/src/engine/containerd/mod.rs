@@ -371,7 +371,7 @@ impl ContainerdEngine {
             let host =
                 confine::ensure_dir_inside(&m.host, &self.roots).map_err(|p| p.into_error(spec))?;
             if let Some(u) = &spec.user
-                && let Err(e) = owner::let_use(&host, m.read_only, m.shared, u.uid, u.gid)
+                && let Err(e) = owner::let_use(&host, m, u.uid, u.gid)
             {
                 tracing::warn!(
                     "service `{}`: cannot give volume {} to its user {}:{} ({e}); it may not be able to use it",

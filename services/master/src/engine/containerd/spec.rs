@@ -315,18 +315,21 @@ mod tests {
                     target: "etc/baetyl".into(),
                     read_only: true,
                     shared: false,
+                    nested: Vec::new(),
                 },
                 ResolvedMount {
                     host: PathBuf::from("/data/vol"),
                     target: "/var/db".into(),
                     read_only: false,
                     shared: false,
+                    nested: Vec::new(),
                 },
             ],
             user: Some(crate::engine::child::Credentials {
                 uid: 1001,
                 gid: 1001,
                 groups: vec![900],
+                log_gid: 1001,
             }),
         }
     }
