@@ -441,6 +441,65 @@ mod tests {
         assert!(err.contains("built for ELF machine"), "{err}");
     }
 
+    /// The package cache `baetyl image build` fills (`BAETYL_IMAGE_CACHE`, else its default): for each
+    /// architecture whose packages of the sets are unpacked there, e2fsck's and containerd's closures resolve
+    /// in them alone, aarch64 included (read without running anything).
+    #[test]
+    fn closures_from_the_package_cache_for_each_architecture() {
+        let cache = std::env::var_os("BAETYL_IMAGE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/baetyl-image"));
+        let mut checked = Vec::new();
+        for a in crate::ARCHES {
+            let dir = cache.join(a.debarch);
+            let unpacked = |name: &str| {
+                let prefix = format!("{name}_");
+                std::fs::read_dir(&dir)
+                    .ok()?
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .find(|p| {
+                        p.join(".unpacked").is_file()
+                            && p.file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                    })
+            };
+            for set in [&E2FSCK, &CONTAINERD] {
+                let roots: Option<Vec<(String, PathBuf)>> = set
+                    .packages
+                    .iter()
+                    .map(|n| unpacked(n).map(|p| (n.to_string(), p)))
+                    .collect();
+                let Some(roots) = roots else { continue };
+                let items = plan(
+                    &PackageTree::new(roots),
+                    set.executables,
+                    a.triplet,
+                    a.elf_machine,
+                )
+                .unwrap_or_else(|e| panic!("{} {}: {e}", a.name, set.what));
+                let libc = Path::new("lib").join(a.triplet).join("libc.so.6");
+                assert!(
+                    items.contains_key(&libc),
+                    "{} {}: {items:?}",
+                    a.name,
+                    set.what
+                );
+                for exe in set.executables {
+                    assert!(items.contains_key(Path::new(exe)), "{exe}: {items:?}");
+                }
+                checked.push(format!("{} {}: {} entries", a.name, set.what, items.len()));
+            }
+        }
+        if checked.is_empty() {
+            eprintln!(
+                "no unpacked packages in {} (a build fills it): nothing to check",
+                cache.display()
+            );
+        }
+        eprintln!("{checked:#?}");
+    }
+
     #[test]
     fn paths_are_normalized_inside_the_root() {
         assert_eq!(
