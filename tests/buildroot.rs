@@ -764,7 +764,11 @@ fn buildroot_package_configs_load_with_our_loaders() {
         .expect("conf.yml loads as the master's config");
     assert_eq!(
         uncommented(&read(&conf)),
-        uncommented(&baetyl_image::configs::master_config(None, false)),
+        uncommented(&baetyl_image::configs::master_config(
+            baetyl_image::args::Engine::Native,
+            None,
+            false
+        )),
         "conf.yml is the image's master config"
     );
 }

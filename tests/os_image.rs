@@ -7,6 +7,12 @@
 //! waits for the hub's CONNACK, publishes and receives a message, sees the timer -> SQL function path work,
 //! leaves a retained message, reads the memory of init, master and hub from the master API, reboots through
 //! the API, finds the retained message again after the reboot, and powers off through the API; QEMU must exit 0.
+//! The console must show that init checked the data partition with the image's e2fsck at both boots.
+//!
+//! The fsck tests boot copies of the image whose data partition was damaged first: a flipped byte in a group
+//! descriptor, which `e2fsck -p` repairs (the device comes up with its application), and a root inode that is no
+//! longer a directory, which it may not repair (the device comes up in safe mode: no application, no hub with
+//! default credentials, the reason on the console and in inspect).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,11 +34,19 @@ fn images() -> PathBuf {
         .unwrap_or_else(|| workspace_dir().join("target/images"))
 }
 
-fn image_dir(arch: &str) -> PathBuf {
-    let dir = images().join(arch);
+/// The image `name` (`<arch>`: the default engine's, `<arch>.native`: `--engine native`).
+fn image_dir(name: &str) -> PathBuf {
+    let dir = images().join(name);
+    let (arch, engine) = name.split_once('.').unwrap_or((name, ""));
+    let engine = if engine.is_empty() {
+        String::new()
+    } else {
+        format!(" --engine {engine}")
+    };
     assert!(
         dir.join("disk.img").is_file(),
-        "{}/disk.img is missing: build it with `baetyl image build --arch {arch} --out {}` (scripts/test.sh does)",
+        "{}/disk.img is missing: build it with `baetyl image build --arch {arch}{engine} --out {}` \
+         (scripts/test.sh does)",
         dir.display(),
         dir.display()
     );
@@ -169,8 +183,151 @@ async fn retained(port: u16, id: &str, want: &str, within: Duration) -> bool {
     .is_ok()
 }
 
-async fn boot_test(arch: &str) {
-    let src = image_dir(arch);
+/// The master API of a development image through the forwarded port, as the operator.
+fn master_api(vm: &Vm) -> MasterClient {
+    let token = std::fs::read_to_string(images().join("operator.token")).expect("operator.token");
+    MasterClient::new(Address::Tcp(format!("127.0.0.1:{}", vm.port(9990))))
+        .with_credentials("baetyl-operator", token.trim())
+}
+
+/// Powers the guest off through the API: init stops everything and QEMU exits 0. Returns the console.
+async fn power_off(mut vm: Vm, master: &MasterClient) -> String {
+    let (code, body) = master
+        .call("PUT", "/v1/system/poweroff", None)
+        .await
+        .expect("poweroff call");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let Ok(status) = poll(Duration::from_secs(180), || vm.qemu.try_status()) else {
+        vm.fail("QEMU still running 180 s after PUT /v1/system/poweroff");
+    };
+    if !status.success() {
+        vm.fail(&format!("QEMU exited with {status}"));
+    }
+    vm.console()
+}
+
+/// The next message on `topic` (subscribed already), as JSON, within `secs`; the test fails naming `from`.
+async fn recv_json(vm: &Vm, client: &mut Client, topic: &str, secs: u64, from: &str) -> Value {
+    match client.recv_on(topic, Duration::from_secs(secs)).await {
+        Ok(Some(p)) => p
+            .json()
+            .unwrap_or_else(|| vm.fail(&format!("{topic}: not JSON: {}", p.text()))),
+        _ => vm.fail(&format!("no {topic} message from {from} within {secs} s")),
+    }
+}
+
+/// The master's inspect answer once `ready` holds for it (polled through the forwarded API port for up to
+/// `within`); the test fails with the last answer when it never does.
+async fn inspect_until(
+    vm: &Vm,
+    master: &MasterClient,
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let got = poll_async(within, || async {
+        let v = master.inspect().await.map_err(|e| e.to_string())?;
+        if ready(&v) {
+            Ok(v)
+        } else {
+            Err(format!("no {what} in inspect yet: {v}"))
+        }
+    })
+    .await;
+    match got {
+        Ok(v) => v,
+        Err(last) => vm.fail(&format!(
+            "inspect through the forwarded API port: {}",
+            last.unwrap_or_default()
+        )),
+    }
+}
+
+/// The byte range of the GPT partition `name` in a disk image (sfdisk's JSON dump).
+fn partition(disk: &Path, name: &str) -> (u64, u64) {
+    let out = Command::new("sfdisk")
+        .arg("-J")
+        .arg(disk)
+        .output()
+        .expect("sfdisk (fdisk)");
+    assert!(out.status.success(), "sfdisk -J {}", disk.display());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("sfdisk JSON");
+    let table = &v["partitiontable"];
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    let p = table["partitions"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no partition {name} in {v}"));
+    let field = |k: &str| {
+        p[k].as_u64()
+            .unwrap_or_else(|| panic!("{name}: no {k} in {p}"))
+    };
+    let (start, size) = (field("start"), field("size"));
+    (start * sector, size * sector)
+}
+
+/// How the data partition of a copy of the image is damaged.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// One flipped byte in block group 0's descriptor (its free-blocks count): the descriptor's checksum no
+    /// longer matches, which `e2fsck -p` repairs on its own.
+    GroupDescriptor,
+    /// The root directory's inode made a regular file, on a filesystem marked as not cleanly unmounted:
+    /// "Root inode is not a directory" is beyond what `e2fsck -p` may repair.
+    RootInode,
+}
+
+/// A copy of the `arch` image whose data partition has `damage`.
+fn damaged_copy(arch: &str, damage: Damage) -> (tempfile::TempDir, PathBuf) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let dir = test_dir("baetyl-damaged-");
+    let disk = dir.path().join("disk.img");
+    std::fs::copy(image_dir(arch).join("disk.img"), &disk).expect("copy disk");
+    let (offset, len) = partition(&disk, "baetyl-data");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .expect("open disk");
+    let mut part = vec![0; len as usize];
+    f.seek(SeekFrom::Start(offset))
+        .expect("seek to the data partition");
+    f.read_exact(&mut part).expect("read the data partition");
+    match damage {
+        Damage::GroupDescriptor => {
+            // The superblock at 1024: s_first_data_block (20), s_log_block_size (24); the descriptors follow
+            // the superblock's block; bg_free_blocks_count_lo is at 12 in a descriptor.
+            let le32 = |at: usize| {
+                let b = [part[at], part[at + 1], part[at + 2], part[at + 3]];
+                u32::from_le_bytes(b) as usize
+            };
+            let block = 1024usize << le32(1024 + 24);
+            let gdt = (le32(1024 + 20) + 1) * block;
+            part[gdt + 12] ^= 0x5a;
+        }
+        Damage::RootInode => {
+            let fs = dir.path().join("data.ext4");
+            std::fs::write(&fs, &part).expect("data.ext4");
+            for request in ["sif <2> mode 0100644", "ssv state 0"] {
+                let out = Command::new("debugfs")
+                    .args(["-w", "-R", request])
+                    .arg(&fs)
+                    .output()
+                    .expect("debugfs (e2fsprogs)");
+                assert!(out.status.success(), "{request}: {out:?}");
+            }
+            part = std::fs::read(&fs).expect("data.ext4");
+        }
+    }
+    f.seek(SeekFrom::Start(offset))
+        .expect("seek to the data partition");
+    f.write_all(&part).expect("write the data partition back");
+    (dir, disk)
+}
+
+/// Boots the image `name` (see [`image_dir`]) for `arch`; its engine is the one its root carries.
+async fn boot_test(arch: &str, name: &str) {
+    let src = image_dir(name);
 
     // No shell, getty, sshd or package manager in the root filesystem.
     let listing = rootfs_listing(&src.join("rootfs.squashfs"));
@@ -190,9 +347,25 @@ async fn boot_test(arch: &str) {
         "{listing:?}"
     );
 
+    // A containerd image carries Debian's containerd and runc and the services' OCI images; a native one none.
+    let has = |p: &str| {
+        listing
+            .iter()
+            .any(|l| l == p || l.ends_with(&format!("/{p}")))
+    };
+    let containerd = has("usr/bin/containerd");
+    let engine = if containerd { "containerd" } else { "native" };
+    for p in [
+        "usr/bin/containerd-shim-runc-v2",
+        "usr/sbin/runc",
+        "usr/share/baetyl/oci/index.json",
+    ] {
+        assert_eq!(has(p), containerd, "{p} in a {engine} image: {listing:?}");
+    }
+    assert!(has("sbin/e2fsck"), "{listing:?}");
+
     let vm = boot(arch, &src.join("disk.img"));
     let mqtt = vm.port(1883);
-    let api = vm.port(9990);
 
     // 1. The hub answers through the forwarded port.
     let Some(mut client) = connect(mqtt, "boot-test", Instant::now() + BOOT).await else {
@@ -203,6 +376,7 @@ async fn boot_test(arch: &str) {
         .subscribe_many(&[
             ("boot/echo", QoS::AtLeastOnce),
             ("sensor/filtered", QoS::AtLeastOnce),
+            ("sensor/python", QoS::AtLeastOnce),
         ])
         .await
         .expect("sub");
@@ -217,14 +391,21 @@ async fn boot_test(arch: &str) {
         vm.fail("published message did not come back");
     }
     // 2. Functions run in the image: the timer's readings pass the SQL filter.
-    let Ok(Some(filtered)) = client
-        .recv_on("sensor/filtered", Duration::from_secs(90))
-        .await
-    else {
-        vm.fail("no sensor/filtered message from the SQL function");
-    };
-    let filtered: Value = filtered.json().expect("filtered JSON");
+    let filtered = recv_json(&vm, &mut client, "sensor/filtered", 90, "the SQL function").await;
     assert_eq!(filtered["topic"], "sensor/data", "{filtered}");
+    // A containerd image runs the Python function too (its runtime image carries Debian's python3).
+    if containerd {
+        let python = recv_json(
+            &vm,
+            &mut client,
+            "sensor/python",
+            120,
+            "the Python function",
+        )
+        .await;
+        assert_eq!(python["from"], "sensor/data", "{python}");
+        assert!(python["square"].is_u64(), "{python}");
+    }
 
     // 3. A retained message, to find after the reboot (the hub's data is on a volume on the data partition).
     let nonce = format!("survives-reboot-{}", std::process::id());
@@ -244,29 +425,20 @@ async fn boot_test(arch: &str) {
     }
 
     // 4. The master API (development image: TCP with a known operator token): idle memory, then reboot.
-    let token = std::fs::read_to_string(images().join("operator.token")).expect("operator.token");
-    let master = MasterClient::new(Address::Tcp(format!("127.0.0.1:{api}")))
-        .with_credentials("baetyl-operator", token.trim());
+    let master = master_api(&vm);
     // The figures are there once init, the master and the hub have been sampled.
-    let inspect = poll_async(Duration::from_secs(60), || async {
-        let v = master.inspect().await.map_err(|e| e.to_string())?;
-        if mib(&v["processes"]["init"]["rss"]) > 0.0
-            && mib(&v["processes"]["master"]["rss"]) > 0.0
-            && hub_rss(&v) > 0.0
-        {
-            Ok(v)
-        } else {
-            Err(format!("no memory figures yet: {v}"))
-        }
-    })
+    let inspect = inspect_until(
+        &vm,
+        &master,
+        Duration::from_secs(60),
+        "memory figures",
+        |v| {
+            mib(&v["processes"]["init"]["rss"]) > 0.0
+                && mib(&v["processes"]["master"]["rss"]) > 0.0
+                && hub_rss(v) > 0.0
+        },
+    )
     .await;
-    let inspect = match inspect {
-        Ok(v) => v,
-        Err(last) => vm.fail(&format!(
-            "inspect through the forwarded API port: {}",
-            last.unwrap_or_default()
-        )),
-    };
     let init_rss = mib(&inspect["processes"]["init"]["rss"]);
     let master_rss = mib(&inspect["processes"]["master"]["rss"]);
     let hub_rss = hub_rss(&inspect);
@@ -314,28 +486,25 @@ async fn boot_test(arch: &str) {
     let _ = client.disconnect().await;
 
     // 5. Power off through the API: init stops everything and QEMU exits 0.
-    let (code, body) = master
-        .call("PUT", "/v1/system/poweroff", None)
-        .await
-        .expect("poweroff call");
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    let mut vm = vm;
-    let Ok(status) = poll(Duration::from_secs(180), || vm.qemu.try_status()) else {
-        vm.fail("QEMU still running 180 s after PUT /v1/system/poweroff");
-    };
-    let console = vm.console();
-    if !status.success() {
-        vm.fail(&format!("QEMU exited with {status}"));
-    }
+    let console = power_off(vm, &master).await;
+    let fail = |what: String| -> ! { panic!("{what}\n--- console\n{console}") };
     for want in [
         "is now /",
         "data partition",
         "grown",
+        "checking the data partition",
         "shutdown 5/5: power off",
     ] {
         if !console.contains(want) {
-            vm.fail(&format!("console lacks `{want}`"));
+            fail(format!("console lacks `{want}`"));
         }
+    }
+    // e2fsck (Debian's, in the root) checked the data partition at both boots and found it clean.
+    let clean = console.matches(" is clean").count();
+    if clean < 2 || console.contains("lacks its filesystem checker") {
+        fail(format!(
+            "the data partition was not checked clean at both boots ({clean} clean checks)"
+        ));
     }
     let size = |n: &str| {
         std::fs::metadata(src.join(n))
@@ -343,7 +512,7 @@ async fn boot_test(arch: &str) {
             .unwrap_or(0.0)
     };
     println!(
-        "BOOT {arch}: first CONNACK {:.1} s after QEMU start; after reboot through the API {:.1} s; \
+        "BOOT {arch} {engine}: first CONNACK {:.1} s after QEMU start; after reboot through the API {:.1} s; \
          idle memory: init {init_rss:.1} MiB, master {master_rss:.1} MiB, hub {hub_rss:.1} MiB \
          (guest used {mem_used:.0} of {mem_total:.0} MiB); image: disk {:.0} MiB, boot.efi {:.1} MiB, \
          rootfs.squashfs {:.1} MiB, initramfs {:.2} MiB",
@@ -359,13 +528,106 @@ async fn boot_test(arch: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the images: scripts/test.sh builds them and runs this with --ignored"]
 async fn x86_64_image_boots_serves_mqtt_survives_reboot_and_powers_off() {
-    boot_test("x86_64").await;
+    boot_test("x86_64", "x86_64").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the images: scripts/test.sh builds them and runs this with --ignored"]
+async fn x86_64_native_image_boots_serves_mqtt_survives_reboot_and_powers_off() {
+    boot_test("x86_64", "x86_64.native").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the images: scripts/test.sh builds them and runs this with --ignored"]
 async fn aarch64_image_boots_serves_mqtt_survives_reboot_and_powers_off() {
-    boot_test("aarch64").await;
+    boot_test("aarch64", "aarch64").await;
+}
+
+/// A data partition damaged in a way `e2fsck -p` repairs: init's check repairs it before mounting, the device
+/// comes up with its application (CONNACK) and says on the console what was repaired.
+async fn repaired_data_boots(arch: &str) {
+    let (_damaged, disk) = damaged_copy(arch, Damage::GroupDescriptor);
+    let vm = boot(arch, &disk);
+    let Some(client) = connect(vm.port(1883), "fsck-repaired", Instant::now() + BOOT).await else {
+        vm.fail("no CONNACK from the hub after e2fsck repaired the data partition");
+    };
+    let connack = vm.started.elapsed();
+    let _ = client.disconnect().await;
+    let master = master_api(&vm);
+    let console = power_off(vm, &master).await;
+    for want in [
+        "checking the data partition",
+        "Group descriptor 0 checksum",
+        "e2fsck repaired errors (exit status 1); mounting it",
+    ] {
+        assert!(
+            console.contains(want),
+            "console lacks `{want}`\n--- console\n{console}"
+        );
+    }
+    assert!(!console.contains("SAFE MODE"), "{console}");
+    println!(
+        "BOOT {arch} fsck: damaged group descriptor repaired by e2fsck -p, first CONNACK {:.1} s",
+        connack.as_secs_f64()
+    );
+}
+
+/// A data partition damaged beyond what `e2fsck -p` may repair: the device comes up in safe mode: the console
+/// says why, the master serves only its API and reports it, no application runs, so no hub serves the
+/// application's well-known password.
+async fn unrepairable_data_means_safe_mode(arch: &str) {
+    let (_damaged, disk) = damaged_copy(arch, Damage::RootInode);
+    let vm = boot(arch, &disk);
+    if poll(BOOT, || vm.console().contains("SAFE MODE")).is_err() {
+        vm.fail("no SAFE MODE banner on the console");
+    }
+    let master = master_api(&vm);
+    let inspect = inspect_until(&vm, &master, BOOT, "safe_mode", |v| {
+        v["safe_mode"].is_object()
+    })
+    .await;
+    let reason = inspect["safe_mode"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("failed its check") && reason.contains("errors left uncorrected"),
+        "{inspect}"
+    );
+    let services = inspect["services"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(services, 0, "no service runs in safe mode: {inspect}");
+    // The application's hub (and its default credentials) is not there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    if connect(vm.port(1883), "safe-mode", deadline)
+        .await
+        .is_some()
+    {
+        vm.fail("a hub accepted the default credentials in safe mode");
+    }
+    let console = power_off(vm, &master).await;
+    for want in [
+        "Root inode is not a directory",
+        "UNEXPECTED INCONSISTENCY",
+        "failed its check: e2fsck exit status 4",
+        "no application runs",
+    ] {
+        assert!(
+            console.contains(want),
+            "console lacks `{want}`\n--- console\n{console}"
+        );
+    }
+    println!("BOOT {arch} fsck: unrepairable data partition -> safe mode: {reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the images: scripts/test.sh builds them and runs this with --ignored"]
+async fn x86_64_image_repairs_a_damaged_data_partition_or_stays_in_safe_mode() {
+    repaired_data_boots("x86_64").await;
+    unrepairable_data_means_safe_mode("x86_64").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the images: scripts/test.sh builds them and runs this with --ignored"]
+async fn aarch64_image_repairs_a_damaged_data_partition_or_stays_in_safe_mode() {
+    repaired_data_boots("aarch64").await;
+    unrepairable_data_means_safe_mode("aarch64").await;
 }
 
 /// `baetyl image build` run twice: the second run reuses the package cache, and the outputs are byte-identical.

@@ -20,6 +20,22 @@ pub enum ImageCommand {
     Configure(crate::cloud::ConfigureArgs),
 }
 
+/// The master's engine in the image (`mode` in its conf.yml).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Containerd,
+    Native,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Containerd => "containerd",
+            Engine::Native => "native",
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct BuildArgs {
     /// Target architecture: x86_64 or aarch64.
@@ -51,9 +67,19 @@ pub struct BuildArgs {
     /// A cloud-managed image (`--cloud URL --provisioning-key FILE`; conflicts with --app).
     #[command(flatten)]
     pub cloud: crate::cloud::CloudArgs,
-    /// Size of the data partition in the image, MiB (init grows it to fill a larger medium on first boot).
-    #[arg(long, default_value_t = 64)]
-    pub data_mib: u64,
+    /// How the image's master runs its services: `containerd` (each service a container of containerd, from
+    /// the services' OCI images baked into the root, with Debian's containerd and runc) or `native` (each a
+    /// process of the static binary; no container runtime in the image, no Python).
+    #[arg(long, value_enum, default_value_t = Engine::Containerd)]
+    pub engine: Engine,
+    /// containerd images: the pip that downloads grpcio for the Python runtime image (default: .venv/bin/pip
+    /// of the source tree, else pip3).
+    #[arg(long)]
+    pub pip: Option<PathBuf>,
+    /// Size of the data partition in the image, MiB (init grows it to fill a larger medium on first boot);
+    /// default 64 for native images, 256 for containerd images (containerd's content store and snapshots).
+    #[arg(long)]
+    pub data_mib: Option<u64>,
     /// The device's hostname.
     #[arg(long, default_value = "baetyl")]
     pub hostname: String,
@@ -66,4 +92,14 @@ pub struct BuildArgs {
     /// Timestamp of every file in the outputs (reproducible builds).
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 1_700_000_000)]
     pub source_date_epoch: u64,
+}
+
+impl BuildArgs {
+    /// The data partition's size in MiB: `--data-mib`, else the engine's default.
+    pub fn data_mib(&self) -> u64 {
+        self.data_mib.unwrap_or(match self.engine {
+            Engine::Containerd => 256,
+            Engine::Native => 64,
+        })
+    }
 }

@@ -10,16 +10,19 @@ use baetyl_sdk::config::human_bytes;
 
 use crate::apt::{self, Unpacked};
 use crate::arch::{Arch, arch};
-use crate::args::BuildArgs;
+use crate::args::{BuildArgs, Engine};
 use crate::binaries::{cargo_build, default_source};
-use crate::configs::init_config;
+use crate::configs::{OCI_LAYOUT, init_config};
 use crate::data::check_app;
+use crate::debbins;
 use crate::disk::{self, Layout};
 use crate::elf;
 use crate::error::{ImageError, Result};
 use crate::fs::{read, sha256, touch_tree, write};
 use crate::initramfs::{self, Entry, Kind};
 use crate::modules::module_order;
+use crate::oci::LayoutInputs;
+use crate::oci::python::find_pip;
 use crate::rootfs::stage_rootfs;
 use crate::run::{Runner, System, require};
 use crate::uki;
@@ -98,7 +101,7 @@ fn file_len(p: &Path) -> Result<u64> {
 }
 
 /// The tools a build needs, with the Debian package of each.
-fn check_tools(a: &Arch, build_binaries: bool) -> Result<()> {
+fn check_tools(a: &Arch, build_binaries: bool, containerd: bool) -> Result<()> {
     let mut tools = vec![
         ("apt-get", "apt"),
         ("apt-cache", "apt"),
@@ -113,6 +116,10 @@ fn check_tools(a: &Arch, build_binaries: bool) -> Result<()> {
         ("genimage", "genimage"),
         (a.objcopy, "binutils / binutils-aarch64-linux-gnu"),
     ];
+    if containerd {
+        // The Python runtime image: python3 unpacks the grpcio wheel.
+        tools.push(("python3", "python3"));
+    }
     if build_binaries && a.name == "aarch64" {
         tools.push((
             "/usr/bin/cargo",
@@ -140,10 +147,10 @@ impl<'a> Build<'a> {
     /// and makes the output's work directory.
     pub fn new(run: &'a dyn Runner, args: &'a BuildArgs) -> Result<Self> {
         let a = arch(&args.arch)?;
-        if args.data_mib < 16 {
+        if args.data_mib() < 16 {
             return Err(ImageError::Input(format!(
                 "--data-mib {}: the data partition needs at least 16 MiB",
-                args.data_mib
+                args.data_mib()
             )));
         }
         if let Some(app) = &args.app {
@@ -156,7 +163,11 @@ impl<'a> Build<'a> {
                 "SOURCE_DATE_EPOCH {epoch} does not fit a cpio header"
             ))
         })?;
-        check_tools(a, args.binary.is_none() || args.init_binary.is_none())?;
+        check_tools(
+            a,
+            args.binary.is_none() || args.init_binary.is_none(),
+            args.engine == Engine::Containerd,
+        )?;
         let out = args
             .out
             .clone()
@@ -191,7 +202,17 @@ impl<'a> Build<'a> {
         let modules = self.modules(&pkgs)?;
         step(4, "initramfs (baetyl-init as /init, modules, init.yml)");
         self.initramfs(&bins, &pkgs, &modules)?;
-        step(5, "read-only root filesystem (squashfs)");
+        step(
+            5,
+            &format!(
+                "read-only root filesystem (squashfs, with Debian's e2fsck{})",
+                if self.containerd() {
+                    ", containerd, runc and the services' OCI images"
+                } else {
+                    ""
+                }
+            ),
+        );
         let squash = self.rootfs(&bins)?;
         step(
             6,
@@ -205,13 +226,27 @@ impl<'a> Build<'a> {
         let layout = Layout {
             boot_mib: disk::size_mib(file_len(&efi)?, 100, 48),
             root_mib: disk::size_mib(file_len(&squash)?, 100, 64),
-            data_mib: self.args.data_mib,
+            data_mib: self.args.data_mib(),
         };
         self.esp(&efi, &layout)?;
         self.data_partition()?;
         step(8, "GPT disk (genimage): boot, root-a, root-b, baetyl-data");
         self.disk(&squash, &layout)?;
         self.manifest(&layout)
+    }
+
+    /// A containerd image (`--engine containerd`).
+    fn containerd(&self) -> bool {
+        self.args.engine == Engine::Containerd
+    }
+
+    /// The modules init loads: the architecture's, and overlay for containerd's overlayfs snapshotter.
+    fn module_names(&self) -> Vec<&'static str> {
+        let mut m = self.arch.modules.to_vec();
+        if self.containerd() {
+            m.push("overlay");
+        }
+        m
     }
 
     fn epoch(&self) -> u64 {
@@ -290,7 +325,7 @@ impl<'a> Build<'a> {
                 .output(Command::new("depmod").arg("-b").arg(kroot).arg(kver))?;
         }
         let mut order = Vec::new();
-        for m in self.arch.modules {
+        for m in self.module_names() {
             let dep = self
                 .run
                 .output(Command::new("modprobe").arg("-d").arg(kroot).args([
@@ -347,6 +382,32 @@ impl<'a> Build<'a> {
     pub fn rootfs(&self, bins: &Binaries) -> Result<PathBuf> {
         let rootdir = self.work.join("rootfs");
         stage_rootfs(&rootdir, &bins.baetyl, self.args)?;
+        let mut sets = vec![&debbins::E2FSCK];
+        if self.containerd() {
+            sets.push(&debbins::CONTAINERD);
+        }
+        let (items, bytes) =
+            debbins::add_to_root(self.run, &self.args.cache, self.arch, &sets, &rootdir)?;
+        let what: Vec<&str> = sets.iter().map(|s| s.what).collect();
+        println!(
+            "    {}: {} files and links from Debian, {}",
+            what.join("; "),
+            items.len(),
+            human_bytes(bytes)
+        );
+        if self.containerd() {
+            // The services' OCI images, from the static binary of step 1 (not built again).
+            let source = self.args.source.clone().or_else(default_source);
+            let pip = find_pip(self.args.pip.as_deref(), source.as_deref());
+            let inputs = LayoutInputs {
+                binary: &bins.baetyl,
+                cache: &self.args.cache,
+                pip: Some(&pip),
+                epoch: self.epoch(),
+            };
+            let layout = rootdir.join(OCI_LAYOUT.trim_start_matches('/'));
+            crate::oci::write_layouts(self.run, self.arch, &inputs, &layout)?;
+        }
         touch_tree(&rootdir, self.epoch())?;
         let squash = self.out.join("rootfs.squashfs");
         let _ = std::fs::remove_file(&squash);
@@ -414,7 +475,7 @@ impl<'a> Build<'a> {
         disk::data_ext4(
             self.run,
             &self.parts().join("data.ext4"),
-            self.args.data_mib,
+            self.args.data_mib(),
             &datadir,
             self.arch.tag,
             self.epoch(),

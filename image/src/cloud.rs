@@ -58,7 +58,11 @@ impl CloudArgs {
 pub fn stage_data(dir: &Path, args: &crate::BuildArgs) -> Result<()> {
     match args.cloud.fleet()? {
         Some(fleet) => stage(dir, &fleet, None),
-        None => crate::data::stage_data(dir, args.app.as_deref()),
+        None => crate::data::stage_data(
+            dir,
+            args.app.as_deref(),
+            args.engine == crate::args::Engine::Containerd,
+        ),
     }
 }
 

@@ -42,12 +42,24 @@ pub fn check_app(app: &Path) -> Result<()> {
 }
 
 /// The data partition's initial contents: the master's work dir with `app` (a work-dir tree) or the image's
-/// default application.
-pub fn stage_data(dir: &Path, app: Option<&Path>) -> Result<()> {
+/// default application: with `python` (a containerd image, which carries the Python runtime image) the whole
+/// example application of `examples/default`, else that of `examples/image` (no Python function).
+pub fn stage_data(dir: &Path, app: Option<&Path>, python: bool) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     if let Some(app) = app {
         check_app(app)?;
         return copy_tree(app, dir);
+    }
+    if python {
+        write(
+            &dir.join("var/db/baetyl/application.yml"),
+            include_str!("../../examples/default/application.yml"),
+        )?;
+        for (rel, content) in baetyl_master::default_app::FILES {
+            write(&dir.join(rel), content)?;
+        }
+        return std::fs::create_dir_all(dir.join("var/db/baetyl/hub-data"))
+            .map_err(|e| ImageError::io(dir, e));
     }
     write(
         &dir.join("var/db/baetyl/application.yml"),
@@ -75,7 +87,7 @@ mod tests {
     #[test]
     fn data_partition_holds_the_image_application() {
         let d = tempfile::tempdir().unwrap();
-        stage_data(d.path(), None).unwrap();
+        stage_data(d.path(), None, false).unwrap();
         let app = std::fs::read_to_string(d.path().join("var/db/baetyl/application.yml")).unwrap();
         assert!(app.contains("hub-data"));
         assert!(
@@ -94,10 +106,27 @@ mod tests {
     }
 
     #[test]
+    fn a_containerd_image_gets_the_example_with_its_python_function() {
+        let d = tempfile::tempdir().unwrap();
+        stage_data(d.path(), None, true).unwrap();
+        let file = d.path().join("var/db/baetyl/application.yml");
+        let app = baetyl_master::config::Application::load(&file).unwrap();
+        assert!(app.services.contains_key("function-python"), "{app:?}");
+        assert!(d.path().join("var/db/baetyl/code/index.py").is_file());
+        let fm = std::fs::read_to_string(
+            d.path()
+                .join("var/db/baetyl/conf/function-manager/service.yml"),
+        )
+        .unwrap();
+        assert!(fm.contains("sensor/python"), "{fm}");
+        assert!(d.path().join("var/db/baetyl/hub-data").is_dir());
+    }
+
+    #[test]
     fn a_given_application_is_validated_and_copied() {
         let app = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
-        let err = stage_data(out.path(), Some(app.path()))
+        let err = stage_data(out.path(), Some(app.path()), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no var/db/baetyl/application.yml"), "{err}");
@@ -108,7 +137,7 @@ mod tests {
             "version: v1\nservices:\n  a: {image: baetyl-hub, depends_on: [b]}\n",
         )
         .unwrap();
-        let err = stage_data(out.path(), Some(app.path()))
+        let err = stage_data(out.path(), Some(app.path()), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("depends on `b`"), "{err}");
@@ -123,7 +152,7 @@ mod tests {
             "listen: [tcp://0.0.0.0:1883]\n",
         )
         .unwrap();
-        stage_data(out.path(), Some(app.path())).unwrap();
+        stage_data(out.path(), Some(app.path()), false).unwrap();
         assert!(
             out.path()
                 .join("var/db/baetyl/conf/hub/service.yml")

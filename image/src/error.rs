@@ -13,6 +13,30 @@ pub enum ImageError {
         status: String,
         detail: String,
     },
+    #[error("{path}: not a usable ELF file: {problem}")]
+    Elf { path: PathBuf, problem: String },
+    #[error(
+        "{name}, needed by {needed_by}, is in none of the packages {packages} (looked in {dirs}): add the \
+         Debian package that ships it (`apt-file search {name}`) to the list"
+    )]
+    Unresolved {
+        name: String,
+        needed_by: String,
+        packages: String,
+        dirs: String,
+    },
+    #[error("{path}: built for {found}, the image is {want}")]
+    WrongMachine {
+        path: PathBuf,
+        found: String,
+        want: &'static str,
+    },
+    #[error("{path} is not in the packages {packages}{detail}")]
+    NotInPackages {
+        path: String,
+        packages: String,
+        detail: String,
+    },
     #[error("missing tools: {0}")]
     MissingTools(String),
     #[error("{0}")]

@@ -41,7 +41,11 @@ pub fn stage_rootfs(dir: &Path, baetyl: &Path, args: &BuildArgs) -> Result<()> {
     write(&dir.join("etc/hostname"), format!("{}\n", args.hostname))?;
     write(
         &dir.join("etc/baetyl/conf.yml"),
-        master_config(args.dev_api.as_deref(), args.dev_api_token.is_some()),
+        master_config(
+            args.engine,
+            args.dev_api.as_deref(),
+            args.dev_api_token.is_some(),
+        ),
     )?;
     if let Some(token) = &args.dev_api_token {
         let t = dir.join("etc/baetyl/operator.token");

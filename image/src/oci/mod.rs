@@ -170,7 +170,7 @@ pub fn build_with(run: &dyn Runner, args: &OciArgs) -> Result<Vec<Written>> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("out").join(a.name).join("oci"));
     let source = args.source.clone().or_else(default_source);
-    println!("==> [1/3] static baetyl binary for {}", a.name);
+    println!("==> [1/2] static baetyl binary for {}", a.name);
     let binary = match &args.binary {
         Some(b) => b.clone(),
         None => {
@@ -183,38 +183,74 @@ pub fn build_with(run: &dyn Runner, args: &OciArgs) -> Result<Vec<Written>> {
         }
     };
     elf::check_static(&binary, a.elf_machine, "--binary (baetyl)")?;
-    let epoch = args.source_date_epoch;
-    let base = base_layer(&binary)?.finish(epoch)?;
+    let pip = (!args.no_python).then(|| python::find_pip(args.pip.as_deref(), source.as_deref()));
+    println!("==> [2/2] OCI layout {}", out.display());
+    let inputs = LayoutInputs {
+        binary: &binary,
+        cache: &args.cache,
+        pip: pip.as_deref(),
+        epoch: args.source_date_epoch,
+    };
+    write_layouts(run, a, &inputs, &out)
+}
+
+/// What the layout of the service images is made from.
+#[derive(Clone, Copy)]
+pub struct LayoutInputs<'a> {
+    /// The static `baetyl` binary for the target (checked by the caller).
+    pub binary: &'a Path,
+    /// The package cache (Debian's python3, the wheels).
+    pub cache: &'a Path,
+    /// The pip that downloads grpcio; None: no Python runtime image.
+    pub pip: Option<&'a Path>,
+    /// SOURCE_DATE_EPOCH.
+    pub epoch: u64,
+}
+
+/// Writes the layout of the service images into `out` (the Python runtime image when `inputs.pip` is given)
+/// and validates it.
+pub fn write_layouts(
+    run: &dyn Runner,
+    a: &Arch,
+    inputs: &LayoutInputs<'_>,
+    out: &Path,
+) -> Result<Vec<Written>> {
+    let LayoutInputs {
+        binary,
+        cache,
+        pip,
+        epoch,
+    } = *inputs;
+    let base = base_layer(binary)?.finish(epoch)?;
     println!(
         "    baetyl layer {} ({} uncompressed)",
         human_bytes(base.blob.len() as u64),
         human_bytes(base.tar_size)
     );
-    let py = if args.no_python {
-        None
-    } else {
-        println!(
-            "==> [2/3] Python layer: Debian's python3 for {} and grpcio (cache {})",
-            a.debarch,
-            args.cache.display()
-        );
-        let pip = python::find_pip(args.pip.as_deref(), source.as_deref());
-        let mut b = LayerBuilder::new();
-        python::add(run, &args.cache, a, &pip, &mut b)?;
-        let l = b.finish(epoch)?;
-        println!(
-            "    python layer {} ({} uncompressed)",
-            human_bytes(l.blob.len() as u64),
-            human_bytes(l.tar_size)
-        );
-        Some(l)
+    let py = match pip {
+        None => None,
+        Some(pip) => {
+            println!(
+                "    Python layer: Debian's python3 for {} and grpcio (cache {})",
+                a.debarch,
+                cache.display()
+            );
+            let mut b = LayerBuilder::new();
+            python::add(run, cache, a, pip, &mut b)?;
+            let l = b.finish(epoch)?;
+            println!(
+                "    python layer {} ({} uncompressed)",
+                human_bytes(l.blob.len() as u64),
+                human_bytes(l.tar_size)
+            );
+            Some(l)
+        }
     };
-    println!("==> [3/3] OCI layout {}", out.display());
     let created = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch),
     )
     .to_string();
-    let mut w = LayoutWriter::create(&out)?;
+    let mut w = LayoutWriter::create(out)?;
     for img in IMAGES {
         let layers = match (&py, img.python) {
             (Some(p), true) => vec![&base, p],
@@ -236,7 +272,7 @@ pub fn build_with(run: &dyn Runner, args: &OciArgs) -> Result<Vec<Written>> {
         );
     }
     let written = w.finish()?;
-    layout::validate(&out)?;
+    layout::validate(out)?;
     println!(
         "    layout {} in {}",
         human_bytes(dir_size(&out.join("blobs"))),

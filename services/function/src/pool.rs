@@ -39,8 +39,10 @@ use crate::runtime::{
 };
 use baetyl_sdk::client::MasterClient;
 
-/// How long a fresh instance may take to serve gRPC.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a fresh instance may take to serve gRPC. A Python runtime in a container of an emulated device
+/// (the OS image under QEMU's TCG) took 20 s to import grpcio and serve; at 20 s it was stopped and started
+/// again, over and over, and the function never answered.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a fresh instance may take to answer the challenge.
 const PROOF_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts for one call when instances die under it.
