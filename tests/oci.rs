@@ -1,6 +1,6 @@
 //! The OCI image layouts of `baetyl image oci`, both architectures. `scripts/test.sh` builds them into
 //! `$BAETYL_IMAGES/<arch>.oci` (after the OS images, whose static binaries they reuse) and runs these tests
-//! with `--ignored`: each layout validates (every blob's size and digest, every layer's diff_id), its six v1
+//! with `--ignored`: each layout validates (every blob's size and digest, every layer's diff_id), its seven v1
 //! images share the one binary layer, the binary is a static executable for the architecture, and the Python
 //! image's root runs Python with grpcio for its architecture: on x86_64 it serves a v1 function call from the
 //! runtime's code (chroot, as root), on aarch64 it imports grpc under qemu-aarch64. The x86_64 layout also
@@ -75,6 +75,7 @@ fn check_layout(arch: &str, debarch: &str, elf_machine: u16) {
         "baetyl-function-python3",
         "baetyl-remote-mqtt",
         "baetyl-timer",
+        "baetyl-agent",
     ] {
         assert!(
             names.contains(&format!("{n}:latest").as_str()),
@@ -100,8 +101,8 @@ fn check_layout(arch: &str, debarch: &str, elf_machine: u16) {
     let blobs = std::fs::read_dir(dir.join("blobs/sha256"))
         .expect("blobs")
         .count();
-    // 6 configs + 6 manifests + 2 layers: the binary layer is stored once
-    assert_eq!(blobs, 14);
+    // 7 configs + 7 manifests + 2 layers: the binary layer is stored once
+    assert_eq!(blobs, 16);
 }
 
 #[test]

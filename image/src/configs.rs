@@ -77,7 +77,10 @@ mod tests {
         assert!(!native.contains("mode:"), "native is the master's default");
         assert!(native.contains("address: unix:///run/baetyl/baetyl.sock"));
         assert!(native.contains("  agents: [agent]"));
-        assert!(!native.contains("root"), "no service runs as root, the agent neither");
+        assert!(
+            !native.contains("root"),
+            "no service runs as root, the agent neither"
+        );
         let ctd = master_config(Engine::Containerd, None, false);
         assert!(
             ctd.starts_with("# generated") && ctd.contains("\nmode: containerd\n"),

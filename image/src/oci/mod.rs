@@ -1,8 +1,8 @@
 //! `baetyl image oci`: OCI image layouts of the services, with no registry and no container tool.
 //!
 //! One layer holds the static `baetyl` binary (and the empty directories a container's mounts need); every
-//! service image runs a role of that binary, so the hub, function manager, remote, timer and SQL runtime
-//! images share it and a store holds it once. The Python runtime image adds a second layer with Debian's
+//! service image runs a role of that binary, so the hub, function manager, remote, timer, SQL runtime and
+//! cloud agent images share it and a store holds it once. The Python runtime image adds a second layer with Debian's
 //! python3 for the target and grpcio ([`python`]). Image names follow Baetyl v1 (`baetyl-hub:latest`, ...), so
 //! an application.yml runs unchanged on the native and the containerd engine.
 //!
@@ -67,6 +67,12 @@ pub const IMAGES: &[ServiceImage] = &[
     ServiceImage {
         name: "baetyl-timer",
         role: "timer",
+        python: false,
+    },
+    // The cloud agent of a cloud-managed device (the bootstrap application's `image: baetyl-agent`).
+    ServiceImage {
+        name: "baetyl-agent",
+        role: "agent",
         python: false,
     },
 ];
