@@ -34,7 +34,14 @@ import sys
 import threading
 from concurrent import futures
 
-import grpc
+# Until the server is up, SIGTERM/SIGINT end the process at once. In a container this program is PID 1, for
+# which the kernel ignores a signal without a handler: a stop during grpcio's import (seconds under emulation)
+# would otherwise wait out the engine's whole grace and end in SIGKILL. main() replaces these with the
+# graceful handlers once it serves.
+for _sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_sig, lambda signum, _frame: os._exit(128 + signum))
+
+import grpc  # noqa: E402  (after the early signal handlers, on purpose)
 
 ERROR_TYPE_KEY = "baetyl-error-type"
 INSTANCE_SECRET_ENV = "FUNCTION_INSTANCE_SECRET"
