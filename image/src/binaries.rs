@@ -1,5 +1,6 @@
 //! The static `baetyl` and `baetyl-init` binaries for the target, built with cargo from the source tree (profile
-//! `image`, `+crt-static`; Debian's rustc-web cross toolchain for aarch64).
+//! `image`, `+crt-static`; Debian's rustc-web cross toolchain for aarch64). `baetyl` is the device build
+//! (`--no-default-features`): the device's roles without the fleet server and the image builder.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +52,8 @@ pub fn cargo_build(run: &dyn Runner, a: &Arch, source: &Path) -> Result<(PathBuf
             "image",
             "--target",
             a.rust_target,
+            // The device build: no fleet server (`cloud`), no image builder (services/baetyl/Cargo.toml).
+            "--no-default-features",
         ])
         .args([
             "-p",

@@ -28,7 +28,8 @@ define BAETYL_VENDOR_CRATES
 endef
 BAETYL_PRE_CONFIGURE_HOOKS += BAETYL_VENDOR_CRATES
 
-# The two static binaries, as image/src/binaries.rs builds them (profile `image`, crt-static).
+# The two static binaries, as image/src/binaries.rs builds them (profile `image`, crt-static, the device build
+# without the fleet server and the image builder).
 BAETYL_CARGO_ENV = \
 	PROTOC=$(HOST_DIR)/bin/protoc \
 	RUSTFLAGS="-C target-feature=+crt-static"
@@ -36,7 +37,7 @@ BAETYL_BIN_DIR = $(@D)/target/$(RUSTC_TARGET_NAME)/image
 
 define BAETYL_BUILD_CMDS
 	cd $(@D) && $(TARGET_MAKE_ENV) $(TARGET_CONFIGURE_OPTS) $(PKG_CARGO_ENV) $(BAETYL_CARGO_ENV) \
-		cargo build --offline --locked --profile image \
+		cargo build --offline --locked --profile image --no-default-features \
 			-p baetyl --bin baetyl -p baetyl-init --bin baetyl-init
 endef
 

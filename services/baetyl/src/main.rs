@@ -52,15 +52,54 @@ enum Command {
     /// Run as PID 1 of the baetyl OS (mounts, modules, master supervision, orderly shutdown).
     Init(baetyl_init::InitArgs),
     /// Build the OS image (kernel + initramfs, unified kernel image, squashfs root, GPT disk) for QEMU.
+    #[cfg(feature = "image-builder")]
     Image(baetyl_image::ImageArgs),
+    /// Not in this build: the OS image builder needs the `image-builder` feature.
+    #[cfg(not(feature = "image-builder"))]
+    Image(LeftOut),
     /// Run the device agent (v1's baetyl-agent): the device's link to its fleet server.
     Agent(baetyl_agent::cli::AgentArgs),
     /// Run the fleet server: devices, signed deployments, operations, the web dashboard.
+    #[cfg(feature = "cloud")]
     Cloud(baetyl_cloud::cli::CloudArgs),
+    /// Not in this build: the fleet server needs the `cloud` feature.
+    #[cfg(not(feature = "cloud"))]
+    Cloud(LeftOut),
     /// Manage a fleet through its cloud: devices, apps, deployments, logs, restart, reboot.
+    #[cfg(feature = "cloud")]
     Ctl(baetyl_cloud::ctl::CtlArgs),
+    /// Not in this build: the fleet's operator CLI needs the `cloud` feature.
+    #[cfg(not(feature = "cloud"))]
+    Ctl(LeftOut),
     /// Print version, git revision and build target.
     Version,
+}
+
+/// The arguments of a subcommand this build left out (the device build: `--no-default-features`), taken whole so
+/// that the answer is "not in this binary" rather than a parse error.
+#[derive(clap::Args)]
+#[cfg_attr(all(feature = "cloud", feature = "image-builder"), allow(dead_code))]
+struct LeftOut {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _args: Vec<std::ffi::OsString>,
+}
+
+/// The Cargo features this binary was built with (`baetyl version`).
+const FEATURES: &[&str] = &[
+    #[cfg(feature = "cloud")]
+    "cloud",
+    #[cfg(feature = "image-builder")]
+    "image-builder",
+];
+
+/// The answer of a subcommand that this build left out: which feature brings it back and how to build it.
+#[cfg_attr(all(feature = "cloud", feature = "image-builder"), allow(dead_code))]
+fn left_out(command: &str, feature: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`baetyl {command}` is not in this binary: it was built without the `{feature}` feature (the OS image's \
+         device build leaves it out); use a full build (`cargo build -p baetyl`, default features) or add \
+         `--features {feature}`"
+    )
 }
 
 #[derive(clap::Args)]
@@ -108,6 +147,7 @@ fn main() -> ExitCode {
             println!("baetyl {}", env!("CARGO_PKG_VERSION"));
             println!("git revision: {}", env!("BAETYL_GIT_REVISION"));
             println!("build target: {}", env!("BAETYL_BUILD_TARGET"));
+            println!("features: {}", features_line());
             Ok(())
         }
         Command::Check(args) => check(&args),
@@ -121,6 +161,7 @@ fn main() -> ExitCode {
         Command::Start(args) => v1::start_args(args)
             .and_then(|args| baetyl_master::cli::run_master(args, software_info(), roles())),
         Command::Inspect(args) => baetyl_master::cli::run_inspect(args),
+        #[cfg(feature = "image-builder")]
         Command::Image(args) => match args.command {
             baetyl_image::ImageCommand::Build(b) => {
                 baetyl_image::build(&b).map(|_| ()).map_err(Into::into)
@@ -132,10 +173,18 @@ fn main() -> ExitCode {
                 baetyl_image::cloud::configure(&c).map_err(Into::into)
             }
         },
+        #[cfg(not(feature = "image-builder"))]
+        Command::Image(_) => Err(left_out("image", "image-builder")),
         Command::Hub(args) => baetyl_hub::run_cli(args).map_err(Into::into),
         Command::Agent(args) => baetyl_agent::cli::run_cli(args).map_err(Into::into),
+        #[cfg(feature = "cloud")]
         Command::Cloud(args) => baetyl_cloud::cli::run_cli(args).map_err(Into::into),
+        #[cfg(feature = "cloud")]
         Command::Ctl(args) => baetyl_cloud::ctl::run_cli(args),
+        #[cfg(not(feature = "cloud"))]
+        Command::Cloud(_) => Err(left_out("cloud", "cloud")),
+        #[cfg(not(feature = "cloud"))]
+        Command::Ctl(_) => Err(left_out("ctl", "cloud")),
         Command::Function(args) => baetyl_function::manager::run_cli(args).map_err(Into::into),
         Command::RuntimeSql(args) => {
             baetyl_function::runtime::run_sql_cli(args).map_err(Into::into)
@@ -151,6 +200,14 @@ fn main() -> ExitCode {
             eprintln!("baetyl: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn features_line() -> String {
+    if FEATURES.is_empty() {
+        "none (device build: no fleet server, no image builder)".to_string()
+    } else {
+        FEATURES.join(", ")
     }
 }
 
@@ -226,9 +283,14 @@ fn checkers() -> Vec<(&'static str, &'static [&'static str], Checker)> {
             baetyl_agent::config::AgentConfig::load(p)?;
             Ok("agent config".into())
         }),
-        ("cloud", &["cloud.yml", "cloud.yaml"], |p| {
-            baetyl_cloud::CloudConfig::load(p)?;
-            Ok("cloud config".into())
+        ("cloud", &["cloud.yml", "cloud.yaml"], |_p| {
+            #[cfg(feature = "cloud")]
+            {
+                baetyl_cloud::CloudConfig::load(_p)?;
+                Ok("cloud config".into())
+            }
+            #[cfg(not(feature = "cloud"))]
+            Err(left_out("check --kind cloud", "cloud"))
         }),
         ("runtime-node", &[], |p| {
             let c = baetyl_function::node::load_config(p)?;
@@ -310,4 +372,32 @@ fn roles() -> Vec<baetyl_master::engine::native::Role> {
             args: vec![role],
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_left_out_subcommand_names_its_feature_and_the_fix() {
+        let text = left_out("cloud", "cloud").to_string();
+        assert!(text.starts_with("`baetyl cloud` is not in this binary"), "{text}");
+        assert!(text.contains("without the `cloud` feature"), "{text}");
+        assert!(text.contains("--features cloud"), "{text}");
+    }
+
+    /// The device build (`--no-default-features`): the left-out subcommands take any arguments, so that they
+    /// reach their answer instead of a parse error.
+    #[test]
+    #[cfg(not(any(feature = "cloud", feature = "image-builder")))]
+    fn left_out_subcommands_parse_whatever_follows() {
+        for args in [
+            &["baetyl", "cloud", "--config", "x.yml"][..],
+            &["baetyl", "ctl", "devices", "list"],
+            &["baetyl", "image", "build", "--arch", "x86_64"],
+        ] {
+            let parsed = Cli::try_parse_from(args);
+            assert!(parsed.is_ok(), "{args:?}: {:?}", parsed.err());
+        }
+    }
 }
