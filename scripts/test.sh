@@ -13,7 +13,7 @@ status=0
 # setup.sh installed containerd and runc and CI runs as root: the containerd variants of the master's tests
 # (tests/master.rs, tests/containerd.rs) must run here, not skip.
 if [ "$(id -u)" = 0 ]; then export BAETYL_REQUIRE_CONTAINERD=1; fi
-cargo test --workspace --locked -- --test-threads=4 --skip image_boots_ --skip image_builds_are 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast -- --test-threads=4 --skip image_boots_ --skip image_builds_are 2>&1 | tee "$log" || status=$?
 
 # The bounded fault-injection run (issue 10; tests/fault.rs, built above): one line per class with attempts,
 # held and lost; it fails the run if a class that must hold lost anything.

@@ -1,4 +1,4 @@
-//! Boot test of a cloud-managed image: the x86_64 disk image that scripts/test.sh built, made cloud-managed
+//! Boot test of a cloud-managed image: the x86_64 native-engine disk image that scripts/test.sh built, made cloud-managed
 //! with `baetyl image configure --provisioning-key` (its data partition rewritten, nothing rebuilt), boots
 //! under QEMU (TCG) and, reaching a `baetyl cloud` process on the host at 10.0.2.2, registers with the fleet
 //! key, runs the application the cloud deploys (hub, timer, SQL function with this device's own hub
@@ -29,12 +29,15 @@ fn image() -> PathBuf {
     let images = std::env::var_os("BAETYL_IMAGES")
         .map(PathBuf::from)
         .unwrap_or_else(|| tree().join("target/images"));
-    let disk = images.join("x86_64/disk.img");
+    // The native engine's image: in a containerd image the agent registers and links from its container,
+    // but it stages a deployment at the master's host paths, which its container does not have (EROFS); until
+    // the agent stages through its own volume only, cloud-managed devices run the native engine.
+    let disk = images.join("x86_64.native/disk.img");
     assert!(
         disk.is_file(),
-        "{} is missing: scripts/test.sh builds it (`baetyl image build --arch x86_64 --out {}`)",
+        "{} is missing: scripts/test.sh builds it (`baetyl image build --arch x86_64 --engine native --out {}`)",
         disk.display(),
-        images.join("x86_64").display()
+        images.join("x86_64.native").display()
     );
     disk
 }
