@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::access::Caller;
 use crate::config::{Application, MasterConfig, ServiceSpec, valid_name};
+use crate::engine::logfile::INSTANCE_LOGS;
 use crate::engine::{Engine, Exit, InstanceSpec, Running, RunningInfo};
 use crate::error::{MasterError, Result};
 use crate::restart::{Decision, Streak, decide};
@@ -442,6 +443,19 @@ impl Supervisor {
         Value::Array(list)
     }
 
+    /// Where an agent service may stage updates: the host directories of its read-write volumes in the
+    /// running application (its staging area; the master reads an agent's update only from there).
+    pub fn staging_dirs(&self, service: &str) -> Vec<std::path::PathBuf> {
+        self.mounts(&self.app(), service)
+            .map(|ms| {
+                ms.into_iter()
+                    .filter(|m| !m.read_only)
+                    .map(|m| m.host)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Checks what the master's policy says about a service before it starts (or before an update that
     /// brings it is accepted): its volumes stay in the work dir or the allowed roots; root only where
     /// allowed; with per-service users, one writer per volume. Allocates the service's user if needed.
@@ -542,6 +556,13 @@ impl Supervisor {
         env::add_v1_aliases(&mut envs);
         let mounts = self.mounts(app, service)?;
         let user = self.users.credentials(service, spec)?;
+        // The agent sends the instance logs to the cloud: in a container it needs them in view.
+        let mut views = Vec::new();
+        if self.users.is_agent(service) {
+            let logs = self.workdir.join(INSTANCE_LOGS);
+            std::fs::create_dir_all(&logs).map_err(|e| MasterError::io(&logs, e))?;
+            views.push(logs);
+        }
         Ok(InstanceSpec {
             service: service.to_string(),
             instance: instance.to_string(),
@@ -549,6 +570,7 @@ impl Supervisor {
             env: envs,
             mounts,
             user,
+            views,
         })
     }
 

@@ -210,6 +210,15 @@ pub fn runtime_spec(inst: &InstanceSpec, p: &SpecParams<'_>) -> Result<Spec, Spe
     if let Some(sock) = p.api_socket {
         mounts.push(bind(sock, API_SOCKET, false).map_err(&build)?);
     }
+    for v in &inst.views {
+        let at = v.to_str().filter(|t| t.starts_with('/')).ok_or_else(|| {
+            build(format!(
+                "{} cannot be a container path (not absolute UTF-8)",
+                v.display()
+            ))
+        })?;
+        mounts.push(bind(v, at, true).map_err(&build)?);
+    }
 
     let res = &inst.spec.resources;
     let mut resources = LinuxResourcesBuilder::default();
@@ -325,6 +334,7 @@ mod tests {
                     nested: Vec::new(),
                 },
             ],
+            views: vec![PathBuf::from("/w/var/log/baetyl/services")],
             user: Some(crate::engine::child::Credentials {
                 uid: 1001,
                 gid: 1001,
@@ -408,6 +418,13 @@ mod tests {
                 .unwrap()
                 .contains(&"rw".to_string())
         );
+        // A view of the master's files (the agent's instance logs) at the master's own path, read-only.
+        let view = find("/w/var/log/baetyl/services");
+        assert_eq!(
+            view.source().as_deref(),
+            Some(Path::new("/w/var/log/baetyl/services"))
+        );
+        assert!(view.options().as_ref().unwrap().contains(&"ro".to_string()));
         assert_eq!(
             find(API_SOCKET).source().as_deref(),
             Some(Path::new("/w/var/run/baetyl.sock"))
