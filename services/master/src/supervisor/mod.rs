@@ -169,15 +169,42 @@ impl Supervisor {
             .is_some_and(|t| bool::from(t.as_bytes().ct_eq(password.as_bytes())))
     }
 
-    /// Makes `app` the application and starts its services in dependency order. A service that cannot
-    /// start does not stop the others: the failure is logged and shows in inspect's `error`.
+    /// Makes `app` the application and starts its services in dependency order: a service starts once
+    /// every service it depends on has started, and services that do not depend on each other start
+    /// together (a container's start is mostly waiting on containerd and its shim: one after another they
+    /// added up to most of a device's boot). A service that cannot start does not stop the others (nor
+    /// those that depend on it): the failure is logged and shows in inspect's `error`.
     pub async fn run_app(&self, app: Application) {
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesUnordered;
         self.set_app(app.clone());
-        for name in app.start_order().unwrap_or_default() {
-            if let Err(e) = self.start_service(&app, &name).await {
+        let mut pending = app.start_order().unwrap_or_default();
+        let mut done = std::collections::BTreeSet::new();
+        let mut starting = FuturesUnordered::new();
+        loop {
+            let (ready, rest): (Vec<String>, Vec<String>) = pending.into_iter().partition(|n| {
+                app.services.get(n).is_none_or(|s| {
+                    s.depends_on
+                        .iter()
+                        .all(|d| done.contains(d) || !app.services.contains_key(d))
+                })
+            });
+            pending = rest;
+            for name in ready {
+                let app = &app;
+                starting.push(async move {
+                    let r = self.start_service(app, &name).await;
+                    (name, r)
+                });
+            }
+            let Some((name, r)) = starting.next().await else {
+                break;
+            };
+            if let Err(e) = r {
                 tracing::error!(service = %name, "cannot start: {e}");
                 self.set_error(format!("cannot start service `{name}`: {e}"));
             }
+            done.insert(name);
         }
     }
 
