@@ -1,5 +1,6 @@
-//! Boot test of a cloud-managed image: the x86_64 native-engine disk image that scripts/test.sh built, made cloud-managed
-//! with `baetyl image configure --provisioning-key` (its data partition rewritten, nothing rebuilt), boots
+//! Boot test of a cloud-managed image: the x86_64 disk image that scripts/test.sh built (containerd engine:
+//! every service a container, the agent too), made cloud-managed with `baetyl image configure
+//! --provisioning-key` (its data partition rewritten, nothing rebuilt), boots
 //! under QEMU (TCG) and, reaching a `baetyl cloud` process on the host at 10.0.2.2, registers with the fleet
 //! key, runs the application the cloud deploys (hub, timer, SQL function with this device's own hub
 //! passwords: a message goes through them and out of the forwarded hub port), refuses the old demo password,
@@ -29,15 +30,14 @@ fn image() -> PathBuf {
     let images = std::env::var_os("BAETYL_IMAGES")
         .map(PathBuf::from)
         .unwrap_or_else(|| tree().join("target/images"));
-    // The native engine's image: in a containerd image the agent registers and links from its container,
-    // but it stages a deployment at the master's host paths, which its container does not have (EROFS); until
-    // the agent stages through its own volume only, cloud-managed devices run the native engine.
-    let disk = images.join("x86_64.native/disk.img");
+    // The default (containerd) image: the agent runs in its own container and stages deployments in its
+    // own volume; the master reads them from there.
+    let disk = images.join("x86_64/disk.img");
     assert!(
         disk.is_file(),
-        "{} is missing: scripts/test.sh builds it (`baetyl image build --arch x86_64 --engine native --out {}`)",
+        "{} is missing: scripts/test.sh builds it (`baetyl image build --arch x86_64 --out {}`)",
         disk.display(),
-        images.join("x86_64.native").display()
+        images.join("x86_64").display()
     );
     disk
 }

@@ -76,16 +76,20 @@ async fn services_run_as_isolated_containers() {
     w.write("var/db/baetyl/conf/c", "dataset content");
     w.app(&APP.replace("HOSTDIR", &w.path().display().to_string()));
     let mut m = w.start_master();
-    assert!(
-        m.log_text().contains("OCI images imported"),
-        "{}",
-        m.log_text()
-    );
     let v = m
         .wait_instance("probe", "probe", "running", LONG, |v| {
             v["status"] == "running"
         })
         .await;
+    // The images are imported in the background, the instance's own first.
+    eventually(LONG, "the import's end in the master's log", || {
+        m.log_text().contains("OCI images imported").then_some(())
+    });
+    assert!(
+        m.log_text().contains("OCI image imported"),
+        "{}",
+        m.log_text()
+    );
     assert_eq!(v["container"]["id"], "probe.probe", "{v}");
     let pid = v["container"]["pid"].as_u64().expect("task pid") as u32;
     assert!(alive(pid));

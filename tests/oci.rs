@@ -329,6 +329,7 @@ fn instance(name: &str, spec: serde_json::Value, mounts: Vec<ResolvedMount>) -> 
             .into_iter()
             .collect(),
         mounts,
+        views: Vec::new(),
         user: Some(Credentials {
             uid: 4321,
             gid: 4321,

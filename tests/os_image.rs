@@ -76,6 +76,93 @@ struct Vm {
     qemu: Process,
     dir: tempfile::TempDir,
     started: Instant,
+    milestones: Milestones,
+}
+
+/// A boot's milestones, as they show on the console: a name and what a console line must contain (all of
+/// the words; `|` separates alternatives of a word, for the human and the JSON log formats).
+const MILESTONES: &[(&str, &[&str])] = &[
+    ("init", &["starting as pid 1"]),
+    ("containerd", &["containerd answers on"]),
+    ("API", &["API listening"]),
+    ("hub image", &["OCI image imported", "baetyl-hub"]),
+    (
+        "hub",
+        &[
+            "service started",
+            "service=hub |service=\"hub\"|\"service\":\"hub\"",
+        ],
+    ),
+    (
+        "timer",
+        &[
+            "service started",
+            "service=timer |service=\"timer\"|\"service\":\"timer\"",
+        ],
+    ),
+    ("all images", &["OCI images imported"]),
+];
+
+/// When each of [`MILESTONES`] first showed on the console, in seconds after QEMU's start (the host's clock:
+/// the console file is watched every 50 ms from the start of the boot).
+struct Milestones {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Option<f64>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Milestones {
+    fn watch(console: PathBuf, started: Instant) -> Milestones {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![None; MILESTONES.len()]));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut offset = 0usize;
+            let mut partial = String::new();
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = started.elapsed().as_secs_f64();
+                let bytes = std::fs::read(&console).unwrap_or_default();
+                if bytes.len() > offset {
+                    partial.push_str(&String::from_utf8_lossy(&bytes[offset..]));
+                    offset = bytes.len();
+                    let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
+                    for line in partial.lines() {
+                        for (i, (_, words)) in MILESTONES.iter().enumerate() {
+                            let all = words
+                                .iter()
+                                .all(|w| w.split('|').any(|alt| line.contains(alt)));
+                            if all && seen[i].is_none() {
+                                seen[i] = Some(now);
+                            }
+                        }
+                    }
+                    // Keep the unfinished last line for the next round.
+                    partial = match partial.rfind('\n') {
+                        Some(i) => partial[i + 1..].to_string(),
+                        None => partial,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Milestones { seen, stop }
+    }
+
+    /// `name 1.2, name 3.4, ...` for the milestones seen so far.
+    fn summary(&self) -> String {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        MILESTONES
+            .iter()
+            .zip(seen.iter())
+            .filter_map(|((name, _), t)| t.map(|t| format!("{name} {t:.1}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Drop for Milestones {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Vm {
@@ -124,7 +211,13 @@ fn boot(arch: &str, image: &Path) -> Vm {
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     let qemu = Process::spawn(&mut cmd, "qemu/run").expect("qemu/run");
-    let vm = Vm { qemu, dir, started };
+    let milestones = Milestones::watch(dir.path().join("console.log"), started);
+    let vm = Vm {
+        qemu,
+        dir,
+        started,
+        milestones,
+    };
     if poll(Duration::from_secs(30), || vm.port(1883) != 0).is_err() {
         vm.fail("qemu/run wrote no ports file");
     }
@@ -451,6 +544,8 @@ async fn boot_test(arch: &str, name: &str) {
     let mem_total = mib(&inspect["hardware"]["mem_stats"]["total"]);
     let mem_used = mib(&inspect["hardware"]["mem_stats"]["used"]);
 
+    // Where the first boot's time went, before the reboot's console lines come.
+    let first_boot = vm.milestones.summary();
     let before = vm.console().matches("starting as pid 1").count();
     let (code, body) = master
         .call("PUT", "/v1/system/reboot", None)
@@ -512,8 +607,8 @@ async fn boot_test(arch: &str, name: &str) {
             .unwrap_or(0.0)
     };
     println!(
-        "BOOT {arch} {engine}: first CONNACK {:.1} s after QEMU start; after reboot through the API {:.1} s; \
-         idle memory: init {init_rss:.1} MiB, master {master_rss:.1} MiB, hub {hub_rss:.1} MiB \
+        "BOOT {arch} {engine}: first CONNACK {:.1} s after QEMU start (first boot, s after QEMU start: \
+         {first_boot}); after reboot through the API {:.1} s; idle memory: init {init_rss:.1} MiB, master {master_rss:.1} MiB, hub {hub_rss:.1} MiB \
          (guest used {mem_used:.0} of {mem_total:.0} MiB); image: disk {:.0} MiB, boot.efi {:.1} MiB, \
          rootfs.squashfs {:.1} MiB, initramfs {:.2} MiB",
         connack.as_secs_f64(),

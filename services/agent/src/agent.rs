@@ -76,6 +76,25 @@ async fn pause(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// How the master names the agent's staging volume `name`: its path in the running application (relative to
+/// the master's work dir, or absolute), from inspect's `volumes`.
+pub fn staging_volume_path(inspect: &Value, name: &str) -> Result<String> {
+    inspect["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["path"].as_str())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.trim_end_matches('/').to_string())
+        .ok_or_else(|| {
+            AgentError::Operation(format!(
+                "the running application has no volume `{name}` (master.staging_volume): the agent stages \
+                 deployments in a read-write volume of its own service; add it (see the bootstrap application)"
+            ))
+        })
+}
+
 /// Runs the agent until `shutdown` completes.
 pub async fn run(
     cfg: AgentConfig,
@@ -108,19 +127,9 @@ pub async fn run(
         }
     };
     backoff.reset();
-    let workdir = loop {
-        if let Some(w) = &cfg.master.workdir {
-            break w.clone();
-        }
+    let inspect = loop {
         match master.inspect().await {
-            Ok(v) => match v["software"]["pwd"].as_str() {
-                Some(p) if !p.is_empty() => break PathBuf::from(p),
-                _ => {
-                    return Err(AgentError::Operation(
-                        "the master's inspect has no software.pwd; set master.workdir".into(),
-                    ));
-                }
-            },
+            Ok(v) => break v,
             Err(e) => {
                 tracing::warn!("the master does not answer yet: {e}");
                 if !pause(backoff.next_delay(), &mut stop).await {
@@ -129,6 +138,16 @@ pub async fn run(
             }
         }
     };
+    let workdir = match (&cfg.master.workdir, inspect["software"]["pwd"].as_str()) {
+        (Some(w), _) => w.clone(),
+        (None, Some(p)) if !p.is_empty() => PathBuf::from(p),
+        (None, _) => {
+            return Err(AgentError::Operation(
+                "the master's inspect has no software.pwd; set master.workdir".into(),
+            ));
+        }
+    };
+    let staging_host = staging_volume_path(&inspect, &cfg.master.staging_volume)?;
     backoff.reset();
     let tls = client_config(
         Some(&ca_pem),
@@ -142,8 +161,8 @@ pub async fn run(
         key: cfg.cloud.signing_key,
         cloud: cloud.clone(),
         state_dir: cfg.state_dir.clone(),
-        workdir: workdir.clone(),
-        ota_log: workdir.join(&cfg.master.ota_log),
+        staging: cfg.master.staging.clone(),
+        staging_host,
         max_size: cfg.download.max_size.0,
         download_timeout: cfg.download.timeout.get(),
         update_timeout: cfg.master.update_timeout.get(),
@@ -451,6 +470,27 @@ pub fn summary(inspect: &Value) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_staging_volume_is_named_as_the_master_names_it() {
+        let inspect = serde_json::json!({"volumes": [
+            {"name": "agent-conf", "path": "var/db/baetyl/agent/conf", "read_only": true},
+            {"name": "agent-deploy", "path": "var/db/baetyl/deploy/", "read_only": false},
+            {"name": "abs", "path": "/data/stage", "read_only": false},
+        ]});
+        assert_eq!(
+            staging_volume_path(&inspect, "agent-deploy").unwrap(),
+            "var/db/baetyl/deploy"
+        );
+        assert_eq!(staging_volume_path(&inspect, "abs").unwrap(), "/data/stage");
+        let e = staging_volume_path(&inspect, "stage")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no volume `stage`") && e.contains("master.staging_volume"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {

@@ -14,7 +14,7 @@
 //! report: {interval: 20s, watch: 2s}         # full report every `interval`, and after a change seen every `watch`
 //! download: {max_size: 256m, timeout: 10m}   # one deployment's blobs in all; per download attempt
 //! reconnect: {min: 1s, max: 60s}             # jittered exponential backoff of the link
-//! master: {token_file: ~, ota_log: var/db/baetyl/ota.log, update_timeout: 10m}
+//! master: {token_file: ~, workdir: ~, staging: var/db/baetyl/deploy, staging_volume: agent-deploy, update_timeout: 10m}
 //! logger: {level: info, format: human}
 //! ```
 
@@ -138,10 +138,15 @@ pub struct MasterLinkConfig {
     /// The master's operator token, for a master that does not name this service in `server.agents`.
     /// Default: the agent's own service token (the agent role when the master's conf.yml names it).
     pub token_file: Option<PathBuf>,
-    /// The master's work dir (where volumes are staged); default: the `pwd` the master reports in inspect.
+    /// The master's work dir (where the instance logs are); default: the `pwd` the master reports in inspect.
     pub workdir: Option<PathBuf>,
-    /// The master's OTA log, relative to its work dir.
-    pub ota_log: PathBuf,
+    /// The agent's staging area as the agent sees it (relative to its working dir, where the master links or
+    /// mounts its volumes): deployments are written there and nowhere else (in a container, the rest of the
+    /// master's files are not even there).
+    pub staging: PathBuf,
+    /// The application's name of that volume: its path in the running application (from inspect) is how the
+    /// master names the same directory, so staged paths are given to the master that way.
+    pub staging_volume: String,
     /// How long an update may take before it is reported as TIMEOUT.
     pub update_timeout: HumanDuration,
 }
@@ -151,7 +156,8 @@ impl Default for MasterLinkConfig {
         MasterLinkConfig {
             token_file: None,
             workdir: None,
-            ota_log: PathBuf::from("var/db/baetyl/ota.log"),
+            staging: PathBuf::from("var/db/baetyl/deploy"),
+            staging_volume: "agent-deploy".into(),
             update_timeout: HumanDuration::from_secs(600),
         }
     }
@@ -170,6 +176,11 @@ impl ConfigFile for AgentConfig {
         {
             return bad(
                 "key `provisioning.name`: use 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter or digit",
+            );
+        }
+        if !crate::proto::valid_name(&self.master.staging_volume) {
+            return bad(
+                "key `master.staging_volume`: the name of a volume of the application (letters, digits, `-`, `_`, `.`)",
             );
         }
         if self.report.interval.get() < std::time::Duration::from_secs(1)

@@ -4,12 +4,17 @@
 //!    device, and are newer than what runs (a replayed or older document is ignored).
 //! 2. Download what is not cached (resumable with `Range`, bounded by `download.max_size` and each blob's
 //!    declared size) and check every blob's SHA-256.
-//! 3. Stage under the master's work dir: each shipped volume in its own content-addressed directory
-//!    (`var/db/baetyl/deploy/volumes/<name>-<digest>`, so a volume whose content changed gets a new path and
-//!    its services restart, and an unchanged one keeps its path and its services keep running), with
-//!    `${secret.NAME}`, `${device.id}` and `${device.name}` filled in; then application.yml with those paths and
-//!    the agent's own service added unchanged (the device, not the application, owns the agent).
-//! 4. Ask the master to update (`PUT /v1/system/update`) and follow its OTA log to the final step.
+//! 3. Stage in the agent's own staging volume (`master.staging`, where the agent sees it: the only place it
+//!    writes, whether it runs as a process or in a container): each shipped volume in its own
+//!    content-addressed directory (`volumes/<name>-<digest>`, so a volume whose content changed gets a new path
+//!    and its services restart, and an unchanged one keeps its path and its services keep running), with
+//!    `${secret.NAME}`, `${device.id}` and `${device.name}` filled in; then `r<revision>/application.yml` with
+//!    those volumes' paths as the master names them (below the staging volume's path in the running
+//!    application) and the agent's own service added unchanged (the device, not the application, owns the
+//!    agent).
+//! 4. Ask the master to update (`PUT /v1/system/update`, the staged file as the master names it; the master
+//!    reads an agent's update only from the agent's own read-write volumes) and follow the update's records of
+//!    the OTA log through the master's API to the final step.
 //!
 //! Any failure before step 4 leaves the running application untouched; a failure in step 4 is the master's
 //! rollback. Each step is reported as a [`DeployEvent`].
@@ -36,10 +41,8 @@ use crate::proto::{
 
 /// The largest application.yml accepted.
 const MAX_APPLICATION: u64 = 1 << 20;
-/// Where staged files live, relative to the master's work dir.
-pub const DEPLOY_DIR: &str = "var/db/baetyl/deploy";
-/// The installed application, relative to the master's work dir.
-const APPLICATION: &str = "var/db/baetyl/application.yml";
+/// How often the update's progress is asked of the master.
+const FOLLOW_EVERY: Duration = Duration::from_millis(300);
 
 /// What the agent remembers across restarts (`state.json` in the state dir).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -124,10 +127,10 @@ pub struct Deployer {
     pub key: PublicKey,
     pub cloud: Client,
     pub state_dir: PathBuf,
-    /// The master's work dir.
-    pub workdir: PathBuf,
-    /// The OTA log (absolute).
-    pub ota_log: PathBuf,
+    /// The staging volume, where the agent sees it.
+    pub staging: PathBuf,
+    /// The same directory as the master names it (the volume's path in the running application).
+    pub staging_host: String,
     pub max_size: u64,
     pub download_timeout: Duration,
     pub update_timeout: Duration,
@@ -212,7 +215,7 @@ impl Deployer {
         let outcome = match result {
             Ok(Step::Restarted) => {
                 state.applied_revision = rev;
-                self.collect_garbage(&manifest);
+                self.collect_garbage(master, &manifest).await;
                 Outcome::Applied(rev)
             }
             Ok(_) => {
@@ -342,7 +345,7 @@ impl Deployer {
             "every file matches its SHA-256".into(),
             None,
         );
-        let staged = self.stage(desired, manifest)?;
+        let staged = self.stage(master, desired, manifest).await?;
         self.emit(
             state,
             rev,
@@ -351,9 +354,6 @@ impl Deployer {
             format!("staged as {staged}"),
             None,
         );
-        let offset = std::fs::metadata(&self.ota_log)
-            .map(|m| m.len())
-            .unwrap_or(0);
         let mut tries = 0;
         loop {
             match master.update(&staged, trace).await {
@@ -368,7 +368,7 @@ impl Deployer {
                 Err(e) => return Err(AgentError::Update(e.to_string())),
             }
         }
-        self.follow(offset, trace, rev, state).await
+        self.follow(master, trace, rev, state).await
     }
 
     fn blob_path(&self, sha: &str) -> PathBuf {
@@ -517,9 +517,14 @@ impl Deployer {
         files::read_limited(&p, limit).map_err(|e| AgentError::io(&p, e))
     }
 
-    /// Writes volumes and application.yml under the master's work dir; answers the application file's path
-    /// relative to the work dir.
-    fn stage(&self, desired: &Desired, manifest: &Manifest) -> Result<String> {
+    /// Writes volumes and application.yml in the staging volume; answers the application file's path as the
+    /// master names it.
+    async fn stage(
+        &self,
+        master: &dyn Master,
+        desired: &Desired,
+        manifest: &Manifest,
+    ) -> Result<String> {
         let vars = Vars {
             secrets: &desired.secrets,
             device: &self.device,
@@ -531,13 +536,12 @@ impl Deployer {
         let app_text = render(&app_text, &vars).map_err(AgentError::Stage)?;
         let mut app: Yaml = serde_yaml_ng::from_str(&app_text)
             .map_err(|e| AgentError::Stage(format!("application.yml: {e}")))?;
-        let deploy = self.workdir.join(DEPLOY_DIR);
+        let deploy = &self.staging;
         let volumes_dir = deploy.join("volumes");
         // Services pass through to the volumes staged for them; nobody else lists or reads what is here.
-        for d in [&deploy, &volumes_dir] {
+        for d in [deploy, &volumes_dir] {
             dir_with_mode(d, 0o711)?;
         }
-        std::fs::create_dir_all(&volumes_dir).map_err(|e| AgentError::io(&volumes_dir, e))?;
         for (vol, files) in &manifest.volumes {
             let mut rendered = Vec::new();
             for f in files {
@@ -578,33 +582,39 @@ impl Deployer {
                 .ok_or_else(|| AgentError::Stage(format!("volumes.{vol} is not a mapping")))?;
             map.insert(
                 Yaml::String("path".into()),
-                Yaml::String(format!("{DEPLOY_DIR}/volumes/{dir_name}")),
+                Yaml::String(format!("{}/volumes/{dir_name}", self.staging_host)),
             );
         }
-        self.carry_own_service(&mut app)?;
-        let rel = format!("{DEPLOY_DIR}/r{}/application.yml", desired.revision);
-        let path = self.workdir.join(&rel);
+        let current = self.running_application(master).await?;
+        self.carry_own_service(&mut app, current.as_ref())?;
+        let rel = format!("r{}/application.yml", desired.revision);
+        let path = deploy.join(&rel);
         if let Some(d) = path.parent() {
             dir_with_mode(d, 0o700)?;
         }
         let text = serde_yaml_ng::to_string(&app).map_err(|e| AgentError::Stage(e.to_string()))?;
         // Every service's environment with its secrets: for the master (root) alone.
         files::replace(&path, text.as_bytes(), 0o600).map_err(|e| AgentError::io(&path, e))?;
-        Ok(rel)
+        Ok(format!("{}/{rel}", self.staging_host))
+    }
+
+    /// The running application, from the master (None before one is installed).
+    async fn running_application(&self, master: &dyn Master) -> Result<Option<Yaml>> {
+        let Some(text) = master.application().await? else {
+            return Ok(None);
+        };
+        serde_yaml_ng::from_str(&text)
+            .map(Some)
+            .map_err(|e| AgentError::Stage(format!("the running application.yml: {e}")))
     }
 
     /// Copies the agent's own service (and the volumes it uses) from the running application into `app`.
-    fn carry_own_service(&self, app: &mut Yaml) -> Result<()> {
+    fn carry_own_service(&self, app: &mut Yaml, current: Option<&Yaml>) -> Result<()> {
         let Some(me) = &self.own_service else {
             return Ok(());
         };
-        let current_path = self.workdir.join(APPLICATION);
-        let current: Yaml = match std::fs::read_to_string(&current_path)
-            .ok()
-            .and_then(|t| serde_yaml_ng::from_str(&t).ok())
-        {
-            Some(v) => v,
-            None => return Ok(()),
+        let Some(current) = current else {
+            return Ok(());
         };
         let Some(spec) = current
             .get("services")
@@ -650,48 +660,34 @@ impl Deployer {
         Ok(())
     }
 
-    /// Follows the OTA log from `offset` until our trace reaches a final step.
+    /// Follows the update's records of the OTA log (through the master) until it reaches a final step.
     async fn follow(
         &self,
-        mut offset: u64,
+        master: &dyn Master,
         trace: &str,
         rev: u64,
         state: &mut State,
     ) -> Result<Step> {
         let deadline = tokio::time::Instant::now() + self.update_timeout;
-        let mut pending = String::new();
+        let mut seen = 0;
         loop {
-            let len = std::fs::metadata(&self.ota_log)
-                .map(|m| m.len())
-                .unwrap_or(0);
-            if len < offset {
-                // Rotated: start over in the new file.
-                offset = 0;
-                pending.clear();
-            }
-            if len > offset {
-                let chunk = read_range(&self.ota_log, offset, (len - offset).min(1 << 20))
-                    .map_err(|e| AgentError::io(&self.ota_log, e))?;
-                offset += chunk.len() as u64;
-                pending.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(i) = pending.find('\n') {
-                    let line: String = pending.drain(..=i).collect();
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
-                        continue;
-                    };
-                    if v["trace"] != trace {
-                        continue;
-                    }
-                    let Some(step) = v["step"].as_str().and_then(Step::parse_ota) else {
-                        continue;
-                    };
-                    let message = v["message"].as_str().unwrap_or_default().to_string();
-                    let error = v["error"].as_str().map(str::to_string);
-                    self.emit(state, rev, trace, step, message, error);
-                    if step.is_final() {
-                        return Ok(step);
+            match master.update_records(trace).await {
+                Ok(records) => {
+                    for v in records.iter().skip(seen) {
+                        seen += 1;
+                        let Some(step) = v["step"].as_str().and_then(Step::parse_ota) else {
+                            continue;
+                        };
+                        let message = v["message"].as_str().unwrap_or_default().to_string();
+                        let error = v["error"].as_str().map(str::to_string);
+                        self.emit(state, rev, trace, step, message, error);
+                        if step.is_final() {
+                            return Ok(step);
+                        }
                     }
                 }
+                // The master restarts a service it updates; the agent's own link may blink meanwhile.
+                Err(e) => tracing::debug!(trace, "the update's progress: {e}"),
             }
             if tokio::time::Instant::now() >= deadline {
                 self.emit(
@@ -707,12 +703,13 @@ impl Deployer {
                 );
                 return Ok(Step::Timeout);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(FOLLOW_EVERY).await;
         }
     }
 
-    /// Keeps the blobs of the running manifest and the staged files the current and previous application use.
-    fn collect_garbage(&self, manifest: &Manifest) {
+    /// Keeps the blobs of the running manifest, the newest two staged application files (the running one and
+    /// the one a rollback returns to) and the staged volumes the running application or those files use.
+    async fn collect_garbage(&self, master: &dyn Master, manifest: &Manifest) {
         let keep: BTreeSet<String> = manifest.blobs().iter().map(|b| b.sha256.clone()).collect();
         if let Ok(dir) = std::fs::read_dir(self.state_dir.join("blobs")) {
             for e in dir.flatten() {
@@ -722,36 +719,8 @@ impl Deployer {
                 }
             }
         }
-        let mut used = BTreeSet::new();
-        for file in [APPLICATION.to_string(), format!("{APPLICATION}.old")] {
-            let Ok(text) = std::fs::read_to_string(self.workdir.join(&file)) else {
-                continue;
-            };
-            let Ok(app) = serde_yaml_ng::from_str::<Yaml>(&text) else {
-                continue;
-            };
-            if let Some(vols) = app.get("volumes").and_then(Yaml::as_mapping) {
-                for v in vols.values() {
-                    if let Some(p) = v.get("path").and_then(Yaml::as_str)
-                        && let Some(name) = p.strip_prefix(&format!("{DEPLOY_DIR}/volumes/"))
-                    {
-                        used.insert(name.to_string());
-                    }
-                }
-            }
-        }
-        let volumes = self.workdir.join(DEPLOY_DIR).join("volumes");
-        if let Ok(dir) = std::fs::read_dir(&volumes) {
-            for e in dir.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !used.contains(&name) {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        // Staged application files: keep the newest two (the running one and the one rollback returns to).
-        let deploy = self.workdir.join(DEPLOY_DIR);
-        let mut revs: Vec<(u64, PathBuf)> = std::fs::read_dir(&deploy)
+        let deploy = &self.staging;
+        let mut revs: Vec<(u64, PathBuf)> = std::fs::read_dir(deploy)
             .into_iter()
             .flatten()
             .flatten()
@@ -764,8 +733,39 @@ impl Deployer {
             .collect();
         revs.sort();
         let n = revs.len();
-        for (_, p) in revs.into_iter().take(n.saturating_sub(2)) {
+        for (_, p) in revs.drain(..n.saturating_sub(2)) {
             let _ = std::fs::remove_dir_all(p);
+        }
+        // Without the running application nothing more is removed: a volume it uses must not go.
+        let Ok(Some(current)) = self.running_application(master).await else {
+            return;
+        };
+        let mut apps = vec![current];
+        apps.extend(revs.iter().filter_map(|(_, p)| {
+            std::fs::read_to_string(p.join("application.yml"))
+                .ok()
+                .and_then(|t| serde_yaml_ng::from_str::<Yaml>(&t).ok())
+        }));
+        let prefix = format!("{}/volumes/", self.staging_host);
+        let mut used = BTreeSet::new();
+        for app in &apps {
+            if let Some(vols) = app.get("volumes").and_then(Yaml::as_mapping) {
+                for v in vols.values() {
+                    if let Some(p) = v.get("path").and_then(Yaml::as_str)
+                        && let Some(name) = p.strip_prefix(&prefix)
+                    {
+                        used.insert(name.to_string());
+                    }
+                }
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(deploy.join("volumes")) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !used.contains(&name) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
         }
     }
 }
@@ -833,15 +833,6 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
         }
         h.update(&buf[..n]);
     }
-}
-
-fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(len).read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 /// A secret value a YAML or text config can hold as-is: what the cloud generates (letters, digits, `-`, `_`).

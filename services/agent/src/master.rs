@@ -15,6 +15,10 @@ pub trait Master: Send + Sync + 'static {
     async fn inspect(&self) -> Result<Value>;
     /// `PUT /v1/system/update` (type APP) with a path relative to the master's work dir.
     async fn update(&self, path: &str, trace: &str) -> Result<()>;
+    /// `GET /v1/system/update/{trace}`: the OTA log's records of one update, oldest first.
+    async fn update_records(&self, trace: &str) -> Result<Vec<Value>>;
+    /// `GET /v1/system/application`: the running application's text (None before one is installed).
+    async fn application(&self) -> Result<Option<String>>;
     /// Restarts every instance of a service.
     async fn restart(&self, service: &str) -> Result<()>;
     /// `PUT /v1/system/reboot` or `/v1/system/poweroff`.
@@ -86,6 +90,14 @@ impl Master for ApiMaster {
 
     async fn update(&self, path: &str, trace: &str) -> Result<()> {
         Ok(self.client.update_app(path, trace).await?)
+    }
+
+    async fn update_records(&self, trace: &str) -> Result<Vec<Value>> {
+        Ok(self.client.update_records(trace).await?)
+    }
+
+    async fn application(&self) -> Result<Option<String>> {
+        Ok(self.client.application().await?)
     }
 
     /// Through the instance stop/start routes (the master has no restart route yet): each instance the

@@ -235,16 +235,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     ctl.dispatch(args.command).await
 }
 
+/// `s` percent-encoded for a URL path segment or a query value.
 fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    baetyl_sdk::client::path_segment(s)
 }
 
 impl Ctl {

@@ -50,6 +50,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let v1 = Router::new()
         .route("/v1/system/inspect", get(inspect))
         .route("/v1/system/update", put(update))
+        .route("/v1/system/update/{trace}", get(update_records))
+        .route("/v1/system/application", get(application))
         .route("/v1/ports/available", get(available_port))
         .route("/v1/system/reboot", put(reboot))
         .route("/v1/system/poweroff", put(poweroff))
@@ -226,10 +228,57 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
         );
         req.path = crate::ota::APP_FILE.to_string();
     }
+    // An agent is a service: what it asks the master to read must be what it staged, in its own read-write
+    // volumes (an operator may name any file of the work dir).
+    let within = match caller {
+        Caller::Agent(name) => {
+            let dirs = st.sup.staging_dirs(name);
+            if dirs.is_empty() {
+                return Err(MasterError::UpdateSourceNotStaged {
+                    path: req.path,
+                    allowed: dirs,
+                });
+            }
+            dirs
+        }
+        Caller::Operator | Caller::Service(_) => Vec::new(),
+    };
     if master {
-        return st.mst.submit(&req.path, &req.trace);
+        return st.mst.submit_within(&req.path, &req.trace, &within);
     }
-    st.updater.submit(&req.path, &req.trace)
+    st.updater.submit_within(&req.path, &req.trace, &within)
+}
+
+/// The OTA log's records of one update (`{"trace": T, "records": [...]}`), for the agent, which follows
+/// its updates through the API (in a container it sees its own volumes, not the master's files).
+async fn update_records(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(trace): Path<String>,
+) -> Response {
+    if let Err(e) = caller.must_manage("read the OTA log") {
+        return e.into_response();
+    }
+    axum::Json(json!({"trace": trace, "records": st.updater.records(&trace)})).into_response()
+}
+
+/// The running application's text (every service's environment: for the operator and the agent alone,
+/// who deploy it); 404 before one is installed.
+async fn application(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if let Err(e) = caller.must_manage("read the running application") {
+        return e.into_response();
+    }
+    match st.updater.running_text() {
+        Some(text) => (
+            [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+            text,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no application is installed").into_response(),
+    }
 }
 
 /// Asks `baetyl init` (the pid in BAETYL_INIT_PID) to reboot or power off: init stops this master, which

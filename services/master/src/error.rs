@@ -229,6 +229,11 @@ pub enum MasterError {
         "update path `{path}`: the update source must be a file under the work dir {workdir} (a relative path without `..`, or an absolute one inside it)"
     )]
     UpdateSourceOutside { path: String, workdir: PathBuf },
+    #[error(
+        "update source {path}: an agent's update must come from its own staging area, a read-write volume of its service ({}); stage the application there",
+        .allowed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    UpdateSourceNotStaged { path: String, allowed: Vec<PathBuf> },
     #[error("update source {path}: is a symbolic link; give the path of the file itself")]
     UpdateSourceSymlink { path: PathBuf },
     #[error("update source {path}: is a {kind}, not a regular file")]
@@ -347,6 +352,7 @@ impl MasterError {
             | MissingMasterPath
             | UnknownUpdateType { .. }
             | UpdateSourceOutside { .. }
+            | UpdateSourceNotStaged { .. }
             | UpdateSourceSymlink { .. }
             | UpdateSourceNotRegular { .. }
             | UpdateSourceTooLarge { .. }

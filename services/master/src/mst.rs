@@ -274,6 +274,17 @@ impl Mst {
     /// Accepts a master update: checks that this master may replace itself and opens the source (errors
     /// answer the request), then copies, checks and hands over in the background.
     pub fn submit(self: &Arc<Self>, path: &str, trace: &str) -> Result<()> {
+        self.submit_within(path, trace, &[])
+    }
+
+    /// [`Mst::submit`] of a file that must lie in one of `within` (an agent's staging volumes; empty:
+    /// anywhere in the work dir).
+    pub fn submit_within(
+        self: &Arc<Self>,
+        path: &str,
+        trace: &str,
+        within: &[std::path::PathBuf],
+    ) -> Result<()> {
         let workdir = self.sup.workdir().to_path_buf();
         check_replaceable(&workdir)?;
         let guard = self.updater.try_busy()?;
@@ -292,7 +303,7 @@ impl Mst {
             key: "update.master.max_size",
             max: self.sup.config().update.master.max_size,
         };
-        let source = match open_source(&workdir, path, limit, None) {
+        let source = match open_source(&workdir, path, limit, None, within) {
             Ok(s) => s,
             Err(e) => {
                 self.fail(&trace, &e.to_string());

@@ -186,6 +186,30 @@ impl MasterClient {
         Ok(())
     }
 
+    /// `GET /v1/system/update/{trace}` (agent or operator): the OTA log's records of one update, oldest first.
+    pub async fn update_records(&self, trace: &str) -> Result<Vec<Value>, ClientError> {
+        let path = format!("/v1/system/update/{}", path_segment(trace));
+        let v: Value = self.call_json("GET", &path).await?;
+        Ok(v["records"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `GET /v1/system/application` (agent or operator): the running application's text; None before one
+    /// is installed.
+    pub async fn application(&self) -> Result<Option<String>, ClientError> {
+        let path = "/v1/system/application";
+        let (status, bytes) = self.call("GET", path, None).await?;
+        match status {
+            404 => Ok(None),
+            200..300 => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            _ => Err(ClientError::Status {
+                method: "GET".into(),
+                path: path.into(),
+                status,
+                body: String::from_utf8_lossy(&bytes).trim().to_string(),
+            }),
+        }
+    }
+
     /// `GET /v1/ports/available`.
     pub async fn available_port(&self) -> Result<u16, ClientError> {
         let v: Value = self.call_json("GET", "/v1/ports/available").await?;
@@ -292,9 +316,29 @@ where
     Ok((status, body))
 }
 
+/// `s` as one URL path segment (or query value): unreserved characters as they are, every other byte
+/// percent-encoded.
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(path_segment("r5-aB_9.~"), "r5-aB_9.~");
+        assert_eq!(path_segment("a/b c%"), "a%2Fb%20c%25");
+    }
 
     #[test]
     fn addresses_parse() {

@@ -34,6 +34,8 @@ pub enum Behaviour {
     Crash { signal: i32, after: Duration },
     /// Fail to start (the engine's `start` answers an error).
     FailStart,
+    /// Take `0` to start (as a container's start waits on containerd), then run until stopped.
+    SlowStart(Duration),
 }
 
 /// What happened, to which instance (`service/instance`), and when (tokio's clock).
@@ -372,6 +374,9 @@ impl Engine for FakeEngine {
             st.next_id += 1;
             (b, st.next_id)
         };
+        if let Behaviour::SlowStart(d) = behaviour {
+            tokio::time::sleep(d).await;
+        }
         if behaviour == Behaviour::FailStart {
             self.shared.record(What::StartFailed, &k, 0);
             return Err(MasterError::Spawn {

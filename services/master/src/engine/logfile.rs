@@ -9,6 +9,9 @@ use super::{InstanceSpec, confine};
 use crate::config::InstanceLogConfig;
 use crate::error::{MasterError, Result};
 
+/// Where the instance logs are, relative to the work dir.
+pub const INSTANCE_LOGS: &str = "var/log/baetyl/services";
+
 pub struct RotatingLog {
     path: PathBuf,
     file: File,
@@ -44,7 +47,7 @@ impl RotatingLog {
         spec: &InstanceSpec,
         cfg: &InstanceLogConfig,
     ) -> Result<Arc<Mutex<RotatingLog>>> {
-        let dir = workdir.join("var/log/baetyl/services").join(&spec.service);
+        let dir = workdir.join(INSTANCE_LOGS).join(&spec.service);
         let dir = confine::ensure_dir_inside(&dir, &[workdir.to_path_buf()])
             .map_err(|p| p.into_error(spec))?;
         let path = dir.join(format!("{}.log", spec.instance));

@@ -32,6 +32,10 @@ pub struct InstanceSpec {
     pub mounts: Vec<ResolvedMount>,
     /// The user it runs as (per-service users); None: the master's own.
     pub user: Option<child::Credentials>,
+    /// Host directories of the master that the service reads at their own paths (an agent: the instance
+    /// logs it sends to the cloud). A process reads them where they are, with its group's rights; a
+    /// container gets them as read-only bind mounts at the same path (its other files are not there).
+    pub views: Vec<PathBuf>,
 }
 
 /// A volume resolved to a host directory.

@@ -105,6 +105,14 @@ pub fn app_file(workdir: &Path) -> PathBuf {
 /// The steps the OTA log at `ota_log` (and its rotated backups) records for the update `trace`, in order
 /// (empty when there is no log).
 pub fn steps_of(ota_log: &Path, trace: &str) -> Vec<String> {
+    records_of(ota_log, trace)
+        .iter()
+        .filter_map(|v| v["step"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The OTA log's records (JSON lines, oldest first, rotated backups included) of the update `trace`.
+pub fn records_of(ota_log: &Path, trace: &str) -> Vec<serde_json::Value> {
     RotatingLog::files_oldest_first(ota_log)
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
@@ -112,7 +120,6 @@ pub fn steps_of(ota_log: &Path, trace: &str) -> Vec<String> {
             text.lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .filter(|v| v["trace"] == trace)
-                .filter_map(|v| v["step"].as_str().map(str::to_string))
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -130,6 +137,17 @@ impl Updater {
             task: Mutex::new(None),
             busy: Arc::new(AsyncMutex::new(())),
         }
+    }
+
+    /// The OTA log's records of the update `trace` (for an agent that cannot read the log's file: in its
+    /// container it has only its own volumes).
+    pub fn records(&self, trace: &str) -> Vec<serde_json::Value> {
+        records_of(&self.ota_log, trace)
+    }
+
+    /// The text of the running application (None before one was installed).
+    pub fn running_text(&self) -> Option<Vec<u8>> {
+        lock(&self.running_text).clone()
     }
 
     /// Says which text the running application came from (at start: application.yml or its `.old`).
@@ -177,6 +195,17 @@ impl Updater {
     /// its source is not a file the master may read ([`source::read_source`]): then the OTA log says
     /// RECEIVED, FAILURE.
     pub fn submit(self: &Arc<Self>, path: &str, trace: &str) -> Result<()> {
+        self.submit_within(path, trace, &[])
+    }
+
+    /// [`Updater::submit`] of a file that must lie in one of `within` (an agent's staging volumes; empty:
+    /// anywhere in the work dir).
+    pub fn submit_within(
+        self: &Arc<Self>,
+        path: &str,
+        trace: &str,
+        within: &[PathBuf],
+    ) -> Result<()> {
         let guard = self.try_busy()?;
         let trace = if trace.is_empty() {
             crate::supervisor::new_token()[..8].to_string()
@@ -186,7 +215,7 @@ impl Updater {
         self.log(&trace, "RECEIVED", &format!("update from {path}"), None);
         let workdir = self.sup.workdir();
         let (origin, text) =
-            match source::read_source(workdir, path, self.sup.config().update.max_size) {
+            match source::read_source(workdir, path, self.sup.config().update.max_size, within) {
                 Ok(read) => read,
                 Err(e) => {
                     self.fail(&trace, format!("update {trace} refused: {e}"), &e);

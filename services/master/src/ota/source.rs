@@ -9,6 +9,10 @@
 //! size allowed (not a FIFO, a device or a directory, the very file that was looked at). Reading stops at
 //! the limit, whatever the file claims.
 //!
+//! An agent's update must come from its own staging area: with `within` given, the file's real directory must
+//! also lie inside one of those directories (the read-write volumes of the agent's service), so an agent,
+//! a service like any other, cannot make the master read a file of another service or of the master.
+//!
 //! Errors about what the file *contains* ([`redact`]) name the file, the line, the column and the key, and
 //! never quote a value: a path that is not an application (a key, a token) must not leak through the OTA log
 //! or inspect.
@@ -23,13 +27,19 @@ use baetyl_sdk::config::ByteSize;
 
 use crate::error::{MasterError, Result};
 
-/// Reads the update source `path` (relative to `workdir`, or absolute inside it): its path and its bytes.
-pub fn read_source(workdir: &Path, path: &str, max: ByteSize) -> Result<(PathBuf, Vec<u8>)> {
+/// Reads the update source `path` (relative to `workdir`, or absolute inside it, and inside one of `within`
+/// when that is not empty): its path and its bytes.
+pub fn read_source(
+    workdir: &Path,
+    path: &str,
+    max: ByteSize,
+    within: &[PathBuf],
+) -> Result<(PathBuf, Vec<u8>)> {
     let limit = Limit {
         key: "update.max_size",
         max,
     };
-    let source = open_source(workdir, path, limit, Some("application.yml"))?;
+    let source = open_source(workdir, path, limit, Some("application.yml"), within)?;
     let mut bytes = Vec::with_capacity(source.len as usize);
     let path = source.path.clone();
     source.read_to(&mut bytes)?;
@@ -67,12 +77,14 @@ impl Source {
 }
 
 /// Opens the update source `path` (relative to `workdir`, or absolute inside it) with every check of this
-/// module; a directory stands for its `dir_file` when one is given.
+/// module; a directory stands for its `dir_file` when one is given. With `within` not empty, the file must
+/// also lie in one of those directories (resolved: no symlinked way out of them either).
 pub fn open_source(
     workdir: &Path,
     path: &str,
     limit: Limit,
     dir_file: Option<&str>,
+    within: &[PathBuf],
 ) -> Result<Source> {
     let outside = || MasterError::UpdateSourceOutside {
         path: path.to_string(),
@@ -106,6 +118,17 @@ pub fn open_source(
     let real_parent = std::fs::read_link(&dir_path).map_err(|e| source_error(parent, e))?;
     if !real_parent.starts_with(&real_workdir) {
         return Err(outside());
+    }
+    if !within.is_empty()
+        && !within
+            .iter()
+            .filter_map(|d| d.canonicalize().ok())
+            .any(|d| real_parent.starts_with(d))
+    {
+        return Err(MasterError::UpdateSourceNotStaged {
+            path: path.to_string(),
+            allowed: within.to_vec(),
+        });
     }
     let at = dir_path.join(name);
     let looked = std::fs::symlink_metadata(&at).map_err(|e| source_error(&file, e))?;

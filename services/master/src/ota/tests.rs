@@ -357,6 +357,46 @@ async fn update_sources_are_regular_files_under_the_work_dir() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_update_within_a_staging_area_comes_from_there_alone() {
+    let (r, updater) = three().await;
+    let work = r.dir.path();
+    let stage = work.join("var/db/stage");
+    let next = THREE.replace("app_version: v1", "app_version: v2");
+    write(&r, "var/db/stage/r2/application.yml", &next);
+    write(&r, "var/db/other/application.yml", &next);
+    // A way out of the staging area planted inside it: the file's real directory counts.
+    std::os::unix::fs::symlink(work.join("var/db/other"), stage.join("out")).expect("symlink");
+    let within = [stage.clone()];
+    for (n, path) in [
+        "var/db/other/application.yml",
+        "var/db/stage/out/application.yml",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let trace = format!("t-out-{n}");
+        let e = updater
+            .submit_within(path, &trace, &within)
+            .expect_err(path);
+        assert!(
+            matches!(e, MasterError::UpdateSourceNotStaged { .. }) && e.status() == 400,
+            "{path}: {e}"
+        );
+        updater.wait_idle().await;
+        assert_eq!(steps(&r, &trace), ["RECEIVED", "FAILURE"], "{path}");
+    }
+    updater
+        .submit_within("var/db/stage/r2", "t-in", &within)
+        .expect("accepted");
+    updater.wait_idle().await;
+    let records = updater.records("t-in");
+    let steps_seen: Vec<&str> = records.iter().filter_map(|v| v["step"].as_str()).collect();
+    assert_eq!(steps_seen.last(), Some(&"RESTARTED"), "{records:?}");
+    assert_eq!(steps_seen, steps(&r, "t-in"));
+    assert_eq!(updater.running_text().as_deref(), Some(next.as_bytes()));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_device_or_an_oversized_file_is_refused_before_it_is_read() {
     let r = Rig::new("update: {max_size: 4k}\n");
     let updater = updater_of(&r);

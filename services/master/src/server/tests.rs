@@ -483,7 +483,7 @@ async fn an_update_without_a_path_reloads_the_application_file_as_v1_did() {
     m.stop().await.expect("stop");
 }
 
-const ROLES: &str = "services:\n  a: {image: svc}\n  b: {image: svc}\n  agent: {image: svc}\n  rt: {image: svc, replica: 0}\n";
+const ROLES: &str = "services:\n  a: {image: svc}\n  b: {image: svc}\n  agent: {image: svc, volumes: ['stage:/stage', 'conf:/conf:ro']}\n  rt: {image: svc, replica: 0}\nvolumes:\n  stage: {path: var/db/stage}\n  conf: {path: var/db/conf}\n";
 
 #[tokio::test]
 async fn a_service_token_manages_only_the_dynamic_instances_it_started() {
@@ -502,7 +502,10 @@ async fn a_service_token_manages_only_the_dynamic_instances_it_started() {
         m.operator(),
     );
     write(m.dir.path(), "same.yml", ROLES);
+    write(m.dir.path(), "var/db/stage/r1/application.yml", ROLES);
+    write(m.dir.path(), "var/db/conf/application.yml", ROLES);
     let update = r#"{"type":"APP","path":"same.yml"}"#;
+    let staged = r#"{"type":"APP","path":"var/db/stage/r1/application.yml","trace":"t-staged"}"#;
     let start = |s: &str, i: &str| format!("/v1/services/{s}/instances/{i}/start");
     let stop = |s: &str, i: &str| format!("/v1/services/{s}/instances/{i}/stop");
     // What a plain service may not do.
@@ -510,6 +513,8 @@ async fn a_service_token_manages_only_the_dynamic_instances_it_started() {
         ("PUT", "/v1/system/update", update),
         ("PUT", "/v1/system/reboot", ""),
         ("PUT", "/v1/system/poweroff", ""),
+        ("GET", "/v1/system/application", ""),
+        ("GET", "/v1/system/update/t-staged", ""),
     ] {
         let (status, text) = call(&a, method, path, body).await;
         assert!(
@@ -554,10 +559,52 @@ async fn a_service_token_manages_only_the_dynamic_instances_it_started() {
         status == 400 && text.contains("baetyl init"),
         "{status} {text}"
     );
+    // An agent is a service: it updates from its own staging area (its read-write volumes) alone, not from
+    // another file of the work dir nor from a volume it only reads.
+    for path in [
+        "same.yml",
+        "var/db/conf/application.yml",
+        "var/db/stage/../conf",
+    ] {
+        let body = format!(r#"{{"type":"APP","path":"{path}"}}"#);
+        let (status, text) = call(&agent, "PUT", "/v1/system/update", &body).await;
+        assert!(
+            status == 400 && (text.contains("staging area") || text.contains("under the work dir")),
+            "{path}: {status} {text}"
+        );
+    }
+    let (status, text) = call(&agent, "GET", "/v1/system/application", "").await;
+    assert!(
+        status == 200 && text.contains("rt: {image: svc, replica: 0}"),
+        "{status} {text}"
+    );
     assert_eq!(
-        call(&agent, "PUT", "/v1/system/update", update).await.0,
+        call(&agent, "PUT", "/v1/system/update", staged).await.0,
         200
     );
+    let mut records = String::new();
+    for _ in 0..200 {
+        let (status, text) = call(&agent, "GET", "/v1/system/update/t-staged", "").await;
+        assert_eq!(status, 200, "{text}");
+        if text.contains("RESTARTED") {
+            records = text;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let v: Value = serde_json::from_str(&records).expect("records");
+    let steps: Vec<&str> = v["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["step"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        ["RECEIVED", "UPDATING", "UPDATED", "RESTARTING", "RESTARTED"],
+        "{records}"
+    );
+    assert_eq!(call(&op, "PUT", "/v1/system/update", update).await.0, 200);
     m.stop().await.expect("stop");
 }
 

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::access::Caller;
 use crate::config::{Application, MasterConfig, ServiceSpec, valid_name};
+use crate::engine::logfile::INSTANCE_LOGS;
 use crate::engine::{Engine, Exit, InstanceSpec, Running, RunningInfo};
 use crate::error::{MasterError, Result};
 use crate::restart::{Decision, Streak, decide};
@@ -168,15 +169,42 @@ impl Supervisor {
             .is_some_and(|t| bool::from(t.as_bytes().ct_eq(password.as_bytes())))
     }
 
-    /// Makes `app` the application and starts its services in dependency order. A service that cannot
-    /// start does not stop the others: the failure is logged and shows in inspect's `error`.
+    /// Makes `app` the application and starts its services in dependency order: a service starts once
+    /// every service it depends on has started, and services that do not depend on each other start
+    /// together (a container's start is mostly waiting on containerd and its shim: one after another they
+    /// added up to most of a device's boot). A service that cannot start does not stop the others (nor
+    /// those that depend on it): the failure is logged and shows in inspect's `error`.
     pub async fn run_app(&self, app: Application) {
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesUnordered;
         self.set_app(app.clone());
-        for name in app.start_order().unwrap_or_default() {
-            if let Err(e) = self.start_service(&app, &name).await {
+        let mut pending = app.start_order().unwrap_or_default();
+        let mut done = std::collections::BTreeSet::new();
+        let mut starting = FuturesUnordered::new();
+        loop {
+            let (ready, rest): (Vec<String>, Vec<String>) = pending.into_iter().partition(|n| {
+                app.services.get(n).is_none_or(|s| {
+                    s.depends_on
+                        .iter()
+                        .all(|d| done.contains(d) || !app.services.contains_key(d))
+                })
+            });
+            pending = rest;
+            for name in ready {
+                let app = &app;
+                starting.push(async move {
+                    let r = self.start_service(app, &name).await;
+                    (name, r)
+                });
+            }
+            let Some((name, r)) = starting.next().await else {
+                break;
+            };
+            if let Err(e) = r {
                 tracing::error!(service = %name, "cannot start: {e}");
                 self.set_error(format!("cannot start service `{name}`: {e}"));
             }
+            done.insert(name);
         }
     }
 
@@ -442,6 +470,19 @@ impl Supervisor {
         Value::Array(list)
     }
 
+    /// Where an agent service may stage updates: the host directories of its read-write volumes in the
+    /// running application (its staging area; the master reads an agent's update only from there).
+    pub fn staging_dirs(&self, service: &str) -> Vec<std::path::PathBuf> {
+        self.mounts(&self.app(), service)
+            .map(|ms| {
+                ms.into_iter()
+                    .filter(|m| !m.read_only)
+                    .map(|m| m.host)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Checks what the master's policy says about a service before it starts (or before an update that
     /// brings it is accepted): its volumes stay in the work dir or the allowed roots; root only where
     /// allowed; with per-service users, one writer per volume. Allocates the service's user if needed.
@@ -542,6 +583,13 @@ impl Supervisor {
         env::add_v1_aliases(&mut envs);
         let mounts = self.mounts(app, service)?;
         let user = self.users.credentials(service, spec)?;
+        // The agent sends the instance logs to the cloud: in a container it needs them in view.
+        let mut views = Vec::new();
+        if self.users.is_agent(service) {
+            let logs = self.workdir.join(INSTANCE_LOGS);
+            std::fs::create_dir_all(&logs).map_err(|e| MasterError::io(&logs, e))?;
+            views.push(logs);
+        }
         Ok(InstanceSpec {
             service: service.to_string(),
             instance: instance.to_string(),
@@ -549,6 +597,7 @@ impl Supervisor {
             env: envs,
             mounts,
             user,
+            views,
         })
     }
 

@@ -165,6 +165,28 @@ async fn services_start_in_dependency_order_and_stop_in_reverse() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn services_that_do_not_depend_on_each_other_start_together() {
+    let r = Rig::new("");
+    r.fake.behave("slow", Behaviour::SlowStart(ms(2000)));
+    let t0 = tokio::time::Instant::now();
+    r.run("services:\n  a: {image: slow}\n  b: {image: slow}\n  c: {image: slow, depends_on: [a, b]}\n  d: {image: svc, depends_on: [c]}\n")
+        .await;
+    let at = |k: &str| {
+        let (s, i) = k.split_once('/').unwrap();
+        r.fake
+            .events_of(s, i)
+            .iter()
+            .find(|e| e.what == What::Started)
+            .map(|e| e.at - t0)
+    };
+    // a and b together (2 s, not 4), then c once both have started, then d at once.
+    assert_eq!(at("a/a"), Some(ms(2000)));
+    assert_eq!(at("b/b"), Some(ms(2000)));
+    assert_eq!(at("c/c"), Some(ms(4000)));
+    assert_eq!(at("d/d"), Some(ms(4000)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn what_ignores_sigterm_is_killed_after_grace() {
     let r = Rig::new("grace: 3s\n");
     r.fake.behave("stubborn", Behaviour::IgnoreTerm);

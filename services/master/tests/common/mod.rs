@@ -97,6 +97,7 @@ impl Work {
                 })
                 .collect(),
             user: None,
+            views: Vec::new(),
         }
     }
 

@@ -61,16 +61,25 @@ pub fn split_reference(image: &str) -> (&str, Option<&str>) {
 }
 
 impl Catalog {
-    /// Reads the images of the layout in `dir` into the catalog.
-    pub fn add_layout(&mut self, dir: &Path) -> Result<(), ImportError> {
+    /// Reads the images of the layout in `dir` into the catalog; answers their references, in the layout's
+    /// order, each with the size of its layers (compressed, as stored).
+    pub fn add_layout(&mut self, dir: &Path) -> Result<Vec<(String, u64)>, ImportError> {
         let index_path = dir.join("index.json");
         let index = read_json(&index_path)?;
+        let mut added = Vec::new();
         for m in index["manifests"].as_array().into_iter().flatten() {
             let Some(reference) = m["annotations"]["io.containerd.image.name"].as_str() else {
                 continue;
             };
             let mpath = blob(dir, m, &index_path)?;
             let manifest = read_json(&mpath)?;
+            let size = manifest["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["size"].as_u64())
+                .sum();
+            added.push((reference.to_string(), size));
             let cpath = blob(dir, &manifest["config"], &mpath)?;
             let config = read_json(&cpath)?;
             let c = &config["config"];
@@ -97,7 +106,7 @@ impl Catalog {
                 },
             );
         }
-        Ok(())
+        Ok(added)
     }
 
     /// The image a service's `image` names (see the module's doc).

@@ -253,7 +253,33 @@ impl Importer {
         let index_path = dir.join("index.json");
         let index = read_json(&index_path)?;
         let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
-        let lease = format!("baetyl-import-{}", std::process::id());
+        self.import_manifests(dir, &manifests).await
+    }
+
+    /// Imports the image `reference` (`name:tag`) of the layout in `dir` alone: what it shares with images
+    /// imported before (the binary layer) is not written again.
+    pub async fn import_image(&self, dir: &Path, reference: &str) -> Result<Imported> {
+        let index_path = dir.join("index.json");
+        let index = read_json(&index_path)?;
+        let manifest = index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["annotations"]["io.containerd.image.name"] == reference)
+            .cloned()
+            .ok_or_else(|| ImportError::Layout {
+                path: index_path.clone(),
+                detail: format!("no image `{reference}` in the layout"),
+            })?;
+        self.import_manifests(dir, std::slice::from_ref(&manifest))
+            .await
+    }
+
+    /// Imports the images of `manifests` (entries of the layout's index) under one lease.
+    async fn import_manifests(&self, dir: &Path, manifests: &[Value]) -> Result<Imported> {
+        static LEASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = LEASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lease = format!("baetyl-import-{}-{n}", std::process::id());
         let mut leases = LeasesClient::new(self.channel.clone());
         let mut labels = std::collections::HashMap::new();
         // Should the master die mid-import, the lease ends by itself and the garbage collector takes the rest.
@@ -272,7 +298,7 @@ impl Importer {
             ))
             .await
             .map_err(gone("lease create"))?;
-        let result = self.import_all(dir, &manifests, &lease).await;
+        let result = self.import_all(dir, manifests, &lease).await;
         let _ = leases
             .delete(req(
                 DeleteRequest {

@@ -1,9 +1,12 @@
 //! The containerd engine (`mode: containerd`): each instance is a container of containerd (namespace
 //! `containerd.namespace`, runtime `io.containerd.runc.v2`), driven over its gRPC socket.
 //!
-//! - At start the engine imports the OCI image layouts of `containerd.images` ([`import`]: content under a
-//!   lease, image records, layers unpacked through snapshots + diff, nothing written twice) and reads their
-//!   images into a [`catalog`]; a service's `image` names one of them (v1 names resolve, nothing is pulled).
+//! - At start the engine reads the images of the OCI image layouts of `containerd.images` into a [`catalog`]
+//!   (a service's `image` names one of them; v1 names resolve, nothing is pulled) and imports them in the
+//!   background ([`import`]: content under a lease, image records, layers unpacked through snapshots + diff,
+//!   nothing written twice), one image at a time, smallest first; an instance about to start moves its image
+//!   to the head of the line and waits for it alone. On a first boot the hub so starts once its image (the
+//!   binary layer) is in, not after the Python runtime's layer; once imported, an image is only looked at.
 //! - An instance's container gets the runtime spec of [`spec`] (datasets read-only, volumes read-write, the
 //!   API socket, the v1 environment, `resources` as cgroup limits under `containerd.cgroup_parent`, the host's
 //!   network, the service's user, no capability but `CAP_NET_BIND_SERVICE`, `no_new_privileges`), an
@@ -281,11 +284,120 @@ fn check_config(c: &ContainerdConfig) -> Result<()> {
     Ok(())
 }
 
+/// The background import of the layouts' images (see the module's doc).
+struct Imports {
+    importer: Importer,
+    line: Mutex<ImportLine>,
+    /// Bumped after each image.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct ImportLine {
+    /// Not yet imported: layout dir and reference, in the order they will be.
+    waiting: std::collections::VecDeque<(PathBuf, String)>,
+    /// Imported (Ok) or failed (Err with the reason), by reference.
+    finished: HashMap<String, std::result::Result<(), String>>,
+}
+
+impl Imports {
+    /// Starts importing `waiting` in that order, in a task of its own.
+    fn start(importer: Importer, waiting: Vec<(PathBuf, String)>) -> Arc<Imports> {
+        let imports = Arc::new(Imports {
+            importer,
+            line: Mutex::new(ImportLine {
+                waiting: waiting.into(),
+                finished: HashMap::new(),
+            }),
+            changed: watch::channel(0).0,
+        });
+        tokio::spawn(imports.clone().run());
+        imports
+    }
+
+    async fn run(self: Arc<Self>) {
+        let started = Instant::now();
+        let (mut images, mut blobs, mut layers) = (0, 0, 0);
+        loop {
+            let next = lock(&self.line).waiting.pop_front();
+            let Some((dir, reference)) = next else {
+                break;
+            };
+            let t = Instant::now();
+            let result = match self.importer.import_image(&dir, &reference).await {
+                Ok(done) => {
+                    tracing::info!(
+                        image = %reference,
+                        blobs_written = done.blobs_written,
+                        layers_unpacked = done.layers_unpacked,
+                        "OCI image imported in {:?}",
+                        t.elapsed()
+                    );
+                    images += 1;
+                    blobs += done.blobs_written;
+                    layers += done.layers_unpacked;
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(image = %reference, layout = %dir.display(), "cannot import: {e}");
+                    Err(e.to_string())
+                }
+            };
+            lock(&self.line).finished.insert(reference, result);
+            self.changed.send_modify(|n| *n += 1);
+        }
+        tracing::info!(
+            images,
+            blobs_written = blobs,
+            layers_unpacked = layers,
+            "OCI images imported in {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Waits until `reference` is imported, moving it to the head of the line first.
+    async fn ready(&self, reference: &str) -> Result<()> {
+        let mut changed = self.changed.subscribe();
+        loop {
+            {
+                let mut line = lock(&self.line);
+                if let Some(r) = line.finished.get(reference) {
+                    return r.clone().map_err(|detail| MasterError::Containerd {
+                        what: format!("import of image {reference}"),
+                        detail,
+                    });
+                }
+                match line.waiting.iter().position(|(_, r)| r == reference) {
+                    Some(0) => {}
+                    Some(i) => {
+                        if let Some(entry) = line.waiting.remove(i) {
+                            line.waiting.push_front(entry);
+                        }
+                    }
+                    // Not waiting and not finished: being imported now.
+                    None => {}
+                }
+            }
+            if changed.changed().await.is_err() {
+                return Err(MasterError::Containerd {
+                    what: format!("import of image {reference}"),
+                    detail: "the import stopped".into(),
+                });
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct ContainerdEngine {
     workdir: PathBuf,
     roots: Vec<PathBuf>,
     ctd: Ctd,
     catalog: Catalog,
+    imports: Arc<Imports>,
     cgroup_parent: String,
     api_socket: Option<PathBuf>,
     log: InstanceLogConfig,
@@ -303,20 +415,20 @@ impl ContainerdEngine {
         let channel = connect(&c.socket, c.connect_timeout.get()).await?;
         let importer = Importer::new(channel.clone(), &c.namespace);
         let mut catalog = Catalog::default();
+        let mut queue = Vec::new();
         for dir in &c.images {
             let dir = workdir.join(dir);
-            let started = Instant::now();
-            let done = importer.import(&dir).await?;
-            catalog.add_layout(&dir)?;
-            tracing::info!(
-                layout = %dir.display(),
-                images = done.images.len(),
-                blobs_written = done.blobs_written,
-                layers_unpacked = done.layers_unpacked,
-                "OCI images imported in {:?}",
-                started.elapsed()
-            );
+            for (reference, size) in catalog.add_layout(&dir)? {
+                queue.push((size, dir.clone(), reference));
+            }
         }
+        // Smallest first (stable: the layout's order among equals): the images of the binary layer alone
+        // before the Python runtime's.
+        queue.sort_by_key(|(size, _, _)| *size);
+        let imports = Imports::start(
+            importer,
+            queue.into_iter().map(|(_, d, r)| (d, r)).collect(),
+        );
         let mut roots = vec![workdir.clone()];
         roots.extend(
             cfg.volumes
@@ -336,6 +448,7 @@ impl ContainerdEngine {
                 ns: c.namespace.clone(),
             },
             catalog,
+            imports,
             cgroup_parent: c.cgroup_parent.trim_end_matches('/').to_string(),
             api_socket,
             log: cfg.instance_log.clone(),
@@ -550,6 +663,7 @@ impl Engine for ContainerdEngine {
 
     async fn start(&self, spec: InstanceSpec) -> Result<Box<dyn Running>> {
         let image = self.image(&spec.service, &spec.spec.image)?.clone();
+        self.imports.ready(&image.reference).await?;
         let id = container_id(&spec.service, &spec.instance);
         let label = format!("{}/{}", spec.service, spec.instance);
         let mounts = self.mounts(&spec)?;

@@ -23,6 +23,13 @@ pub const API_SOCKET: &str = "/run/baetyl/baetyl.sock";
 pub const CAPABILITIES: &[Capability] = &[Capability::NetBindService];
 /// The CFS period CPU limits are expressed in (µs), as the native engine's cgroups.
 const CPU_PERIOD: u64 = 100_000;
+/// The runc v2 shim's grouping annotation: every container of a spec naming the same group shares one shim
+/// process. A shim is a Go program: under emulation starting one costs about a second, and each idles at
+/// several MiB; one shim for all the master's containers pays that once. Namespaces, cgroups and the
+/// container's own processes are per container as before; the shared shim is containerd's, not the services'.
+pub const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
+/// The group of every container of the master.
+pub const SHIM_GROUP: &str = "baetyl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -210,6 +217,15 @@ pub fn runtime_spec(inst: &InstanceSpec, p: &SpecParams<'_>) -> Result<Spec, Spe
     if let Some(sock) = p.api_socket {
         mounts.push(bind(sock, API_SOCKET, false).map_err(&build)?);
     }
+    for v in &inst.views {
+        let at = v.to_str().filter(|t| t.starts_with('/')).ok_or_else(|| {
+            build(format!(
+                "{} cannot be a container path (not absolute UTF-8)",
+                v.display()
+            ))
+        })?;
+        mounts.push(bind(v, at, true).map_err(&build)?);
+    }
 
     let res = &inst.spec.resources;
     let mut resources = LinuxResourcesBuilder::default();
@@ -289,7 +305,9 @@ pub fn runtime_spec(inst: &InstanceSpec, p: &SpecParams<'_>) -> Result<Spec, Spe
                 .unwrap_or_else(|| inst.service.clone()),
         ))
         .set_mounts(Some(mounts))
-        .set_annotations(None)
+        .set_annotations(Some(
+            [(SHIM_GROUP_ANNOTATION.to_string(), SHIM_GROUP.to_string())].into(),
+        ))
         .set_linux(Some(linux));
     Ok(spec)
 }
@@ -325,6 +343,7 @@ mod tests {
                     nested: Vec::new(),
                 },
             ],
+            views: vec![PathBuf::from("/w/var/log/baetyl/services")],
             user: Some(crate::engine::child::Credentials {
                 uid: 1001,
                 gid: 1001,
@@ -408,6 +427,17 @@ mod tests {
                 .unwrap()
                 .contains(&"rw".to_string())
         );
+        assert_eq!(
+            s.annotations().as_ref().unwrap()[SHIM_GROUP_ANNOTATION],
+            SHIM_GROUP
+        );
+        // A view of the master's files (the agent's instance logs) at the master's own path, read-only.
+        let view = find("/w/var/log/baetyl/services");
+        assert_eq!(
+            view.source().as_deref(),
+            Some(Path::new("/w/var/log/baetyl/services"))
+        );
+        assert!(view.options().as_ref().unwrap().contains(&"ro".to_string()));
         assert_eq!(
             find(API_SOCKET).source().as_deref(),
             Some(Path::new("/w/var/run/baetyl.sock"))
