@@ -37,6 +37,7 @@ pub struct ApiState {
     pub sup: Arc<Supervisor>,
     pub updater: Arc<Updater>,
     pub mst: Arc<crate::mst::Mst>,
+    pub os: Arc<crate::os_update::OsUpdater>,
     pub build: BuildInfo,
     pub operator: (String, String),
     pub sampler: HostSampler,
@@ -202,9 +203,10 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
         body,
         r#"update body is not {"type":"APP","path":"...","trace":"..."}"#,
     )?;
-    let master = match req.kind.to_ascii_uppercase().as_str() {
+    let kind = req.kind.to_ascii_uppercase();
+    let master = match kind.as_str() {
         "APP" | "" => false,
-        "MST" => true,
+        "MST" | "OS" => true,
         other => {
             return Err(MasterError::UnknownUpdateType {
                 kind: other.to_string(),
@@ -225,6 +227,9 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
             crate::ota::APP_FILE
         );
         req.path = crate::ota::APP_FILE.to_string();
+    }
+    if kind == "OS" {
+        return st.os.submit(&req.path, &req.trace);
     }
     if master {
         return st.mst.submit(&req.path, &req.trace);
