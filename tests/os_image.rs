@@ -749,7 +749,7 @@ fn booted_root(vm: &Vm) -> String {
     let last = c.rfind("starting as pid 1").map_or(&c[..], |at| &c[at..]);
     ["root-a", "root-b"]
         .into_iter()
-        .find(|r| last.contains(&format!("root {r}")))
+        .find(|r| last.contains(&format!("({r}, squashfs, read-only) is now /")))
         .unwrap_or("?")
         .to_string()
 }
