@@ -116,6 +116,10 @@ fn boot(arch: &str, image: &Path) -> Vm {
 
 /// Starts QEMU on `dir/disk.img` (a new console log and ports file in `dir`).
 fn start(arch: &str, dir: tempfile::TempDir) -> Vm {
+    // A restart on the same disk: the last run's ports (dead now) and console must not be read as this run's.
+    for old in ["ports", "console.log"] {
+        let _ = std::fs::remove_file(dir.path().join(old));
+    }
     let disk = dir.path().join("disk.img");
     let started = Instant::now();
     let log = std::fs::File::create(dir.path().join("qemu.out")).expect("qemu.out");
