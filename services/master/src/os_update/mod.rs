@@ -68,6 +68,8 @@ pub struct OsUpdater {
     sup: Arc<Supervisor>,
     updater: Arc<Updater>,
     dev: Arc<dyn OsDevice>,
+    /// This boot was marked good (LoaderBootCountPath still names the counted entry until the next boot).
+    blessed: std::sync::atomic::AtomicBool,
 }
 
 /// A bundle whose header was checked, and the device facts the install needs.
@@ -81,7 +83,12 @@ struct Prepared {
 
 impl OsUpdater {
     pub fn new(sup: Arc<Supervisor>, updater: Arc<Updater>, dev: Arc<dyn OsDevice>) -> Arc<Self> {
-        Arc::new(OsUpdater { sup, updater, dev })
+        Arc::new(OsUpdater {
+            sup,
+            updater,
+            dev,
+            blessed: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     fn log(&self, trace: &str, step: &str, message: &str, error: Option<&str>) {
@@ -226,6 +233,7 @@ impl OsUpdater {
         }
         if let Some(entry) = self.counted_entry()
             && entry.tries_left.is_some()
+            && !self.blessed.load(std::sync::atomic::Ordering::SeqCst)
         {
             return Err(OsUpdateError::OnTrial {
                 slot,
@@ -513,6 +521,8 @@ impl OsUpdater {
         let blessed = tokio::task::spawn_blocking(move || bless(me_dev.as_ref(), entry)).await;
         match blessed {
             Ok(Ok(name)) => {
+                self.blessed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 self.dev.mark_blessed();
                 let p = self
                     .read_pending()
