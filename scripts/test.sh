@@ -41,8 +41,11 @@ for arch in x86_64 aarch64; do
     outs=("$arch" "$arch.rebuild"); [ "$arch" = x86_64 ] && outs+=("$arch.native")
     for out in "${outs[@]}"; do
         engine=(); [ "$out" = "$arch.native" ] && engine=(--engine native)
+        # One OS update signing key for every build (made by the first): the rebuild's outputs, bundle and
+        # pinned key included, must be the same bytes; the boot tests sign their broken update with it.
         if ! "$target/debug/baetyl" image build --arch "$arch" --out "$images/$out" --dev-api 0.0.0.0:9990 \
-            --dev-api-token "$images/operator.token" "${engine[@]}" > "$images/$out.log" 2>&1; then
+            --dev-api-token "$images/operator.token" --sign-key "$images/os-update.key" "${engine[@]}" \
+            > "$images/$out.log" 2>&1; then
             cat "$images/$out.log"; echo "image build ($out) failed"; status=1; continue 2
         fi
     done
@@ -71,8 +74,10 @@ case "$cloud_bin" in /*) ;; '') echo "cloud_boot: no test binary"; status=1 ;; *
 cloud_boot=$!
 BAETYL_IMAGES=$images cargo test --locked --workspace --test oci -- --ignored --test-threads=1 --nocapture \
     2>&1 | tee -a "$log" || status=$?
+# The aarch64 OS update cycle (about 3x the x86_64 one under TCG) is left out of CI for time; run it with
+# `BAETYL_IMAGES=... cargo test --test os_image -- --ignored aarch64_os_update`.
 BAETYL_IMAGES=$images cargo test --locked --workspace --test os_image -- --ignored --test-threads=2 --nocapture \
-    2>&1 | tee -a "$log" || status=$?
+    --skip aarch64_os_update 2>&1 | tee -a "$log" || status=$?
 wait "$cloud_boot" || status=$?
 tee -a "$log" < "$cloud_log"
 rm -f "$cloud_log"

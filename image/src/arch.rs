@@ -17,9 +17,12 @@ pub struct Arch {
     pub console: &'static str,
     pub stub: &'static str,
     pub efi_name: &'static str,
+    /// systemd-boot, from the same package as the stub: the ESP's removable-media boot file.
+    pub loader: &'static str,
     pub objcopy: &'static str,
     /// Modules init loads from the initramfs (virtio disk, network and entropy source, the root's squashfs,
-    /// ext4 where it is not built in); their dependencies are added in order. Without an entropy source the
+    /// ext4 where it is not built in; the ESP's vfat with its code pages and efivarfs, for OS updates and boot
+    /// counting); their dependencies are added in order. Without an entropy source the
     /// kernel's random pool may take minutes to initialise under TCG, and every getrandom() blocks until then.
     pub modules: &'static [&'static str],
     pub tag: u8,
@@ -36,6 +39,7 @@ pub const ARCHES: &[Arch] = &[
         console: "ttyS0",
         stub: "usr/lib/systemd/boot/efi/linuxx64.efi.stub",
         efi_name: "BOOTX64.EFI",
+        loader: "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
         objcopy: "objcopy",
         modules: &[
             "virtio_pci",
@@ -43,6 +47,10 @@ pub const ARCHES: &[Arch] = &[
             "virtio_net",
             "virtio_rng",
             "squashfs",
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "efivarfs",
         ],
         tag: 1,
     },
@@ -56,6 +64,7 @@ pub const ARCHES: &[Arch] = &[
         console: "ttyAMA0",
         stub: "usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
         efi_name: "BOOTAA64.EFI",
+        loader: "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
         objcopy: "aarch64-linux-gnu-objcopy",
         modules: &[
             "virtio_pci",
@@ -64,6 +73,10 @@ pub const ARCHES: &[Arch] = &[
             "virtio_rng",
             "squashfs",
             "ext4",
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "efivarfs",
         ],
         tag: 2,
     },

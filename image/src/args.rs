@@ -12,7 +12,8 @@ pub struct ImageArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum ImageCommand {
     /// Build the kernel + initramfs, the unified kernel image, the squashfs root and the GPT disk image.
-    Build(BuildArgs),
+    // Boxed: the build's arguments are much larger than the other commands'.
+    Build(Box<BuildArgs>),
     /// Build the OCI image layout of the services (no registry, no container tool).
     Oci(crate::oci::OciArgs),
     /// Make a built disk image cloud-managed: rewrite its data partition with the agent's bootstrap (cloud URL,
@@ -89,6 +90,11 @@ pub struct BuildArgs {
     /// Development images only: the operator token for --dev-api (a file with one token of 16+ characters).
     #[arg(long, value_name = "FILE", requires = "dev_api")]
     pub dev_api_token: Option<PathBuf>,
+    /// The ed25519 key that signs `os-update.bundle` (base64 of a PKCS#8 document, as the fleet server's
+    /// signing.key); made (0600) when the file does not exist. The image pins its public key and installs only
+    /// OS updates signed with it. Default: `os-update.key` in the output directory (development only).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// Timestamp of every file in the outputs (reproducible builds).
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 1_700_000_000)]
     pub source_date_epoch: u64,

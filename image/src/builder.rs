@@ -12,6 +12,7 @@ use crate::apt::{self, Unpacked};
 use crate::arch::{Arch, arch};
 use crate::args::{BuildArgs, Engine};
 use crate::binaries::{cargo_build, default_source};
+use crate::bundle::{self, BundleKey};
 use crate::configs::{OCI_LAYOUT, init_config};
 use crate::data::check_app;
 use crate::debbins;
@@ -28,12 +29,23 @@ use crate::run::{Runner, System, require};
 use crate::uki;
 
 /// The outputs, in the order of the manifest.
-const OUTPUTS: [&str; 5] = [
+const OUTPUTS: [&str; 6] = [
     "vmlinuz",
     "initramfs.img",
     "rootfs.squashfs",
     "boot.efi",
     "disk.img",
+    "os-update.bundle",
+];
+
+/// mksquashfs's options for the root (also for a root made from it elsewhere, as the boot tests' broken OS).
+pub const SQUASHFS_OPTIONS: [&str; 6] = [
+    "-noappend",
+    "-quiet",
+    "-no-progress",
+    "-all-root",
+    "-comp",
+    "zstd",
 ];
 
 /// The paths and facts of a finished build.
@@ -74,6 +86,8 @@ pub struct Build<'a> {
     work: PathBuf,
     /// SOURCE_DATE_EPOCH as the 32 bits cpio headers and the PE time stamp hold.
     epoch32: u32,
+    /// The key that signs `os-update.bundle` (its public half is pinned in the root).
+    key: BundleKey,
 }
 
 pub fn build(args: &BuildArgs) -> Result<Outputs> {
@@ -85,7 +99,7 @@ pub fn build_with(run: &dyn Runner, args: &BuildArgs) -> Result<Outputs> {
 }
 
 fn step(n: u32, what: &str) {
-    println!("==> [{n}/8] {what}");
+    println!("==> [{n}/9] {what}");
 }
 
 fn show_size(p: &Path) -> String {
@@ -174,6 +188,24 @@ impl<'a> Build<'a> {
             .unwrap_or_else(|| PathBuf::from("out").join(a.name));
         let work = out.join("work");
         std::fs::create_dir_all(&work).map_err(|e| ImageError::io(&work, e))?;
+        let key = BundleKey::load_or_create(
+            &args
+                .sign_key
+                .clone()
+                .unwrap_or_else(|| out.join(bundle::DEFAULT_KEY)),
+        )?;
+        if key.created {
+            println!(
+                "    made the OS update signing key {} (0600): keep it, every later update must be signed with it",
+                key.path.display()
+            );
+        }
+        if args.sign_key.is_none() {
+            println!(
+                "    warning: no --sign-key: OS updates are signed with {}, beside the outputs (development only)",
+                key.path.display()
+            );
+        }
         Ok(Build {
             run,
             args,
@@ -181,6 +213,7 @@ impl<'a> Build<'a> {
             out,
             work,
             epoch32,
+            key,
         })
     }
 
@@ -218,20 +251,26 @@ impl<'a> Build<'a> {
             6,
             "unified kernel image (systemd EFI stub + kernel + initramfs + command line)",
         );
-        let efi = self.uki(&pkgs)?;
+        let [efi, efi_b] = self.uki(&pkgs)?;
         step(
             7,
-            "partitions: ESP (FAT) and data (ext4 with the application)",
+            "partitions: ESP (FAT, systemd-boot) and data (ext4 with the application)",
         );
         let layout = Layout {
-            boot_mib: disk::size_mib(file_len(&efi)?, 100, 48),
+            // Two UKIs (the running slot's and, during an OS update, the new one's), 50 % spare each.
+            boot_mib: disk::size_mib(2 * file_len(&efi)?, 50, 48),
             root_mib: disk::size_mib(file_len(&squash)?, 100, 64),
             data_mib: self.args.data_mib(),
         };
-        self.esp(&efi, &layout)?;
+        self.esp(&pkgs, &efi, &layout)?;
         self.data_partition()?;
         step(8, "GPT disk (genimage): boot, root-a, root-b, baetyl-data");
         self.disk(&squash, &layout)?;
+        step(
+            9,
+            "OS update bundle (signed manifest, each slot's UKI, the root)",
+        );
+        self.bundle(&efi, &efi_b, &squash)?;
         self.manifest(&layout)
     }
 
@@ -382,6 +421,11 @@ impl<'a> Build<'a> {
     pub fn rootfs(&self, bins: &Binaries) -> Result<PathBuf> {
         let rootdir = self.work.join("rootfs");
         stage_rootfs(&rootdir, &bins.baetyl, self.args)?;
+        // The key OS updates must be signed with (the master reads it there).
+        write(
+            &rootdir.join(baetyl_sdk::os::UPDATE_KEY.trim_start_matches('/')),
+            self.key.public_text(),
+        )?;
         let mut sets = vec![&debbins::E2FSCK];
         if self.containerd() {
             sets.push(&debbins::CONTAINERD);
@@ -415,52 +459,81 @@ impl<'a> Build<'a> {
             Command::new("mksquashfs")
                 .arg(&rootdir)
                 .arg(&squash)
-                .args([
-                    "-noappend",
-                    "-quiet",
-                    "-no-progress",
-                    "-all-root",
-                    "-comp",
-                    "zstd",
-                ])
+                .args(SQUASHFS_OPTIONS)
                 // sets the filesystem's and every inode's time
                 .env("SOURCE_DATE_EPOCH", self.epoch().to_string()),
         )?;
         Ok(squash)
     }
 
-    /// Step 6: `boot.efi`, the unified kernel image (with the root's os-release). Returns its path.
-    pub fn uki(&self, pkgs: &Packages) -> Result<PathBuf> {
-        let cmdline = self.work.join("cmdline");
+    /// Step 6: each slot's unified kernel image: `boot.efi` (slot a, the disk's) and `work/boot-b.efi` (for the
+    /// update bundle), the same but for the root partition their command lines name. Their os-release names
+    /// no version, so systemd-boot orders them by file name alone (newest generation first).
+    pub fn uki(&self, pkgs: &Packages) -> Result<[PathBuf; 2]> {
+        let osrel = self.work.join("uki-os-release");
         write(
-            &cmdline,
-            format!("console={} quiet panic=10", self.arch.console),
+            &osrel,
+            format!(
+                "ID=baetyl\nNAME=baetyl\nPRETTY_NAME=\"baetyl {}\"\n",
+                env!("CARGO_PKG_VERSION")
+            ),
         )?;
-        let efi = self.out.join("boot.efi");
-        uki::build(
-            self.run,
-            self.arch.objcopy,
-            &uki::Parts {
-                stub: &pkgs.stub.root.join(self.arch.stub),
-                kernel: &self.out.join("vmlinuz"),
-                initrd: &self.out.join("initramfs.img"),
-                cmdline: &cmdline,
-                osrel: &self.work.join("rootfs/etc/os-release"),
-                epoch: self.epoch32,
-            },
-            &efi,
-        )?;
-        Ok(efi)
+        let mut out = Vec::new();
+        for slot in baetyl_sdk::os::SLOTS {
+            let cmdline = self.work.join(format!("cmdline-{slot}"));
+            write(
+                &cmdline,
+                format!(
+                    "console={} quiet panic=10 baetyl.root=root-{slot}",
+                    self.arch.console
+                ),
+            )?;
+            let efi = if slot == 'a' {
+                self.out.join("boot.efi")
+            } else {
+                self.work.join(format!("boot-{slot}.efi"))
+            };
+            uki::build(
+                self.run,
+                self.arch.objcopy,
+                &uki::Parts {
+                    stub: &pkgs.stub.root.join(self.arch.stub),
+                    kernel: &self.out.join("vmlinuz"),
+                    initrd: &self.out.join("initramfs.img"),
+                    cmdline: &cmdline,
+                    osrel: &osrel,
+                    epoch: self.epoch32,
+                },
+                &efi,
+            )?;
+            out.push(efi);
+        }
+        let [a, b]: [PathBuf; 2] = out
+            .try_into()
+            .map_err(|_| ImageError::Input("two slots, two UKIs".into()))?;
+        Ok([a, b])
     }
 
-    /// Step 7a: the ESP's image (`boot.vfat`), holding the UKI at the removable-media path.
-    pub fn esp(&self, efi: &Path, layout: &Layout) -> Result<()> {
+    /// Step 7a: the ESP's image (`boot.vfat`): systemd-boot at the removable-media path, its `loader.conf`, and
+    /// slot a's UKI as the first boot entry (blessed: no tries counter).
+    pub fn esp(&self, pkgs: &Packages, efi: &Path, layout: &Layout) -> Result<()> {
         let parts = self.parts();
         std::fs::create_dir_all(&parts).map_err(|e| ImageError::io(&parts, e))?;
         let espdir = self.work.join("esp");
         let _ = std::fs::remove_dir_all(&espdir);
         write(
             &espdir.join("EFI/BOOT").join(self.arch.efi_name),
+            read(&pkgs.stub.root.join(self.arch.loader))?,
+        )?;
+        write(&espdir.join("loader/loader.conf"), disk::LOADER_CONF)?;
+        let entry = baetyl_sdk::os::BootEntry {
+            generation: 1,
+            slot: 'a',
+            tries_left: None,
+            tries_done: None,
+        };
+        write(
+            &espdir.join("EFI/Linux").join(entry.file_name()),
             read(efi)?,
         )?;
         touch_tree(&espdir, self.epoch())?;
@@ -494,6 +567,22 @@ impl<'a> Build<'a> {
             &self.out,
             &self.work,
         )
+    }
+
+    /// Step 9: `os-update.bundle`, signed with the build's key.
+    pub fn bundle(&self, efi_a: &Path, efi_b: &Path, squash: &Path) -> Result<()> {
+        use baetyl_sdk::os_bundle::{ROOTFS, UKI_A, UKI_B};
+        let payloads = [(UKI_A, efi_a), (UKI_B, efi_b), (ROOTFS, squash)];
+        let m = bundle::manifest(self.arch.name, env!("CARGO_PKG_VERSION"), &payloads)?;
+        let out = self.out.join("os-update.bundle");
+        let len = bundle::write(&out, &self.key.key, &m, &payloads)?;
+        println!(
+            "    os-update.bundle {} (build {}), signed by {}",
+            human_bytes(len),
+            m.build,
+            self.key.public()
+        );
+        Ok(())
     }
 
     /// Last: `manifest.txt` (name, size and SHA-256 of each output), printed too, with the disk's layout.

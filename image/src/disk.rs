@@ -1,4 +1,4 @@
-//! The partitions' filesystems (FAT ESP with mtools, ext4 data with `mke2fs -d`, both without mounting) and the
+//! The partitions' filesystems (FAT ESP with systemd-boot and the boot entries, with mtools, ext4 data with `mke2fs -d`, both without mounting) and the
 //! GPT disk laid out by genimage from `image/genimage/disk.cfg`: boot (ESP), root-a (the squashfs), root-b
 //! (empty, for an OS update to fill), baetyl-data (ext4, grown by init to fill the medium on first boot).
 //! Identifiers are fixed per architecture so that a rebuild from the same inputs gives the same bytes.
@@ -45,8 +45,18 @@ pub fn genimage_env(arch_tag: u8, l: &Layout) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// A FAT ESP of `mib` MiB with the tree of `dir` (which holds `EFI/BOOT/<name>`, the removable-media path
-/// firmware boots). The tree's times are copied (`mcopy -m`), the volume id is fixed (`--invariant`).
+/// systemd-boot's `loader/loader.conf` on the ESP. No `default`: systemd-boot then boots the first entry in its
+/// order, which puts entries without tries left (`+0`) last and otherwise sorts UKIs whose os-release has the
+/// same ID and no version by file name, newest first (systemd's `config_entry_compare`): the newest generation
+/// that still has tries (`baetyl-<generation>-<slot>[+LEFT[-DONE]].efi`, [`baetyl_sdk::os::BootEntry`]). No
+/// menu (timeout 0), no editing of the command line, no automatic entries (firmware setup, other loaders), and
+/// no random seed file written to the ESP on every boot.
+pub const LOADER_CONF: &str = "# baetyl: boot the newest EFI/Linux/baetyl-*.efi that has tries left\n\
+timeout 0\neditor no\nauto-entries no\nauto-firmware no\nrandom-seed-mode off\n";
+
+/// A FAT ESP of `mib` MiB with the tree of `dir` (`EFI/BOOT/<name>`, the removable-media path firmware boots:
+/// systemd-boot; `loader/`; `EFI/Linux/`, the boot entries). The tree's times are copied (`mcopy -m`), the
+/// volume id is fixed (`--invariant`).
 pub fn esp(run: &dyn Runner, out: &Path, mib: u64, dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(out);
     run.output(
@@ -55,11 +65,17 @@ pub fn esp(run: &dyn Runner, out: &Path, mib: u64, dir: &Path) -> Result<()> {
             .arg(out)
             .arg((mib * 1024).to_string()),
     )?;
+    // The top-level entries in a fixed order (the FAT's directory order is part of its bytes).
+    let mut top: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| ImageError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    top.sort();
     run.output(
         Command::new("mcopy")
             .args(["-s", "-m", "-i"])
             .arg(out)
-            .arg(dir.join("EFI"))
+            .args(&top)
             .arg("::")
             .env("MTOOLS_SKIP_CHECK", "1"),
     )?;

@@ -8,8 +8,10 @@
 //!   `/sbin/e2fsck` with its libraries and loader (init checks the data partition with it), mount points; with
 //!   `--engine containerd` (the default) also Debian's containerd, its runc shim and runc, and the services'
 //!   OCI image layout in `/usr/share/baetyl/oci`; no shell, no getty, no sshd, no package manager;
-//! - `boot.efi`: a unified kernel image (systemd's EFI stub + kernel + initramfs + command line);
-//! - `disk.img`: a raw GPT disk (boot ESP, root-a, root-b, baetyl-data) that UEFI firmware boots;
+//! - `boot.efi`: a unified kernel image (systemd's EFI stub + kernel + initramfs + command line naming root-a);
+//! - `disk.img`: a raw GPT disk (boot ESP, root-a, root-b, baetyl-data) that UEFI firmware boots: systemd-boot
+//!   at the removable-media path boots `EFI/Linux/baetyl-000001-a.efi` (A/B slots with boot counting);
+//! - `os-update.bundle`: the signed OS update ([`bundle`]): each slot's UKI and the root squashfs;
 //! - `manifest.txt`: size and SHA-256 of each output.
 //!
 //! Init switches from the initramfs to root-a (found by GPT partition name), mounts baetyl-data on
@@ -33,6 +35,7 @@ pub mod arch;
 pub mod args;
 pub mod binaries;
 pub mod builder;
+pub mod bundle;
 pub mod cloud;
 pub mod configs;
 pub mod data;

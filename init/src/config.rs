@@ -23,6 +23,7 @@
 //! | `baetyl.master.grace=30s` | how long the master may take to stop |
 //! | `baetyl.master.nofile=N` | the descriptor limit (RLIMIT_NOFILE) of the master and its services |
 //! | `baetyl.shutdown.grace=5s` | how long the remaining processes may take to stop |
+//! | `baetyl.trial.timeout=10m`, `baetyl.trial.master_starts=4` | a boot on trial (a new OS): reboot when it is not marked good in time, or when the master had to be started this often |
 //! | `baetyl.kmsg=0\|1` | copy the log to /dev/kmsg |
 
 use std::collections::BTreeMap;
@@ -58,6 +59,8 @@ pub struct InitConfig {
     pub network: NetworkConfig,
     pub master: MasterConfig,
     pub shutdown: ShutdownConfig,
+    /// A boot on trial (systemd-boot counted its entry: a newly installed OS).
+    pub trial: TrialConfig,
     /// Copy the log to /dev/kmsg.
     pub kmsg: bool,
 }
@@ -75,6 +78,7 @@ impl Default for InitConfig {
             network: NetworkConfig::default(),
             master: MasterConfig::default(),
             shutdown: ShutdownConfig::default(),
+            trial: TrialConfig::default(),
             kmsg: true,
         }
     }
@@ -258,6 +262,25 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             grace: HumanDuration::from_secs(5),
+        }
+    }
+}
+
+/// A boot on trial is rebooted (so that the boot loader counts a failed try and, after the last, falls back to
+/// the previous OS) when the master has not marked it good within `timeout`, or as soon as the master had to be
+/// started `master_starts` times: a new OS whose master cannot run fails fast instead of waiting out the timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrialConfig {
+    pub timeout: HumanDuration,
+    pub master_starts: u32,
+}
+
+impl Default for TrialConfig {
+    fn default() -> Self {
+        TrialConfig {
+            timeout: HumanDuration::from_secs(600),
+            master_starts: 4,
         }
     }
 }
@@ -484,6 +507,14 @@ impl InitConfig {
                     .ok_or("expected a number of descriptors, at least 1024")?
             }
             "shutdown.grace" => self.shutdown.grace = parse_duration(value)?,
+            "trial.timeout" => self.trial.timeout = parse_duration(value)?,
+            "trial.master_starts" => {
+                self.trial.master_starts = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or("expected a number of starts, at least 1")?
+            }
             "kmsg" => self.kmsg = parse_bool(value).ok_or("expected 0 or 1")?,
             _ => return Err("unknown parameter (see the init crate's config docs)".into()),
         }

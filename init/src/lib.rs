@@ -36,6 +36,7 @@ pub mod net;
 pub mod process;
 pub mod safe_mode;
 pub mod sys;
+pub mod trial;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -182,6 +183,7 @@ fn run_with<S: System>(
 ) -> PowerAction {
     let mut master = Master::new(&cfg);
     let master_cfg = cfg.master.clone();
+    let trial_cfg = cfg.trial.clone();
     let nofile = cfg.master.nofile;
     let mut init = Init::new(sys, cfg, mode);
     init.boot();
@@ -211,9 +213,49 @@ fn run_with<S: System>(
         c.start(std::time::Instant::now());
         c.wait_ready(containerd::READY_TIMEOUT);
     }
+    let mut trial = if mode.may_kmsg {
+        trial::mount_efivarfs();
+        trial::counted_entry(Path::new(trial::EFIVARS)).map(|entry| {
+            info!(
+                "booted entry {} on trial: the master must mark it good within {} (or it is rebooted)",
+                entry.file_name(),
+                trial_cfg.timeout
+            );
+            trial::Trial::new(
+                entry,
+                &trial_cfg,
+                std::time::Instant::now(),
+                PathBuf::from(baetyl_sdk::os::BLESSED_FILE),
+            )
+        })
+    } else {
+        None
+    };
     info!("boot done; supervising");
-    let action = master.supervise_with(signals, &mut |now| {
-        containerd.as_mut().and_then(|c| c.tick(now))
+    let action = master.supervise_with(signals, &mut |now, starts| {
+        let watch = match trial.as_mut().map(|t| t.check(now, starts)) {
+            Some(trial::Verdict::Wait(d)) => Some(d),
+            Some(trial::Verdict::Good) => {
+                info!("this boot was marked good");
+                trial = None;
+                None
+            }
+            Some(trial::Verdict::Reboot(why)) => {
+                error!("{why}");
+                trial = None;
+                // Handled by the loop as any reboot request: the master and every process are stopped first.
+                if let Err(e) = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM) {
+                    error!("cannot request the reboot: {e}");
+                }
+                Some(Duration::from_millis(10))
+            }
+            None => None,
+        };
+        let other = containerd.as_mut().and_then(|c| c.tick(now));
+        match (watch, other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     });
     init.shutdown(action, signals, &mut master);
     action

@@ -59,6 +59,11 @@ impl Master {
         self.pid
     }
 
+    /// How often the master was started so far.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
     /// Adds a variable to the master's environment (from its next start on).
     pub fn add_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
@@ -67,15 +72,16 @@ impl Master {
 
     /// Supervises the master and reaps orphans until a shutdown signal arrives.
     pub fn supervise(&mut self, signals: &mut SignalWatch) -> PowerAction {
-        self.supervise_with(signals, &mut |_| None)
+        self.supervise_with(signals, &mut |_, _| None)
     }
 
     /// [`Master::supervise`], calling `tick` after each wake-up (after reaping) for another supervised process
-    /// (containerd); `tick` answers how soon it wants to be called again.
+    /// (containerd) or watch (a boot on trial), with the number of times the master was started; `tick` answers
+    /// how soon it wants to be called again.
     pub fn supervise_with(
         &mut self,
         signals: &mut SignalWatch,
-        tick: &mut dyn FnMut(Instant) -> Option<Duration>,
+        tick: &mut dyn FnMut(Instant, u32) -> Option<Duration>,
     ) -> PowerAction {
         loop {
             if let Some((sig, action)) = signals.take_shutdown() {
@@ -92,7 +98,7 @@ impl Master {
                 }
             }
             self.start_if_due(now);
-            let other = tick(Instant::now());
+            let other = tick(Instant::now(), self.starts);
             let wait = match (self.time_until_restart(Instant::now()), other) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

@@ -37,6 +37,7 @@ pub struct ApiState {
     pub sup: Arc<Supervisor>,
     pub updater: Arc<Updater>,
     pub mst: Arc<crate::mst::Mst>,
+    pub os: Arc<crate::os_update::OsUpdater>,
     pub build: BuildInfo,
     pub operator: (String, String),
     pub sampler: HostSampler,
@@ -204,9 +205,10 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
         body,
         r#"update body is not {"type":"APP","path":"...","trace":"..."}"#,
     )?;
-    let master = match req.kind.to_ascii_uppercase().as_str() {
+    let kind = req.kind.to_ascii_uppercase();
+    let master = match kind.as_str() {
         "APP" | "" => false,
-        "MST" => true,
+        "MST" | "OS" => true,
         other => {
             return Err(MasterError::UnknownUpdateType {
                 kind: other.to_string(),
@@ -243,6 +245,9 @@ fn submit_update(st: &ApiState, caller: &Caller, body: &[u8]) -> Result<(), Mast
         }
         Caller::Operator | Caller::Service(_) => Vec::new(),
     };
+    if kind == "OS" {
+        return st.os.submit(&req.path, &req.trace, &within);
+    }
     if master {
         return st.mst.submit_within(&req.path, &req.trace, &within);
     }

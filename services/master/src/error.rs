@@ -213,6 +213,9 @@ pub enum MasterError {
         "type MST cannot replace the master {exe}: it is part of the OS image ({why}); update the OS instead: {{\"type\":\"OS\",\"path\":\"<bundle>\"}}"
     )]
     MasterUpdateOsImage { exe: PathBuf, why: &'static str },
+    /// An OS update (type OS) refused or failed; the running OS is untouched.
+    #[error(transparent)]
+    OsUpdate(#[from] OsUpdateError),
     #[error(
         "type MST replaces {expected}, but this master runs from {exe}: start the master from {expected} (Baetyl v1's layout: `<work dir>/bin/baetyl start`) to update it through the API"
     )]
@@ -220,10 +223,10 @@ pub enum MasterError {
     #[error("the new master {binary} failed its check (`check -w <work dir> -c <conf>`): {reason}")]
     MasterCheck { binary: PathBuf, reason: String },
     #[error(
-        "a master update needs `path` (or v1's `file`): the new baetyl binary, a file under the work dir"
+        "a master or OS update needs `path` (or v1's `file`): the new baetyl binary or the OS update bundle, a file under the work dir"
     )]
     MissingMasterPath,
-    #[error("update type `{kind}` is unknown; use APP or MST")]
+    #[error("update type `{kind}` is unknown; use APP, MST or OS")]
     UnknownUpdateType { kind: String },
     #[error(
         "update path `{path}`: the update source must be a file under the work dir {workdir} (a relative path without `..`, or an absolute one inside it)"
@@ -347,6 +350,7 @@ impl MasterError {
             | Unhealthy { .. }
             | InvalidBody { .. }
             | MasterUpdateOsImage { .. }
+            | OsUpdate(_)
             | MasterUpdateElsewhere { .. }
             | MasterCheck { .. }
             | MissingMasterPath
@@ -374,6 +378,83 @@ impl IntoResponse for MasterError {
 }
 
 pub type Result<T, E = MasterError> = std::result::Result<T, E>;
+
+/// Why an OS update was refused or failed. Each leaves the running slot as it was; the text is what the API
+/// answers and the OTA log says.
+#[derive(Debug, thiserror::Error)]
+pub enum OsUpdateError {
+    #[error(
+        "OS updates need a device booted from a baetyl disk image ({why}); on this host update the application \
+         (type APP) or the master (type MST) instead"
+    )]
+    NotADevice { why: String },
+    #[error("{path}: not an OS update bundle: {why}")]
+    NotABundle { path: PathBuf, why: String },
+    #[error(
+        "{path}: the bundle is truncated ({have} bytes, its manifest needs {need}); copy it again"
+    )]
+    Truncated { path: PathBuf, have: u64, need: u64 },
+    #[error("{path}: {extra} bytes after the last payload; this is not the bundle the build wrote")]
+    TrailingBytes { path: PathBuf, extra: u64 },
+    #[error(
+        "{path}: the signature does not match the key this device trusts ({key}); sign the bundle with that \
+         key (`baetyl image build --sign-key`)"
+    )]
+    BadSignature { path: PathBuf, key: String },
+    #[error("{path}: the public key this device trusts cannot be read: {why}")]
+    Key { path: PathBuf, why: String },
+    #[error("{path}: the bundle is for {found}, this device is {want}")]
+    WrongDevice {
+        path: PathBuf,
+        found: String,
+        want: String,
+    },
+    #[error(
+        "{path}: payload {payload} does not match its SHA-256 in the signed manifest{when}; nothing was written"
+    )]
+    HashMismatch {
+        path: PathBuf,
+        payload: String,
+        when: &'static str,
+    },
+    #[error(
+        "the running OS (slot {slot}, {entry}) is still on trial: wait until it is marked good (after \
+         update.os.bless_after of healthy services) before installing another"
+    )]
+    OnTrial { slot: char, entry: String },
+    #[error("no partition named {name} on this device (GPT partition names root-a, root-b, boot)")]
+    NoPartition { name: String },
+    #[error(
+        "the new root ({need} bytes) does not fit into {name} ({have} bytes); the disk was laid out for a \
+         smaller OS"
+    )]
+    DoesNotFit { name: String, need: u64, have: u64 },
+    #[error(
+        "the ESP ({path}) has {free} bytes free, the new boot entry needs {need}: the disk is full"
+    )]
+    EspFull { path: PathBuf, free: u64, need: u64 },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot {what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+impl OsUpdateError {
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        OsUpdateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

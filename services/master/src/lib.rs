@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod limits;
 pub mod mst;
+pub mod os_update;
 pub mod ota;
 pub mod restart;
 pub mod safe_mode;

@@ -24,6 +24,7 @@ pub mod logfile;
 pub mod logging;
 pub mod mqtt;
 pub mod os;
+pub mod os_bundle;
 pub mod service;
 pub mod template;
 pub mod topic;

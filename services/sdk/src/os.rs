@@ -5,8 +5,9 @@
 //! Boot entries are unified kernel images in `EFI/Linux/` named `baetyl-<generation>-<slot>[+LEFT[-DONE]].efi`:
 //! the generation (six digits) grows with every OS install, so systemd-boot, which sorts entries newest first and
 //! puts those without tries left last, boots the newest entry that is not bad. `+3` on a new entry gives it
-//! three tries; systemd-boot counts one down on each boot (`+2-1`, `+1-2`, `+0-3`) and init renames the entry to
-//! `baetyl-<generation>-<slot>.efi` once the boot is healthy (blessed). On a Raspberry Pi the firmware's tryboot
+//! three tries; systemd-boot counts one down on each boot (`+2-1`, `+1-2`, `+0-3`) and the master renames the entry to
+//! `baetyl-<generation>-<slot>.efi` once the boot is healthy (blessed). The master does the renaming: it alone knows
+//! whether the hub and the other services stay up; init only enforces the deadline ([`BLESSED_FILE`]). On a Raspberry Pi the firmware's tryboot
 //! plays the counter's part (one try).
 
 use std::collections::BTreeMap;
@@ -19,6 +20,34 @@ pub const STATE_FILE: &str = "/run/baetyl/os.json";
 
 /// Set by `baetyl init` for the master: the path of the [`OsState`] file.
 pub const STATE_ENV: &str = "BAETYL_OS_STATE";
+
+/// Written by the master once this boot is good (blessed, or not counted at all): init reboots a counted boot
+/// (one the boot loader started with a tries counter) that has no marker after its trial time, so that a new OS
+/// whose master cannot even start still falls back.
+pub const BLESSED_FILE: &str = "/run/baetyl/os-blessed";
+
+/// systemd-boot's vendor GUID: its EFI variables are `<Name>-<GUID>` in efivarfs (`LoaderBootCountPath`: the ESP
+/// path of the counted entry this boot came from; set only when the entry has a tries counter).
+pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+/// Where efivarfs is mounted.
+pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
+
+/// The value of one of systemd-boot's string variables as efivarfs shows it: 4 bytes of attributes, then
+/// UTF-16LE, NUL-terminated.
+pub fn efi_string(raw: &[u8]) -> Option<String> {
+    let body = raw.get(4..)?;
+    let units: Vec<u16> = body
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16(&units).ok()
+}
+
+/// The boot entry an ESP path (`\EFI\Linux\baetyl-000002-b+2-1.efi`) names.
+pub fn entry_of_path(path: &str) -> Option<BootEntry> {
+    BootEntry::parse(path.rsplit(['\\', '/']).next()?)
+}
 
 /// Where the image pins the public key OS update bundles must be signed with (`ed25519:<base64>`).
 pub const UPDATE_KEY: &str = "/etc/baetyl/os-update.pub";

@@ -245,6 +245,31 @@ pub struct UpdateConfig {
     pub max_size: ByteSize,
     /// Master updates (type MST): the new `baetyl` binary.
     pub master: MasterUpdateConfig,
+    /// OS updates (type OS): the signed bundle of `baetyl image build`, on a device booted from a baetyl disk.
+    pub os: OsUpdateConfig,
+}
+
+/// `update.os`: how an OS update bundle is accepted and when a new OS counts as good.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OsUpdateConfig {
+    /// The largest bundle an update may name.
+    pub max_size: ByteSize,
+    /// The public key bundles must be signed with (`ed25519:<base64>`), pinned by the image.
+    pub key: PathBuf,
+    /// How long every service must run without a restart on a newly installed OS (booted on trial) before the
+    /// master marks it good; until then the boot loader falls back to the previous OS after its tries.
+    pub bless_after: HumanDuration,
+}
+
+impl Default for OsUpdateConfig {
+    fn default() -> Self {
+        OsUpdateConfig {
+            max_size: ByteSize(2 << 30),
+            key: PathBuf::from(baetyl_sdk::os::UPDATE_KEY),
+            bless_after: HumanDuration::from_secs(60),
+        }
+    }
 }
 
 impl Default for UpdateConfig {
@@ -253,6 +278,7 @@ impl Default for UpdateConfig {
             health: HumanDuration::from_secs(5),
             max_size: ByteSize(1 << 20),
             master: MasterUpdateConfig::default(),
+            os: OsUpdateConfig::default(),
         }
     }
 }

@@ -65,6 +65,12 @@ pub struct Source {
 }
 
 impl Source {
+    /// The opened file itself, for a reader that seeks (an OS update bundle): the limit was checked on the
+    /// opened file's size; the reader must check lengths itself.
+    pub fn into_file(self) -> std::fs::File {
+        self.file
+    }
+
     /// Copies the file into `out`, stopping with an error at the limit, whatever the file claims.
     pub fn read_to(self, out: &mut impl std::io::Write) -> Result<u64> {
         let copied = std::io::copy(&mut self.file.take(self.limit.max.0 + 1), out)

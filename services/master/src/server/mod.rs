@@ -212,12 +212,18 @@ pub async fn run_until(
     ));
 
     let mst = Mst::new(sup.clone(), updater.clone());
+    let os = crate::os_update::OsUpdater::new(
+        sup.clone(),
+        updater.clone(),
+        Arc::new(crate::os_update::LinuxDevice::default()),
+    );
     let token_path = operator_token_path(&workdir);
     let operator = operator_token(&workdir, &cfg, &token_path)?;
     let state = Arc::new(ApiState {
         sup: sup.clone(),
         updater: updater.clone(),
         mst: mst.clone(),
+        os: os.clone(),
         build,
         operator: (OPERATOR.to_string(), operator),
         sampler: HostSampler::default(),
@@ -240,6 +246,7 @@ pub async fn run_until(
     updater.set_running_text(text);
     sup.run_app(app.clone()).await;
     mst.confirm_after_start();
+    os.at_start();
     tracing::info!(
         services = app.services.len(),
         app_version = %app.app_version,
