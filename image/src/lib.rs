@@ -10,6 +10,8 @@
 //!   OCI image layout in `/usr/share/baetyl/oci`; no shell, no getty, no sshd, no package manager;
 //! - `boot.efi`: a unified kernel image (systemd's EFI stub + kernel + initramfs + command line);
 //! - `disk.img`: a raw GPT disk (boot ESP, root-a, root-b, baetyl-data) that UEFI firmware boots;
+//! - with `--board rpi4|rpi5` (aarch64): `sdcard.img`, the Raspberry Pi SD card (MBR: autoboot.txt, boot slots A
+//!   and B for the firmware's `tryboot`, root-a, root-b, baetyl-data; [`rpi`]) and `sdcard.img.bmap`;
 //! - `manifest.txt`: size and SHA-256 of each output.
 //!
 //! Init switches from the initramfs to root-a (found by GPT partition name), mounts baetyl-data on
@@ -26,7 +28,8 @@
 //! [`uki`] (the unified kernel image), [`disk`] (the ESP and data filesystems, the genimage layout in
 //! `image/genimage/disk.cfg`), [`debbins`] (Debian executables with exactly the libraries they need: e2fsck,
 //! containerd, runc), [`elf`] (ELF headers: static check, interpreter, needed libraries), [`fs`] (file
-//! helpers), [`run`] (the external tools behind a trait), [`error`].
+//! helpers), [`rpi`] (the Raspberry Pi card and its block map, the layout in `image/genimage/rpi.cfg`), [`run`]
+//! (the external tools behind a trait), [`error`].
 
 pub mod apt;
 pub mod arch;
@@ -45,6 +48,7 @@ pub mod initramfs;
 pub mod modules;
 pub mod oci;
 pub mod rootfs;
+pub mod rpi;
 pub mod run;
 pub mod uki;
 
