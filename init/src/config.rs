@@ -417,8 +417,10 @@ impl InitConfig {
                 root.device = None;
             }
             "root.device" => {
-                if !value.starts_with('/') {
-                    return Err("expected an absolute device path such as /dev/vda2".into());
+                if !value.starts_with('/') && !value.starts_with("PARTUUID=") {
+                    return Err(
+                        "expected an absolute device path such as /dev/vda2, or PARTUUID=SSSSSSSS-PP".into(),
+                    );
                 }
                 let root = self.root_mut();
                 root.device = Some(PathBuf::from(value));
@@ -686,6 +688,16 @@ mod tests {
         assert_eq!(root.fstype, "squashfs");
         let (cfg, _) = load(&missing, &baetyl_params("baetyl.root.label=root-a"));
         assert_eq!(cfg.root.unwrap().label.as_deref(), Some("root-a"));
+        // The Raspberry Pi card names its slot's root by MBR PARTUUID.
+        let (cfg, problems) = load(
+            &missing,
+            &baetyl_params("baetyl.root.device=PARTUUID=bae77103-05"),
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            cfg.root.unwrap().device,
+            Some(PathBuf::from("PARTUUID=bae77103-05"))
+        );
 
         // off disables it.
         let (cfg, problems) = load(&f, &baetyl_params("baetyl.root=off"));

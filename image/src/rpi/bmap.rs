@@ -111,8 +111,8 @@ impl Bmap {
         const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
         let mut s = String::from("<?xml version=\"1.0\" ?>\n");
         s += "<!-- The block map of an image file (bmaptool's format): the blocks that hold data, with the\n\
-              \x20    SHA-256 of each range. Written by `baetyl image build`. Flash with\n\
-              \x20    `bmaptool copy --bmap <this file> <image> /dev/sdX`. -->\n";
+              \x20    SHA-256 of each range. Written by `baetyl image build`; bmaptool copy takes it with the\n\
+              \x20    image (an XML comment may not hold a double hyphen). -->\n";
         s += "<bmap version=\"2.0\">\n";
         s += &format!(
             "    <!-- Image size in bytes: {} -->\n",
