@@ -23,6 +23,9 @@
 #                       our own
 #   arm64 architecture, rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
 #   libc6-dev-arm64-cross binutils-aarch64-linux-gnu   Debian's Rust cross toolchain for the aarch64 image
+#   bmap-tools          the Raspberry Pi card's test flashes the card through its .bmap with bmaptool
+#   non-free-firmware (a sources file of our own)   raspi-firmware for the Raspberry Pi card, downloaded by
+#                       the image build into its package cache (not installed)
 # buildroot-overlay/'s check (tests/buildroot.rs) against Buildroot's release tarball:
 #   make gcc xz-utils   unpack it and build and run Buildroot's kconfig (defconfig, savedefconfig, show-info)
 # Containers (`baetyl image oci`, the containerd engine and its tests):
@@ -35,7 +38,7 @@ need_debs=(python3 python3-venv util-linux procps e2fsprogs fdisk protobuf-compi
     postgresql chromium chromium-driver
     genimage squashfs-tools mtools dosfstools kmod binutils ovmf qemu-efi-aarch64
     rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-    binutils-aarch64-linux-gnu containerd runc make gcc xz-utils nodejs)
+    binutils-aarch64-linux-gnu containerd runc make gcc xz-utils nodejs bmap-tools)
 backports_debs=(qemu-system-x86 qemu-system-arm qemu-user-static)
 
 SUDO=""
@@ -47,6 +50,17 @@ if [ ! -e "$backports" ]; then
     printf '%s\n' "# baetyl project: QEMU 10 comes from bookworm-backports (bookworm's qemu-system 7.2 conflicts with qemu-utils 10)" \
         "Types: deb" "URIs: http://deb.debian.org/debian" "Suites: bookworm-backports" "Components: main" \
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" | $SUDO tee "$backports" >/dev/null
+    update=1
+fi
+# The Raspberry Pi card (`baetyl image build --board rpi4|rpi5`) takes the Pi's boot firmware from Debian's
+# raspi-firmware, which is in bookworm's non-free-firmware component (the machine's sources name main only).
+firmware=/etc/apt/sources.list.d/baetyl-non-free-firmware.sources
+if [ ! -e "$firmware" ]; then
+    echo "setup: adding bookworm's non-free-firmware component ($firmware)" >&2
+    printf '%s\n' "# baetyl project: raspi-firmware (the Raspberry Pi card's boot firmware) is in non-free-firmware" \
+        "Types: deb" "URIs: http://deb.debian.org/debian" "Suites: bookworm bookworm-updates" \
+        "Components: non-free-firmware" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" \
+        | $SUDO tee "$firmware" >/dev/null
     update=1
 fi
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then

@@ -37,19 +37,22 @@ mkdir -p "$images"
 for arch in x86_64 aarch64; do
     start=$(date +%s)
     # The default engine's image twice (reproducibility), then (x86_64 only: the boot tests compare the engines
-    # there and the cloud boot test uses it) the native engine's.
+    # there and the cloud boot test uses it) the native engine's. The aarch64 default images also write the
+    # Raspberry Pi 4 card from the same outputs (--board rpi4: a few seconds; its initramfs also carries the Pi's
+    # SD, Ethernet and RNG modules), checked and booted by os_image.
     outs=("$arch" "$arch.rebuild"); [ "$arch" = x86_64 ] && outs+=("$arch.native")
     for out in "${outs[@]}"; do
         engine=(); [ "$out" = "$arch.native" ] && engine=(--engine native)
+        board=(); [ "$arch" = aarch64 ] && [ "$out" != "$arch.native" ] && board=(--board rpi4)
         # One OS update signing key for every build (made by the first): the rebuild's outputs, bundle and
         # pinned key included, must be the same bytes; the boot tests sign their broken update with it.
         if ! "$target/debug/baetyl" image build --arch "$arch" --out "$images/$out" --dev-api 0.0.0.0:9990 \
             --dev-api-token "$images/operator.token" --sign-key "$images/os-update.key" "${engine[@]}" \
-            > "$images/$out.log" 2>&1; then
+            "${board[@]}" > "$images/$out.log" 2>&1; then
             cat "$images/$out.log"; echo "image build ($out) failed"; status=1; continue 2
         fi
     done
-    grep -E '^==>|^    [a-z.]+ +[0-9.]+ [KM]iB|disk layout' "$images/$arch.log" || true
+    grep -E '^==>|^    [a-z.]+ +[0-9.]+ [KM]iB|disk layout|Raspberry Pi' "$images/$arch.log" || true
     echo "image $arch: three builds in $(( $(date +%s) - start )) s"
     # The services' OCI images (reusing the static binary just built).
     if ! "$target/debug/baetyl" image oci --arch "$arch" --out "$images/$arch.oci" > "$images/$arch.oci.log" 2>&1; then
@@ -85,5 +88,5 @@ rm -f "$cloud_log"
 # One closing line for the whole run (cargo's own last line is a crate's doc-tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
-grep -a -E '^(BOOT|BUILDROOT) ' "$log" || true
+grep -a -E '^(BOOT|BUILDROOT|CARD) ' "$log" || true
 exit "$status"

@@ -557,18 +557,32 @@ fn buildroot_defconfigs_load_whole_and_use_image_layout() {
 
 /// post-image.sh, run as Buildroot runs it (from Buildroot's directory, its environment) on a real squashfs root
 /// and stand-in kernel, firmware and device tree files (the script only copies those into the boot partition):
-/// the disk is image/genimage/disk.cfg's GPT layout with each partition's content where it belongs.
+/// the EFI disks are image/genimage/disk.cfg's GPT layout, the Pi cards image/genimage/rpi.cfg's MBR layout
+/// (autoboot.txt, boot slot A naming its root by PARTUUID, empty slot B), each partition's content where it
+/// belongs.
 #[test]
 #[ignore = "needs Buildroot's release tarball; scripts/test.sh runs it"]
 fn buildroot_post_image_lays_out_image_genimage_disk() {
     let br = unpack();
     let overlay = workspace_dir().join("buildroot-overlay");
     let base = target_dir().join("buildroot/post-image");
-    for (boot, kernel, esp_file) in [
-        ("efi-x86_64", "bzImage", "::/EFI/BOOT/BOOTX64.EFI"),
-        ("efi-aarch64", "Image", "::/EFI/BOOT/BOOTAA64.EFI"),
-        ("rpi", "Image", "::/Image"),
+    for (boot, kernel, esp_file, layout) in [
+        (
+            "efi-x86_64",
+            "bzImage",
+            "::/EFI/BOOT/BOOTX64.EFI",
+            "disk.cfg",
+        ),
+        (
+            "efi-aarch64",
+            "Image",
+            "::/EFI/BOOT/BOOTAA64.EFI",
+            "disk.cfg",
+        ),
+        ("rpi4", "Image", "::/Image", "rpi.cfg"),
+        ("rpi5", "Image", "::/Image", "rpi.cfg"),
     ] {
+        let pi = boot.starts_with("rpi");
         let dir = base.join(boot);
         let _ = std::fs::remove_dir_all(&dir);
         let (images, build, root) = (dir.join("images"), dir.join("build"), dir.join("root"));
@@ -581,7 +595,7 @@ fn buildroot_post_image_lays_out_image_genimage_disk() {
             .arg(images.join("rootfs.squashfs"))
             .args(["-quiet", "-no-progress", "-all-root", "-comp", "zstd"]));
         std::fs::write(images.join(kernel), vec![0x4b; 4096]).expect("writing the kernel stand-in");
-        if boot == "rpi" {
+        if pi {
             let fw = images.join("rpi-firmware");
             std::fs::create_dir_all(&fw).expect("creating rpi-firmware");
             for f in ["config.txt", "cmdline.txt"] {
@@ -598,39 +612,90 @@ fn buildroot_post_image_lays_out_image_genimage_disk() {
             .current_dir(&br)
             .arg(overlay.join("board/common/post-image.sh"))
             .arg(&images)
-            .args([boot, "disk.cfg"])
+            .args([boot, layout])
             .env("BR2_EXTERNAL_BAETYL_PATH", &overlay)
             .env("BINARIES_DIR", &images)
             .env("BUILD_DIR", &build)
             .env("BR2_CONFIG", &config));
         println!("{boot}: {}", printed.trim());
 
-        let disk = images.join("disk.img");
+        let disk = images.join(if pi { "sdcard.img" } else { "disk.img" });
         let table: Value =
             serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&disk)))
                 .expect("sfdisk --json");
         let parts = table["partitiontable"]["partitions"]
             .as_array()
             .expect("partitions");
-        let names: Vec<&str> = parts.iter().filter_map(|p| p["name"].as_str()).collect();
-        assert_eq!(
-            names,
-            ["boot", "root-a", "root-b", "baetyl-data"],
-            "{boot}: {table}"
-        );
-        assert_eq!(table["partitiontable"]["label"], "gpt", "{boot}");
-        let tag = if boot == "efi-x86_64" { "01" } else { "02" };
-        assert_eq!(
-            table["partitiontable"]["id"]
-                .as_str()
-                .map(str::to_lowercase),
-            Some(format!("bae77100-0000-4000-8000-0000000{tag}000")),
-            "{boot}: the disk's identifier carries the architecture"
-        );
+        let root_a = if pi {
+            // MBR: config, boot-a, boot-b (FAT, 0x0c), the extended partition, root-a, root-b, data (0x83).
+            let types: Vec<&str> = parts.iter().filter_map(|p| p["type"].as_str()).collect();
+            assert_eq!(
+                types,
+                ["c", "c", "c", "f", "83", "83", "83"],
+                "{boot}: {table}"
+            );
+            assert_eq!(table["partitiontable"]["label"], "dos", "{boot}");
+            let tag = if boot == "rpi4" { "03" } else { "05" };
+            assert_eq!(
+                table["partitiontable"]["id"].as_str(),
+                Some(format!("0xbae771{tag}").as_str()),
+                "{boot}: the card's disk signature (its PARTUUIDs) names the board"
+            );
+            let auto = run(Command::new("mtype")
+                .arg("-i")
+                .arg(images.join("config.vfat"))
+                .arg("::/autoboot.txt"));
+            assert!(
+                auto.contains("tryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3"),
+                "{boot}: autoboot.txt: {auto}"
+            );
+            let cmdline = run(Command::new("mtype")
+                .arg("-i")
+                .arg(images.join("boot-a.vfat"))
+                .arg("::/cmdline.txt"));
+            assert!(
+                cmdline
+                    .trim_end()
+                    .ends_with(&format!("baetyl.root.device=PARTUUID=bae771{tag}-05"))
+                    && cmdline.lines().count() == 1,
+                "{boot}: cmdline.txt: {cmdline}"
+            );
+            let slot_b = run(Command::new("mdir")
+                .args(["-b", "-i"])
+                .arg(images.join("boot-b.vfat"))
+                .arg("::/"));
+            assert!(
+                slot_b.trim().is_empty(),
+                "{boot}: slot B is not empty: {slot_b}"
+            );
+            let bmap = read(&images.join("sdcard.img.bmap"));
+            assert!(
+                bmap.contains("<bmap version="),
+                "{boot}: sdcard.img.bmap: {bmap}"
+            );
+            &parts[4]
+        } else {
+            let names: Vec<&str> = parts.iter().filter_map(|p| p["name"].as_str()).collect();
+            assert_eq!(
+                names,
+                ["boot", "root-a", "root-b", "baetyl-data"],
+                "{boot}: {table}"
+            );
+            assert_eq!(table["partitiontable"]["label"], "gpt", "{boot}");
+            let tag = if boot == "efi-x86_64" { "01" } else { "02" };
+            assert_eq!(
+                table["partitiontable"]["id"]
+                    .as_str()
+                    .map(str::to_lowercase),
+                Some(format!("bae77100-0000-4000-8000-0000000{tag}000")),
+                "{boot}: the disk's identifier carries the architecture"
+            );
+            &parts[1]
+        };
         // root-a holds Buildroot's rootfs.squashfs byte for byte.
         let squash =
             std::fs::read(images.join("rootfs.squashfs")).expect("reading rootfs.squashfs");
-        let start = parts[1]["start"].as_u64().expect("root-a's start") * 512;
+        let start = root_a["start"].as_u64().expect("root-a's start") * 512;
         let mut found = vec![0; squash.len()];
         let mut f = std::fs::File::open(&disk).expect("opening disk.img");
         f.seek(SeekFrom::Start(start)).expect("seeking to root-a");
@@ -640,19 +705,20 @@ fn buildroot_post_image_lays_out_image_genimage_disk() {
             "{boot}: root-a does not hold rootfs.squashfs"
         );
         // The boot partition holds the kernel where the firmware looks for it.
+        let boot_fat = images.join(if pi { "boot-a.vfat" } else { "boot.vfat" });
         let listing = run(Command::new("mdir")
             .arg("-b")
             .arg("-i")
-            .arg(images.join("boot.vfat"))
+            .arg(&boot_fat)
             .arg(esp_file));
         assert!(
             listing.contains(esp_file.trim_start_matches("::")),
             "{boot}: {listing}"
         );
-        if boot == "rpi" {
+        if pi {
             let cfg = run(Command::new("mtype")
                 .arg("-i")
-                .arg(images.join("boot.vfat"))
+                .arg(&boot_fat)
                 .arg("::/config.txt"));
             assert!(cfg.contains("kernel=Image"), "{boot}: config.txt: {cfg}");
         }

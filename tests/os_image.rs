@@ -190,13 +190,29 @@ impl Vm {
 /// Boots a copy of `image` written to a larger medium (as when written to an SD card: init grows the data
 /// partition), in a directory that also holds the console log and the forwarded ports.
 fn boot(arch: &str, image: &Path) -> Vm {
+    boot_with(arch, image, None)
+}
+
+/// A kernel, initramfs and command line that QEMU boots directly (`-kernel`), with the image as a plain disk
+/// instead of booting it from UEFI firmware.
+struct Direct<'a> {
+    kernel: &'a Path,
+    initrd: &'a Path,
+    append: &'a str,
+}
+
+fn boot_with(arch: &str, image: &Path, direct: Option<Direct>) -> Vm {
     let dir = test_dir("baetyl-vm-");
     let disk = dir.path().join("disk.img");
     std::fs::copy(image, &disk).expect("copy disk");
+    let medium = std::fs::metadata(&disk)
+        .map(|m| m.len())
+        .unwrap_or(0)
+        .max(768 << 20);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&disk)
-        .and_then(|f| f.set_len(768 << 20))
+        .and_then(|f| f.set_len(medium))
         .expect("grow medium");
     start(arch, dir)
 }
@@ -211,10 +227,20 @@ fn start(arch: &str, dir: tempfile::TempDir) -> Vm {
     let started = Instant::now();
     let log = std::fs::File::create(dir.path().join("qemu.out")).expect("qemu.out");
     let mut cmd = Command::new(workspace_dir().join("qemu/run"));
-    cmd.args(["--arch", arch, "--reboot", "--forward", "9990"])
-        .arg("--disk")
-        .arg(&disk)
-        .arg("--log")
+    cmd.args(["--arch", arch, "--reboot", "--forward", "9990"]);
+    match direct {
+        None => cmd.arg("--disk").arg(&disk),
+        Some(d) => cmd
+            .arg("--kernel")
+            .arg(d.kernel)
+            .arg("--initrd")
+            .arg(d.initrd)
+            .arg("--append")
+            .arg(d.append)
+            .arg("--drive")
+            .arg(&disk),
+    };
+    cmd.arg("--log")
         .arg(dir.path().join("console.log"))
         .arg("--ports-file")
         .arg(dir.path().join("ports"))
@@ -1111,7 +1137,10 @@ fn image_builds_are_reproducible_and_reuse_the_package_cache() {
                 .collect()
         };
         let (a, b) = (sums(&first), sums(&second));
-        assert_eq!(a.len(), 6, "{first}");
+        // The six outputs of every build (the OS update bundle among them), and the Raspberry Pi card's two of
+        // the aarch64 builds (--board rpi4).
+        let want = if arch == "aarch64" { 8 } else { 6 };
+        assert_eq!(a.len(), want, "{first}");
         assert_eq!(
             a, b,
             "{arch}: outputs differ between two builds from the same inputs"
@@ -1124,4 +1153,421 @@ fn image_builds_are_reproducible_and_reuse_the_package_cache() {
         );
         assert!(log.matches("cached").count() >= 2, "{arch}: {log}");
     }
+}
+
+/// The image whose build also wrote the Raspberry Pi 4 card (`--board rpi4`; scripts/test.sh builds the aarch64
+/// images with it).
+const CARD_IMAGE: &str = "aarch64";
+
+/// One entry of an MBR partition table (logical partitions numbered from 5, as Linux does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MbrPart {
+    n: u32,
+    bootable: bool,
+    kind: u8,
+    /// Byte offset and length in the image.
+    start: u64,
+    len: u64,
+}
+
+/// The disk signature and the partitions of an MBR disk image, parsed from the file: the four primary entries
+/// at byte 446 and the chain of extended boot records in an extended partition (type 0x05 or 0x0f).
+fn mbr_partitions(img: &Path) -> (u32, Vec<MbrPart>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(img).expect("open the card");
+    let mut sector = |lba: u64| {
+        let mut b = [0u8; 512];
+        f.seek(SeekFrom::Start(lba * 512)).expect("seek");
+        f.read_exact(&mut b).expect("read a sector");
+        assert_eq!(
+            b[510..512],
+            [0x55, 0xAA],
+            "no boot signature in sector {lba}"
+        );
+        b
+    };
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let entry = |b: &[u8], i: usize| {
+        let e = &b[446 + 16 * i..446 + 16 * (i + 1)];
+        (
+            e[0] == 0x80,
+            e[4],
+            u64::from(le32(e, 8)),
+            u64::from(le32(e, 12)),
+        )
+    };
+    let mbr = sector(0);
+    let signature = le32(&mbr, 440);
+    let mut parts = Vec::new();
+    let mut extended = None;
+    for i in 0..4 {
+        let (bootable, kind, lba, sectors) = entry(&mbr, i);
+        if kind == 0 {
+            continue;
+        }
+        parts.push(MbrPart {
+            n: i as u32 + 1,
+            bootable,
+            kind,
+            start: lba * 512,
+            len: sectors * 512,
+        });
+        if kind == 0x05 || kind == 0x0f {
+            extended = Some(lba);
+        }
+    }
+    if let Some(ext) = extended {
+        let (mut ebr, mut n) = (ext, 5);
+        loop {
+            let b = sector(ebr);
+            let (bootable, kind, lba, sectors) = entry(&b, 0);
+            parts.push(MbrPart {
+                n,
+                bootable,
+                kind,
+                start: (ebr + lba) * 512,
+                len: sectors * 512,
+            });
+            let (_, next_kind, next, _) = entry(&b, 1);
+            if next_kind == 0 {
+                break;
+            }
+            ebr = ext + next;
+            n += 1;
+            assert!(n < 64, "a loop in the extended boot records");
+        }
+    }
+    (signature, parts)
+}
+
+fn mtools(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("mtools");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The names in the root of the FAT at `offset` in `img` (`mdir -b -i img@@offset`).
+fn fat_names(img: &Path, offset: u64) -> Vec<String> {
+    let at = format!("{}@@{offset}", img.display());
+    let out = mtools(&["mdir", "-b", "-i", &at, "::/"]);
+    let mut names: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("::/").map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The file `name` of the FAT at `offset` in `img` (`mtype`).
+fn fat_file(img: &Path, offset: u64, name: &str) -> Vec<u8> {
+    let at = format!("{}@@{offset}", img.display());
+    mtools(&["mtype", "-i", &at, &format!("::/{name}")])
+}
+
+/// The card's partitions 1-7 as `baetyl image build --board rpi4` lays them out (image/genimage/rpi.cfg), checked
+/// against sfdisk's reading of the same file.
+fn card_partitions(card: &Path) -> (u32, Vec<MbrPart>) {
+    let (signature, parts) = mbr_partitions(card);
+    let out = Command::new("sfdisk")
+        .arg("-J")
+        .arg(card)
+        .output()
+        .expect("sfdisk (fdisk)");
+    assert!(out.status.success(), "sfdisk -J {}", card.display());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("sfdisk JSON");
+    let theirs: Vec<(u64, u64)> = v["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap_or(0) * 512,
+                p["size"].as_u64().unwrap_or(0) * 512,
+            )
+        })
+        .collect();
+    let ours: Vec<(u64, u64)> = parts.iter().map(|p| (p.start, p.len)).collect();
+    assert_eq!(ours, theirs, "our MBR reading and sfdisk's differ: {v}");
+    assert_eq!(
+        v["partitiontable"]["id"].as_str(),
+        Some(format!("{signature:#x}").as_str()),
+        "{v}"
+    );
+    (signature, parts)
+}
+
+/// The Raspberry Pi 4 card: MBR with autoboot.txt on partition 1 (tryboot A/B), slot A's firmware, device trees,
+/// config.txt, cmdline.txt (naming root-a by its PARTUUID), kernel and initramfs (the build's own), an empty slot
+/// B, root-a holding the build's squashfs, an empty root-b, the data partition as on the disk image, and a block
+/// map that bmaptool accepts and that reproduces the card.
+#[test]
+#[ignore = "needs the images: scripts/test.sh builds them and runs this with --ignored"]
+fn rpi4_card_has_tryboot_slots_firmware_device_trees_and_a_bmap() {
+    let src = image_dir(CARD_IMAGE);
+    let card = src.join("sdcard.img");
+    assert!(
+        card.is_file(),
+        "{} is missing: build with `baetyl image build --arch aarch64 --board rpi4` (scripts/test.sh does)",
+        card.display()
+    );
+    let (signature, parts) = card_partitions(&card);
+    assert_eq!(
+        signature, 0xbae7_7103,
+        "the rpi4 card's fixed disk signature"
+    );
+    let kinds: Vec<(u32, u8, bool)> = parts.iter().map(|p| (p.n, p.kind, p.bootable)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, 0x0c, true),
+            (2, 0x0c, false),
+            (3, 0x0c, false),
+            (4, 0x0f, false),
+            (5, 0x83, false),
+            (6, 0x83, false),
+            (7, 0x83, false)
+        ],
+        "FAT config, boot-a, boot-b (the firmware boots MBR partitions 1-4 only), extended: root-a, root-b, data"
+    );
+    for p in &parts {
+        assert_eq!(
+            p.start % (1 << 20),
+            0,
+            "partition {} is not 1 MiB aligned",
+            p.n
+        );
+    }
+    let part = |n: u32| *parts.iter().find(|p| p.n == n).expect("partition");
+    let len = std::fs::metadata(&card).expect("card").len();
+    assert!(
+        part(7).start + part(7).len <= len,
+        "the data partition ends inside the image"
+    );
+    assert_eq!(part(2).len, part(3).len, "boot slots of one size");
+    assert_eq!(part(5).len, part(6).len, "root slots of one size");
+
+    // Partition 1: autoboot.txt alone.
+    let p1 = part(1).start;
+    assert_eq!(fat_names(&card, p1), ["autoboot.txt"]);
+    assert_eq!(
+        String::from_utf8_lossy(&fat_file(&card, p1, "autoboot.txt")),
+        "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
+    );
+
+    // Slot A: the firmware, the device trees, the boot files; kernel and initramfs are the build's.
+    let a = part(2).start;
+    let names = fat_names(&card, a);
+    for want in [
+        "start4.elf",
+        "fixup4.dat",
+        "bcm2711-rpi-4-b.dtb",
+        "bcm2711-rpi-400.dtb",
+        "config.txt",
+        "cmdline.txt",
+        "vmlinuz",
+        "initramfs.img",
+        "LICENCE.raspi-firmware",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from boot-a: {names:?}"
+        );
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("bcm2712") || n.starts_with("bcm2837")),
+        "only the Pi 4 family's device trees: {names:?}"
+    );
+    for (name, built) in [("vmlinuz", "vmlinuz"), ("initramfs.img", "initramfs.img")] {
+        assert!(
+            fat_file(&card, a, name) == std::fs::read(src.join(built)).expect("build output"),
+            "boot-a's {name} is not the build's {built}"
+        );
+    }
+    let start4 = fat_file(&card, a, "start4.elf");
+    assert!(
+        start4.starts_with(b"\x7fELF"),
+        "start4.elf is not the firmware's ELF"
+    );
+    let config = String::from_utf8_lossy(&fat_file(&card, a, "config.txt")).into_owned();
+    for want in [
+        "arm_64bit=1",
+        "kernel=vmlinuz",
+        "initramfs initramfs.img followkernel",
+        "upstream_kernel=1",
+    ] {
+        assert!(
+            config.lines().any(|l| l == want),
+            "config.txt lacks {want}:\n{config}"
+        );
+    }
+    let cmdline = String::from_utf8_lossy(&fat_file(&card, a, "cmdline.txt")).into_owned();
+    assert_eq!(
+        cmdline.lines().count(),
+        1,
+        "the firmware passes one line: {cmdline:?}"
+    );
+    let root_a = format!("baetyl.root.device=PARTUUID={signature:08x}-05");
+    assert!(
+        cmdline.split_whitespace().any(|w| w == root_a),
+        "cmdline.txt does not name root-a (partition 5 of disk {signature:08x}): {cmdline}"
+    );
+    // Slot B: a FAT of its own, empty until an OS update fills it.
+    assert_eq!(fat_names(&card, part(3).start), Vec::<String>::new());
+
+    // root-a is the build's squashfs byte for byte; root-b is empty.
+    let squash = std::fs::read(src.join("rootfs.squashfs")).expect("rootfs.squashfs");
+    let bytes = |p: MbrPart, n: usize| {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&card).expect("card");
+        f.seek(SeekFrom::Start(p.start)).expect("seek");
+        let mut b = vec![0; n];
+        f.read_exact(&mut b).expect("read");
+        b
+    };
+    assert!(
+        bytes(part(5), squash.len()) == squash,
+        "root-a does not hold rootfs.squashfs"
+    );
+    assert!(
+        bytes(part(6), 1 << 20).iter().all(|&b| b == 0),
+        "root-b is not empty"
+    );
+
+    // The data partition: ext4 labelled baetyl-data (init finds it by the label), clean, with the application.
+    let dir = test_dir("baetyl-card-");
+    let data = dir.path().join("data.ext4");
+    std::fs::write(&data, bytes(part(7), part(7).len as usize)).expect("data.ext4");
+    let label = Command::new("e2label")
+        .arg(&data)
+        .output()
+        .expect("e2label");
+    assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "baetyl-data");
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&data)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        fsck.status.success(),
+        "e2fsck -n: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let app = Command::new("debugfs")
+        .args(["-R", "stat /var/db/baetyl/application.yml"])
+        .arg(&data)
+        .output()
+        .expect("debugfs");
+    assert!(
+        String::from_utf8_lossy(&app.stdout).contains("Type: regular"),
+        "no application.yml on the data partition"
+    );
+
+    // The block map: bmaptool checks the map's own checksum and each range's while it copies; the copy (mapped
+    // blocks written, the rest left as holes) is the card.
+    let bmap = src.join("sdcard.img.bmap");
+    let xml = std::fs::read_to_string(&bmap).expect("sdcard.img.bmap");
+    let field = |tag: &str| -> u64 {
+        xml.split(&format!("<{tag}>"))
+            .nth(1)
+            .and_then(|s| s.split('<').next())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {tag} in the bmap"))
+    };
+    assert_eq!(field("ImageSize"), len);
+    let (mapped, blocks) = (field("MappedBlocksCount"), field("BlocksCount"));
+    assert!(
+        mapped > 0 && mapped < blocks,
+        "{mapped} of {blocks} blocks mapped"
+    );
+    let copy = dir.path().join("flashed.img");
+    let out = Command::new("bmaptool")
+        .args(["copy", "--bmap"])
+        .arg(&bmap)
+        .arg(&card)
+        .arg(&copy)
+        .output()
+        .expect("bmaptool (Debian package bmap-tools)");
+    assert!(
+        out.status.success(),
+        "bmaptool copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&copy).expect("copy") == std::fs::read(&card).expect("card"),
+        "the card written through its bmap differs from the card"
+    );
+    println!(
+        "CARD rpi4: {:.0} MiB, {:.1} MiB mapped ({mapped} of {blocks} blocks); boot slots {:.0} MiB, roots {:.0} MiB, \
+         data {:.0} MiB; boot-a holds {} files",
+        len as f64 / 1048576.0,
+        (mapped * 4096) as f64 / 1048576.0,
+        part(2).len as f64 / 1048576.0,
+        part(5).len as f64 / 1048576.0,
+        part(7).len as f64 / 1048576.0,
+        names.len()
+    );
+}
+
+/// The card's own boot files (slot A's kernel, initramfs and cmdline.txt, taken out of its FAT) boot the card's
+/// root squashfs under `qemu-system-aarch64 -M virt`: init finds root-a by the PARTUUID that cmdline.txt names,
+/// the data partition by its label, and the hub answers. Only the Pi's firmware and hardware are not exercised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the images: scripts/test.sh builds them and runs this with --ignored"]
+async fn rpi4_card_root_boots_under_qemu_virt_and_serves_mqtt() {
+    let src = image_dir(CARD_IMAGE);
+    let card = src.join("sdcard.img");
+    let (_, parts) = card_partitions(&card);
+    let a = parts.iter().find(|p| p.n == 2).expect("boot-a").start;
+    let dir = test_dir("baetyl-card-boot-");
+    let (kernel, initrd) = (dir.path().join("vmlinuz"), dir.path().join("initramfs.img"));
+    std::fs::write(&kernel, fat_file(&card, a, "vmlinuz")).expect("vmlinuz");
+    std::fs::write(&initrd, fat_file(&card, a, "initramfs.img")).expect("initramfs.img");
+    // cmdline.txt as it is, but for the Pi's serial console (qemu/run names the virt machine's).
+    let cmdline = String::from_utf8_lossy(&fat_file(&card, a, "cmdline.txt")).into_owned();
+    let append: Vec<&str> = cmdline
+        .split_whitespace()
+        .filter(|w| !w.starts_with("console="))
+        .collect();
+    let append = append.join(" ");
+    let vm = boot_with(
+        "aarch64",
+        &card,
+        Some(Direct {
+            kernel: &kernel,
+            initrd: &initrd,
+            append: &append,
+        }),
+    );
+    let Some(client) = connect(vm.port(1883), "card-boot", Instant::now() + BOOT).await else {
+        vm.fail("no CONNACK from the card's hub");
+    };
+    let connack = vm.started.elapsed();
+    let _ = client.disconnect().await;
+    let master = master_api(&vm);
+    let console = power_off(vm, &master).await;
+    for want in [
+        "root /dev/vda5 (squashfs, read-only) is now /",
+        "data partition /dev/vda7 (baetyl-data)",
+        "shutdown 5/5: power off",
+    ] {
+        assert!(
+            console.contains(want),
+            "console lacks `{want}`\n--- console\n{console}"
+        );
+    }
+    println!(
+        "BOOT rpi4 card under qemu virt (its kernel, initramfs and cmdline.txt; root-a by PARTUUID): first \
+         CONNACK {:.1} s",
+        connack.as_secs_f64()
+    );
 }

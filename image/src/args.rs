@@ -95,6 +95,10 @@ pub struct BuildArgs {
     /// OS updates signed with it. Default: `os-update.key` in the output directory (development only).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Also write a Raspberry Pi SD card (`sdcard.img` and its `sdcard.img.bmap`) for this board; aarch64 only.
+    /// The initramfs then also loads the board's SD card, Ethernet and RNG modules.
+    #[arg(long, value_enum)]
+    pub board: Option<crate::rpi::Board>,
     /// Timestamp of every file in the outputs (reproducible builds).
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 1_700_000_000)]
     pub source_date_epoch: u64,

@@ -161,6 +161,14 @@ impl<'a> Build<'a> {
     /// and makes the output's work directory.
     pub fn new(run: &'a dyn Runner, args: &'a BuildArgs) -> Result<Self> {
         let a = arch(&args.arch)?;
+        if let Some(board) = args.board
+            && a.name != "aarch64"
+        {
+            return Err(ImageError::Input(format!(
+                "--board {}: the Raspberry Pi card is an aarch64 image: add --arch aarch64",
+                board.spec().name
+            )));
+        }
         if args.data_mib() < 16 {
             return Err(ImageError::Input(format!(
                 "--data-mib {}: the data partition needs at least 16 MiB",
@@ -231,6 +239,10 @@ impl<'a> Build<'a> {
             ),
         );
         let pkgs = self.packages()?;
+        if let Some(board) = self.args.board {
+            // Before anything is built: a kernel without the board's device tree cannot make its card.
+            crate::rpi::device_trees(board.spec(), &pkgs.kernel.root, &pkgs.kver)?;
+        }
         step(3, "kernel modules in dependency order");
         let modules = self.modules(&pkgs)?;
         step(4, "initramfs (baetyl-init as /init, modules, init.yml)");
@@ -271,6 +283,13 @@ impl<'a> Build<'a> {
             "OS update bundle (signed manifest, each slot's UKI, the root)",
         );
         self.bundle(&efi, &efi_b, &squash)?;
+        if let Some(board) = self.args.board {
+            println!(
+                "==> {} SD card (genimage, image/genimage/rpi.cfg) and its block map",
+                board.spec().title
+            );
+            self.card(board, &pkgs, &squash)?;
+        }
         self.manifest(&layout)
     }
 
@@ -284,6 +303,9 @@ impl<'a> Build<'a> {
         let mut m = self.arch.modules.to_vec();
         if self.containerd() {
             m.push("overlay");
+        }
+        if let Some(board) = self.args.board {
+            m.extend_from_slice(board.spec().modules);
         }
         m
     }
@@ -585,11 +607,34 @@ impl<'a> Build<'a> {
         Ok(())
     }
 
+    /// With `--board`: `sdcard.img` and `sdcard.img.bmap` from this build's kernel, initramfs, root and data
+    /// partition ([`crate::rpi`]).
+    pub fn card(&self, board: crate::rpi::Board, pkgs: &Packages, squash: &Path) -> Result<()> {
+        let inputs = crate::rpi::CardInputs {
+            board,
+            kernel_root: &pkgs.kernel.root,
+            kver: &pkgs.kver,
+            vmlinuz: &self.out.join("vmlinuz"),
+            initramfs: &self.out.join("initramfs.img"),
+            squashfs: squash,
+            data: &self.parts().join("data.ext4"),
+            data_mib: self.args.data_mib(),
+            cache: &self.args.cache,
+            epoch: self.epoch(),
+        };
+        crate::rpi::card(self.run, &inputs, &self.work, &self.out).map(|_| ())
+    }
+
     /// Last: `manifest.txt` (name, size and SHA-256 of each output), printed too, with the disk's layout.
     pub fn manifest(&self, layout: &Layout) -> Result<Outputs> {
         let mut files = Vec::new();
         let mut manifest = String::new();
-        for name in OUTPUTS {
+        let card: &[&str] = if self.args.board.is_some() {
+            &crate::rpi::OUTPUTS
+        } else {
+            &[]
+        };
+        for name in OUTPUTS.iter().chain(card) {
             let p = self.out.join(name);
             let len = file_len(&p)?;
             let sum = sha256(&p)?;

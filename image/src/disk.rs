@@ -131,8 +131,21 @@ pub fn genimage(
     out: &Path,
     work: &Path,
 ) -> Result<()> {
+    genimage_config(run, DISK_CONFIG, env, input, out, work)
+}
+
+/// Runs genimage on the layout `config` (one of `image/genimage/`'s files) with `env`, partition images from
+/// `input`, the result in `out`.
+pub fn genimage_config(
+    run: &dyn Runner,
+    config: &str,
+    env: &[(&str, String)],
+    input: &Path,
+    out: &Path,
+    work: &Path,
+) -> Result<()> {
     let cfg = work.join("genimage.cfg");
-    std::fs::write(&cfg, DISK_CONFIG).map_err(|e| ImageError::io(&cfg, e))?;
+    std::fs::write(&cfg, config).map_err(|e| ImageError::io(&cfg, e))?;
     let root = work.join("genimage-root");
     let tmp = work.join("genimage-tmp");
     let _ = std::fs::remove_dir_all(&tmp);

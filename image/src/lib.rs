@@ -12,6 +12,8 @@
 //! - `disk.img`: a raw GPT disk (boot ESP, root-a, root-b, baetyl-data) that UEFI firmware boots: systemd-boot
 //!   at the removable-media path boots `EFI/Linux/baetyl-000001-a.efi` (A/B slots with boot counting);
 //! - `os-update.bundle`: the signed OS update ([`bundle`]): each slot's UKI and the root squashfs;
+//! - with `--board rpi4|rpi5` (aarch64): `sdcard.img`, the Raspberry Pi SD card (MBR: autoboot.txt, boot slots A
+//!   and B for the firmware's `tryboot`, root-a, root-b, baetyl-data; [`rpi`]) and `sdcard.img.bmap`;
 //! - `manifest.txt`: size and SHA-256 of each output.
 //!
 //! Init switches from the initramfs to root-a (found by GPT partition name), mounts baetyl-data on
@@ -28,7 +30,8 @@
 //! [`uki`] (the unified kernel image), [`disk`] (the ESP and data filesystems, the genimage layout in
 //! `image/genimage/disk.cfg`), [`debbins`] (Debian executables with exactly the libraries they need: e2fsck,
 //! containerd, runc), [`elf`] (ELF headers: static check, interpreter, needed libraries), [`fs`] (file
-//! helpers), [`run`] (the external tools behind a trait), [`error`].
+//! helpers), [`rpi`] (the Raspberry Pi card and its block map, the layout in `image/genimage/rpi.cfg`), [`run`]
+//! (the external tools behind a trait), [`error`].
 
 pub mod apt;
 pub mod arch;
@@ -48,6 +51,7 @@ pub mod initramfs;
 pub mod modules;
 pub mod oci;
 pub mod rootfs;
+pub mod rpi;
 pub mod run;
 pub mod uki;
 

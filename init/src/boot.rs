@@ -193,6 +193,14 @@ impl<S: System> Init<S> {
         };
         let wait = root.wait.get();
         let device = match (&root.device, &root.label) {
+            (Some(d), _) if d.to_str().is_some_and(|d| d.starts_with("PARTUUID=")) => {
+                let partuuid = d.to_string_lossy()["PARTUUID=".len()..].to_string();
+                let sys_block = self.sys.host_path(Path::new("/sys/class/block"));
+                let dev = self.sys.host_path(Path::new("/dev"));
+                wait_for(wait, || {
+                    mounts::find_by_partuuid(&sys_block, &dev, &partuuid)
+                })
+            }
             (Some(d), _) => {
                 let host = self.sys.host_path(d);
                 wait_for(wait, || host.exists().then(|| host.clone()))
@@ -202,7 +210,11 @@ impl<S: System> Init<S> {
         };
         let Some(device) = device else {
             let check = match &root.device {
-                Some(_) => "check the device path".to_string(),
+                Some(_) => {
+                    "check the device path (or the MBR disk signature and partition number of \
+                            PARTUUID=SSSSSSSS-PP)"
+                        .to_string()
+                }
                 None => format!(
                     "check that the disk has a GPT partition named `{}` (or a filesystem with that label)",
                     root.label.as_deref().unwrap_or_default()

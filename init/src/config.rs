@@ -14,7 +14,7 @@
 //! | `baetyl.reroot=auto\|always\|never` | re-root out of the initramfs |
 //! | `baetyl.modules=a,b,c` | modules to load, in this order (replaces the list) |
 //! | `baetyl.modules.dir=DIR` | where the `.ko` files are |
-//! | `baetyl.root=LABEL\|off`, `baetyl.root.device=DEV`, `baetyl.root.fstype=T`, `baetyl.root.wait=10s` | switch from the initramfs into a read-only root filesystem |
+//! | `baetyl.root=LABEL\|off`, `baetyl.root.device=DEV\|PARTUUID=SSSSSSSS-PP`, `baetyl.root.fstype=T`, `baetyl.root.wait=10s` | switch from the initramfs into a read-only root filesystem |
 //! | `baetyl.data.label=L`, `baetyl.data.device=DEV`, `baetyl.data.mountpoint=DIR`, `baetyl.data.fstype=T`, `baetyl.data.grow=0` | the data partition |
 //! | `baetyl.data.check=preen\|yes\|off`, `baetyl.data.checker=PROG` | how the data partition is checked before it is mounted |
 //! | `baetyl.net.address=10.0.2.15/24`, `baetyl.net.gateway=10.0.2.2`, `baetyl.net.interface=eth0` | static IPv4 |
@@ -108,7 +108,9 @@ pub struct ModulesConfig {
 pub struct RootConfig {
     /// GPT partition name or filesystem label (the same lookup as the data partition's).
     pub label: Option<String>,
-    /// An explicit block device (`/dev/loop3`); takes precedence over `label`.
+    /// An explicit block device (`/dev/loop3`), or `PARTUUID=SSSSSSSS-PP` (an MBR partition: the disk signature
+    /// and the partition number, as the Raspberry Pi card's cmdline.txt names its slot's root); takes precedence
+    /// over `label`.
     pub device: Option<PathBuf>,
     pub fstype: String,
     /// How long to wait for the device to appear (drivers probe asynchronously).
@@ -438,8 +440,10 @@ impl InitConfig {
                 root.device = None;
             }
             "root.device" => {
-                if !value.starts_with('/') {
-                    return Err("expected an absolute device path such as /dev/vda2".into());
+                if !value.starts_with('/') && !value.starts_with("PARTUUID=") {
+                    return Err(
+                        "expected an absolute device path such as /dev/vda2, or PARTUUID=SSSSSSSS-PP".into(),
+                    );
                 }
                 let root = self.root_mut();
                 root.device = Some(PathBuf::from(value));
@@ -715,6 +719,16 @@ mod tests {
         assert_eq!(root.fstype, "squashfs");
         let (cfg, _) = load(&missing, &baetyl_params("baetyl.root.label=root-a"));
         assert_eq!(cfg.root.unwrap().label.as_deref(), Some("root-a"));
+        // The Raspberry Pi card names its slot's root by MBR PARTUUID.
+        let (cfg, problems) = load(
+            &missing,
+            &baetyl_params("baetyl.root.device=PARTUUID=bae77103-05"),
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            cfg.root.unwrap().device,
+            Some(PathBuf::from("PARTUUID=bae77103-05"))
+        );
 
         // off disables it.
         let (cfg, problems) = load(&f, &baetyl_params("baetyl.root=off"));

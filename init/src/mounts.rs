@@ -84,34 +84,80 @@ pub fn root_is_initramfs() -> bool {
     }
 }
 
-/// The block device whose GPT partition name (`PARTNAME` in sysfs) or ext4 label is `label`.
-/// `sys_block` is `/sys/class/block`, `dev` is `/dev` (both as seen by this process).
-pub fn find_by_label(sys_block: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
+/// The entries of `/sys/class/block` (`sys_block`), sorted by name, each with its uevent text.
+fn block_devices(sys_block: &Path) -> Option<Vec<(String, String)>> {
     let mut names: Vec<String> = std::fs::read_dir(sys_block)
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     names.sort();
+    Some(
+        names
+            .into_iter()
+            .map(|name| {
+                let uevent = std::fs::read_to_string(sys_block.join(&name).join("uevent"))
+                    .unwrap_or_default();
+                (name, uevent)
+            })
+            .collect(),
+    )
+}
+
+/// The block device whose GPT partition name (`PARTNAME` in sysfs) or ext4 label is `label`.
+/// `sys_block` is `/sys/class/block`, `dev` is `/dev` (both as seen by this process).
+pub fn find_by_label(sys_block: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
+    let devices = block_devices(sys_block)?;
     // Partition names first: they are set by the image layout and need no read of the device.
-    for name in &names {
-        let uevent =
-            std::fs::read_to_string(sys_block.join(name).join("uevent")).unwrap_or_default();
-        if uevent_value(&uevent, "PARTNAME") == Some(label) {
-            let devname = uevent_value(&uevent, "DEVNAME").unwrap_or(name);
+    for (name, uevent) in &devices {
+        if uevent_value(uevent, "PARTNAME") == Some(label) {
+            let devname = uevent_value(uevent, "DEVNAME").unwrap_or(name);
             return Some(dev.join(devname));
         }
     }
-    for name in &names {
-        let uevent =
-            std::fs::read_to_string(sys_block.join(name).join("uevent")).unwrap_or_default();
-        let devname = uevent_value(&uevent, "DEVNAME").unwrap_or(name);
+    for (name, uevent) in &devices {
+        let devname = uevent_value(uevent, "DEVNAME").unwrap_or(name);
         let path = dev.join(devname);
         if ext4_label(&path).as_deref() == Some(label) {
             return Some(path);
         }
     }
     None
+}
+
+/// The partition whose MBR PARTUUID (`SSSSSSSS-PP`: the disk signature at byte 440 of the disk, the partition
+/// number, both hex, as the kernel's `root=PARTUUID=` takes it) is `partuuid`. A card with MBR partitions has no
+/// partition names; its PARTUUID names the same partition whatever the disk is called (`mmcblk0` on a Pi's SD
+/// card, `sda` on USB, `vda` under QEMU). `sys_block` and `dev` as for [`find_by_label`].
+pub fn find_by_partuuid(sys_block: &Path, dev: &Path, partuuid: &str) -> Option<PathBuf> {
+    let (sig, part) = partuuid.split_once('-')?;
+    let sig = u32::from_str_radix(sig, 16).ok()?;
+    let part = u32::from_str_radix(part, 16).ok()?;
+    for (name, uevent) in block_devices(sys_block)? {
+        if uevent_value(&uevent, "PARTN").and_then(|n| n.parse::<u32>().ok()) != Some(part) {
+            continue;
+        }
+        // A partition's sysfs directory sits inside its disk's: /sys/class/block/vda2 -> .../block/vda/vda2.
+        let Some(disk) = std::fs::canonicalize(sys_block.join(&name))
+            .ok()
+            .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()))
+        else {
+            continue;
+        };
+        if mbr_signature(&dev.join(&disk)) == Some(sig) {
+            let devname = uevent_value(&uevent, "DEVNAME").unwrap_or(&name);
+            return Some(dev.join(devname));
+        }
+    }
+    None
+}
+
+/// The disk signature of an MBR (byte 440, little-endian; the boot signature 0x55 0xAA at 510), if `disk` has one.
+pub fn mbr_signature(disk: &Path) -> Option<u32> {
+    let mut mbr = [0u8; 512];
+    File::open(disk).ok()?.read_exact(&mut mbr).ok()?;
+    (mbr[510] == 0x55 && mbr[511] == 0xAA)
+        .then(|| u32::from_le_bytes([mbr[440], mbr[441], mbr[442], mbr[443]]))
 }
 
 fn uevent_value<'a>(uevent: &'a str, key: &str) -> Option<&'a str> {
@@ -215,6 +261,55 @@ mod tests {
             Some(dev.join("vda4"))
         );
         assert_eq!(find_by_label(&block, &dev, "nope"), None);
+    }
+
+    #[test]
+    fn partition_found_by_mbr_partuuid() {
+        let dir = tempfile::tempdir().unwrap();
+        // sysfs as the kernel lays it out: class/block/<part> links into the disk's directory.
+        let devices = dir.path().join("devices/block");
+        let block = dir.path().join("class/block");
+        std::fs::create_dir_all(&block).unwrap();
+        for (disk, part) in [("vda", 2), ("vdb", 2), ("vdb", 5)] {
+            let name = format!("{disk}{part}");
+            let d = devices.join(disk).join(&name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("uevent"),
+                format!("DEVNAME={name}\nDEVTYPE=partition\nPARTN={part}\n"),
+            )
+            .unwrap();
+            let _ = std::os::unix::fs::symlink(&d, block.join(&name));
+        }
+        let dev = dir.path().join("dev");
+        std::fs::create_dir_all(&dev).unwrap();
+        let mbr = |sig: u32| {
+            let mut m = vec![0u8; 512];
+            m[440..444].copy_from_slice(&sig.to_le_bytes());
+            m[510] = 0x55;
+            m[511] = 0xAA;
+            m
+        };
+        std::fs::write(dev.join("vda"), mbr(0x1234_5678)).unwrap();
+        std::fs::write(dev.join("vdb"), mbr(0xbae7_7103)).unwrap();
+        assert_eq!(mbr_signature(&dev.join("vdb")), Some(0xbae7_7103));
+        assert_eq!(
+            find_by_partuuid(&block, &dev, "bae77103-05"),
+            Some(dev.join("vdb5"))
+        );
+        assert_eq!(
+            find_by_partuuid(&block, &dev, "BAE77103-02"),
+            Some(dev.join("vdb2"))
+        );
+        assert_eq!(
+            find_by_partuuid(&block, &dev, "12345678-02"),
+            Some(dev.join("vda2"))
+        );
+        assert_eq!(find_by_partuuid(&block, &dev, "12345678-05"), None);
+        assert_eq!(find_by_partuuid(&block, &dev, "not-a-partuuid"), None);
+        // No boot signature: no MBR.
+        std::fs::write(dev.join("vda"), vec![0u8; 512]).unwrap();
+        assert_eq!(find_by_partuuid(&block, &dev, "00000000-02"), None);
     }
 
     #[test]
