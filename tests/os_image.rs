@@ -214,11 +214,11 @@ fn boot_with(arch: &str, image: &Path, direct: Option<Direct>) -> Vm {
         .open(&disk)
         .and_then(|f| f.set_len(medium))
         .expect("grow medium");
-    start(arch, dir)
+    start(arch, dir, direct)
 }
 
 /// Starts QEMU on `dir/disk.img` (a new console log and ports file in `dir`).
-fn start(arch: &str, dir: tempfile::TempDir) -> Vm {
+fn start(arch: &str, dir: tempfile::TempDir, direct: Option<Direct>) -> Vm {
     // A restart on the same disk: the last run's ports (dead now) and console must not be read as this run's.
     for old in ["ports", "console.log"] {
         let _ = std::fs::remove_file(dir.path().join(old));
@@ -958,7 +958,7 @@ async fn os_update_test(arch: &str) {
     });
 
     // 1. The good update: slot a -> slot b, marked good.
-    let vm = start(arch, dir);
+    let vm = start(arch, dir, None);
     let master = master_api(&vm);
     next_boot(&vm, 0, 1, BOOT, Instant::now(), "boot before the update").await;
     assert_eq!(booted_root(&vm), "root-a");
@@ -1057,7 +1057,7 @@ async fn os_update_test(arch: &str) {
         .into_owned();
         let root_done = killed.contains(&format!("os-killed-{n}"))
             && killed.contains("root written and synced");
-        vm = start(arch, dir);
+        vm = start(arch, dir, None);
         next_boot(
             &vm,
             0,
