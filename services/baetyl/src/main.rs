@@ -381,7 +381,10 @@ mod tests {
     #[test]
     fn a_left_out_subcommand_names_its_feature_and_the_fix() {
         let text = left_out("cloud", "cloud").to_string();
-        assert!(text.starts_with("`baetyl cloud` is not in this binary"), "{text}");
+        assert!(
+            text.starts_with("`baetyl cloud` is not in this binary"),
+            "{text}"
+        );
         assert!(text.contains("without the `cloud` feature"), "{text}");
         assert!(text.contains("--features cloud"), "{text}");
     }

@@ -205,7 +205,8 @@ async fn an_install_writes_the_inactive_slot_then_reboots() {
         "os/update.bundle",
         &bundle(&s.key, std::env::consts::ARCH, &data),
     );
-    s.os.submit("os/update.bundle", "t-os", &[]).expect("accepted");
+    s.os.submit("os/update.bundle", "t-os", &[])
+        .expect("accepted");
     s.updater.wait_idle().await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(
@@ -269,7 +270,9 @@ async fn refused_bundles_change_nothing_and_say_why() {
     ];
     for (name, bytes, want) in cases {
         put(&s, &format!("os/{name}"), &bytes);
-        let e = s.os.submit(&format!("os/{name}"), name, &[]).expect_err(name);
+        let e =
+            s.os.submit(&format!("os/{name}"), name, &[])
+                .expect_err(name);
         assert!(e.to_string().contains(want), "{name}: {e}");
         assert!(matches!(e, MasterError::OsUpdate(_)), "{name}: {e:?}");
         assert_eq!(steps(&s, name), ["RECEIVED", "FAILURE"], "{name}");

@@ -220,7 +220,10 @@ async fn refused_requests_answer_v1_statuses_with_the_reason() {
     for (body, says) in [
         ("nonsense", "update body is not"),
         (r#"{"type":"MST","path":"x"}"#, "type MST"),
-        (r#"{"type":"FIRMWARE","path":"x"}"#, "update type `FIRMWARE` is unknown"),
+        (
+            r#"{"type":"FIRMWARE","path":"x"}"#,
+            "update type `FIRMWARE` is unknown",
+        ),
         (
             r#"{"type":"OS","path":"x"}"#,
             "OS updates need a device booted from a baetyl disk image",
