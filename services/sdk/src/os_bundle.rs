@@ -83,7 +83,7 @@ impl Manifest {
         None
     }
 
-    /// The payloads' total size.
+    /// The payloads' total size (no overflow once [`Manifest::check`] accepted the manifest).
     pub fn payload_bytes(&self) -> u64 {
         self.payloads.iter().map(|p| p.size).sum()
     }
@@ -110,6 +110,17 @@ impl Manifest {
             if p.size == 0 {
                 return Err(format!("payload {} is empty", p.name));
             }
+        }
+        // The whole file's length (header, signature, manifest, payloads) must be a number: sizes that overflow
+        // it would wrap the length check that catches a truncated bundle.
+        let header = (PREFIX_LEN + SIGNATURE_LEN) as u64 + u64::from(MAX_MANIFEST);
+        if self
+            .payloads
+            .iter()
+            .try_fold(header, |sum, p| sum.checked_add(p.size))
+            .is_none()
+        {
+            return Err("the payloads' sizes add up to more than a file can hold".into());
         }
         Ok(())
     }
@@ -206,6 +217,9 @@ mod tests {
         let mut h = signed_header(b"{}");
         h[12..16].copy_from_slice(&(MAX_MANIFEST + 1).to_le_bytes());
         assert!(parse_prefix(&h).unwrap_err().contains("manifest length"));
+        let mut m = manifest();
+        m.payloads[2].size = u64::MAX - 20;
+        assert!(m.check().unwrap_err().contains("more than a file can hold"));
         let mut m = manifest();
         m.payloads.swap(0, 2);
         assert!(m.check().unwrap_err().contains("in this order"));
